@@ -11,6 +11,7 @@ these dataclasses by :func:`json_schema`, so the two cannot drift (a test checks
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import json
 import types
 import typing
@@ -20,8 +21,10 @@ from typing import Any, Literal
 
 import yaml
 
+from r2ec.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A params file or override is invalid; the message names the file and the key."""
 
 
@@ -97,6 +100,7 @@ class SeqModelCfg:
     epochs: int = _doc("maximum training epochs", default=200)
     patience: int = _doc("early stopping: epochs without valid N@10 improvement", default=10)
     seed: int = _doc("training seed", default=2025)
+    threads: int = _doc("torch CPU threads while training (0 = torch default)", default=0)
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,8 @@ class ReportCfg:
 class Params:
     seed: int = _doc("global seed for anything not seeded by its own section", default=2025)
     datasets: tuple[str, ...] = _doc("'movielens-100k' and/or Amazon 2023 category names", default=(MOVIELENS,))
-    methods: tuple[str, ...] = _doc("methods trained by the pipeline", default=CLASSIC_METHODS)
+    baselines: tuple[str, ...] = _doc("classic baselines the pipeline trains", default=CLASSIC_METHODS)
+    r2ec_variants: tuple[str, ...] = _doc("R2ec variants the pipeline trains", default=())
     data: DataCfg = _doc("data download and preprocessing", default_factory=DataCfg)
     eval: EvalCfg = _doc("shared evaluator", default_factory=EvalCfg)
     sasrec: SeqModelCfg = _doc("SASRec", default_factory=SeqModelCfg)
@@ -214,6 +219,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, (_dt.date, _dt.datetime)):  # YAML reads an unquoted 2022-10-01 as a date
+            return value.isoformat()[:10]
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
@@ -236,9 +243,16 @@ def _check_semantics(p: Params) -> None:
         if ds != MOVIELENS and ds not in AMAZON_CATEGORIES:
             raise ConfigError(f"datasets: unknown dataset {ds!r}; use {MOVIELENS!r} or an Amazon 2023 category "
                               f"({', '.join(AMAZON_CATEGORIES)})")
-    for m in p.methods + p.report.table1_methods:
-        if m not in METHODS:
-            raise ConfigError(f"methods: unknown method {m!r}; known: {', '.join(METHODS)}")
+    for key, allowed in (("baselines", CLASSIC_METHODS), ("r2ec_variants", R2EC_VARIANTS),
+                         ("report.table1_methods", METHODS)):
+        values = p.report.table1_methods if key.startswith("report") else getattr(p, key)
+        for m in values:
+            if m not in allowed:
+                raise ConfigError(f"{key}: unknown method {m!r}; known: {', '.join(allowed)}")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{key}: duplicate entries in {list(values)}")
+    if len(set(p.datasets)) != len(p.datasets):
+        raise ConfigError(f"datasets: duplicate entries in {list(p.datasets)}")
     if abs(sum(p.data.split) - 1.0) > 1e-6 or min(p.data.split) < 0:
         raise ConfigError(f"data.split: fractions must be non-negative and sum to 1, got {list(p.data.split)}")
     positive = {"data.min_items": p.data.min_items, "data.history_len": p.data.history_len,
@@ -256,7 +270,6 @@ def _check_semantics(p: Params) -> None:
     if not 1 <= p.recpo.item_topk <= p.recpo.group_size:
         raise ConfigError(f"recpo.item_topk: must lie in [1, group_size], got {p.recpo.item_topk}")
     for key in ("window_start", "window_end"):
-        import datetime as _dt
         try:
             _dt.date.fromisoformat(getattr(p.data, key))
         except ValueError as e:
@@ -278,7 +291,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r}: malformed key")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: a date-shaped value that is no date
         raise ConfigError(f"override {text!r}: {e}") from None
     return key.split("."), value
 
@@ -318,7 +331,7 @@ def load(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...
         raise ConfigError(f"{path}: params file not found") from None
     try:
         raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError) as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")

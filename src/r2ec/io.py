@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import polars as pl
 
+from r2ec.errors import UserError
+
 SPLITS = ("train", "valid", "test")
 
 SAMPLE_SCHEMA = {
@@ -32,7 +34,7 @@ SAMPLE_SCHEMA = {
 ITEM_REQUIRED = {"item_id": pl.Int64, "source_id": pl.Utf8, "title": pl.Utf8}
 
 
-class ContractError(ValueError):
+class ContractError(UserError):
     """A prepared dataset or run directory does not follow the contract."""
 
 
@@ -167,3 +169,22 @@ def pad_histories(histories: list[list[int]], max_len: int, left: bool = True) -
         else:
             out[i, : len(h)] = torch.as_tensor(h, dtype=torch.long)
     return out
+
+
+def reset_run_if_params_changed(run_dir: str | Path, fingerprint: dict) -> bool:
+    """Keep ``run_dir`` (and its resumable checkpoints) only if it was started with the same ``fingerprint``.
+
+    Returns True when an existing run directory was wiped. The fingerprint is stored as ``.fingerprint.json``.
+    """
+    run_dir = Path(run_dir)
+    f = run_dir / ".fingerprint.json"
+    wanted = json.dumps(fingerprint, sort_keys=True, default=str)
+    wiped = False
+    if run_dir.exists():
+        old = f.read_text(encoding="utf-8") if f.exists() else None
+        if old != wanted:
+            shutil.rmtree(run_dir)
+            wiped = True
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(f, wanted)
+    return wiped

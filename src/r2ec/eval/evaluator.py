@@ -60,7 +60,7 @@ def evaluate(scorer: Scorer, ds: Dataset, split: str, cfg: EvalCfg, *, samples: 
             raise ValueError(f"scorer returned shape {tuple(scores.shape)}, expected ({batch.height}, "
                              f"{n_items + 1}) (column 0 = no item)")
         hist = batch["history_item_ids"].to_list() if cfg.mask_history else None
-        targets = torch.as_tensor(batch["target_item_id"].to_numpy(), dtype=torch.long)
+        targets = torch.tensor(batch["target_item_id"].to_list(), dtype=torch.long)
         r = rank_targets(scores, targets, hist, cfg.mask_repeated_target)
         ranks.append(r.numpy())
         repeats += sum(int(t in set(h)) for t, h in zip(batch["target_item_id"].to_list(),

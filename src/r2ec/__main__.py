@@ -1,0 +1,5 @@
+import sys
+
+from r2ec.cli import main
+
+sys.exit(main())

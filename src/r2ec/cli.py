@@ -1,0 +1,213 @@
+"""One CLI for every stage: ``python -m r2ec <stage> [--params FILE] [-S key=value ...] <io flags>``.
+
+Each sub-command resolves the params (file + ``-S`` overrides, validated), then calls one library function.
+Snakemake rules and DVC stages call exactly these commands; no stage logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from r2ec import config as C
+
+log = logging.getLogger("r2ec")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a param, e.g. -S sasrec.lr=0.01 (repeatable; YAML values)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _params(args: argparse.Namespace) -> C.Params:
+    return C.load(args.params, args.overrides)
+
+
+def _dataset_source(name: str) -> str:
+    return "movielens-100k" if name == C.MOVIELENS else "amazon2023"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# stages
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from r2ec.data import download
+    p = _params(args)
+    out = Path(args.out)
+    if args.dataset == C.MOVIELENS:
+        wheel = download.download_recbole_wheel(p.data, out)
+        print(f"downloaded {wheel}")
+    else:
+        if args.dataset not in C.AMAZON_CATEGORIES:
+            raise C.ConfigError(f"--dataset: unknown Amazon 2023 category {args.dataset!r}")
+        inter, meta = download.download_amazon(args.dataset, p.data, out)
+        print(f"downloaded {inter} and {meta}")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from r2ec.data import preprocess
+    p = _params(args)
+    source = args.source or (_dataset_source(args.dataset) if args.dataset else None)
+    if source is None:
+        raise C.ConfigError("prepare: give --source (amazon2023 | movielens-100k) or --dataset")
+    out = Path(args.out)
+    if source == "movielens-100k":
+        wheel = Path(args.wheel) if args.wheel else None
+        if wheel is None:
+            from r2ec.data import download
+            wheel = download.download_recbole_wheel(p.data, Path(args.raw or out.parent / "_raw"))
+        stats = preprocess.prepare_movielens(wheel, p.data, out)
+    else:
+        if args.ratings and args.meta:
+            inter, meta = Path(args.ratings), Path(args.meta)
+        elif args.raw and args.dataset:
+            from r2ec.data import download
+            inter, meta = download.download_amazon(args.dataset, p.data, Path(args.raw))
+        else:
+            raise C.ConfigError("prepare --source amazon2023 needs --ratings FILE --meta FILE "
+                                "(or --dataset CATEGORY --raw DIR)")
+        stats = preprocess.prepare_amazon(inter, meta, p.data, out)
+    print(json.dumps(stats, indent=2))
+
+
+def _sections_of(method: str) -> tuple[str, ...]:
+    return ("seed", "eval", method) if method in C.CLASSIC_METHODS else ("seed", "eval", "llm", "lora", "recpo")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from r2ec.io import load_dataset, reset_run_if_params_changed
+    p = _params(args)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    ds = load_dataset(args.data)
+    run_dir = Path(args.out)
+    # a checkpoint left by a run with other params must not be resumed into this one
+    used = {k: C.to_dict(getattr(p, k)) for k in _sections_of(args.method)}
+    reset_run_if_params_changed(run_dir, {"method": args.method, "data": str(ds.stats), "params": used})
+    t0 = time.time()
+    if args.method in C.CLASSIC_METHODS:
+        from r2ec.baselines import train_classic
+        metrics = train_classic(args.method, ds, getattr(p, args.method), p.eval, run_dir,
+                                progress=not args.quiet, config=C.to_dict(p))
+    elif args.method in C.R2EC_VARIANTS:
+        from r2ec.recpo.trainer import train_r2ec
+        metrics = train_r2ec(args.method, ds, p, run_dir, Path(args.cache), progress=not args.quiet)
+    else:
+        raise C.ConfigError(f"--method: unknown method {args.method!r}; known: {', '.join(C.METHODS)}")
+    test = metrics.get("test", {})
+    print(f"{args.method} on {ds.name}: " + " ".join(f"{k}={v:.4f}" for k, v in test.items()
+                                                  if k.startswith(("H@", "N@"))) + f" ({time.time() - t0:.0f}s)")
+
+
+def cmd_table1(args: argparse.Namespace) -> None:
+    from r2ec.report.tables import table1
+    p = _params(args)
+    table1(p, Path(args.runs), Path(args.out))
+    print(f"wrote {args.out}")
+
+
+def cmd_table3(args: argparse.Namespace) -> None:
+    from r2ec.report.tables import table3
+    p = _params(args)
+    table3(p, [Path(args.data_root) / d for d in p.datasets], Path(args.out))
+    print(f"wrote {args.out}")
+
+
+def cmd_recommend(args: argparse.Namespace) -> None:
+    from r2ec.llm.recommend import recommend
+    history = [t.strip() for t in args.history.split(";") if t.strip()]
+    if not history:
+        raise C.ConfigError("--history: give at least one title, separated by ';'")
+    out = recommend(Path(args.run), history, k=args.k)
+    print("Reasoning:\n" + out["reasoning"].strip() + "\n")
+    print(f"Top-{args.k}:")
+    for i, (item_id, title, score) in enumerate(out["items"], 1):
+        print(f"{i:>3}. [{item_id}] {title}  (score {score:.3f})")
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    C.write_json_schema(args.out)
+    print(f"wrote {args.out}")
+
+
+def cmd_check_params(args: argparse.Namespace) -> None:
+    p = _params(args)
+    print(json.dumps(C.to_dict(p), indent=2) if args.show else f"{args.params}: ok")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m r2ec", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="stage", required=True)
+
+    s = sub.add_parser("download", help="download one dataset's raw files (resumable, checksummed)")
+    _common(s)
+    s.add_argument("--dataset", required=True, help="movielens-100k or an Amazon 2023 category")
+    s.add_argument("--out", required=True, help="raw data directory")
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("prepare", help="filter, window, build samples, split -> prepared dataset")
+    _common(s)
+    s.add_argument("--source", choices=["amazon2023", "movielens-100k"])
+    s.add_argument("--dataset", help="dataset name (implies --source)")
+    s.add_argument("--ratings", help="Amazon interactions file (.csv.gz rating-only or .jsonl.gz reviews)")
+    s.add_argument("--meta", help="Amazon meta_<CAT>.jsonl.gz")
+    s.add_argument("--wheel", help="recbole wheel carrying MovieLens-100K")
+    s.add_argument("--raw", help="raw download directory (downloads when files are missing)")
+    s.add_argument("--out", required=True, help="prepared dataset directory")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train one method and evaluate it with the shared evaluator")
+    _common(s)
+    s.add_argument("--method", required=True, choices=list(C.METHODS))
+    s.add_argument("--data", required=True, help="prepared dataset directory")
+    s.add_argument("--out", required=True, help="run directory")
+    s.add_argument("--cache", default="results/cache", help="cache of converted backbones (LLM methods)")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("table1", help="LaTeX Table 1 (H@K / N@K per dataset and method)")
+    _common(s)
+    s.add_argument("--runs", default="results/runs", help="runs root: RUNS/<dataset>/<method>/metrics.json")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_table1)
+
+    s = sub.add_parser("table3", help="LaTeX Table 3 (dataset statistics)")
+    _common(s)
+    s.add_argument("--data-root", default="results/data", help="prepared datasets: ROOT/<dataset>/stats.json")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_table3)
+
+    s = sub.add_parser("recommend", help="print reasoning and top-k items for a history of titles")
+    s.add_argument("--run", required=True, help="an R2ec run directory")
+    s.add_argument("--history", required=True, help="titles separated by ';'")
+    s.add_argument("-k", type=int, default=10)
+    s.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser("schema", help="write the JSON schema of params.yaml")
+    s.add_argument("--out", default="workflow/schemas/params.schema.json")
+    s.set_defaults(func=cmd_schema)
+
+    s = sub.add_parser("check-params", help="validate params (+ overrides); --show prints the resolved values")
+    _common(s)
+    s.add_argument("--show", action="store_true")
+    s.set_defaults(func=cmd_check_params)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    from r2ec.errors import UserError
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,16 @@
+rule train_r2ec:
+    input:
+        "results/data/{dataset}",
+    output:
+        metrics="results/runs/{dataset}/{method}/metrics.json",
+        ranks="results/runs/{dataset}/{method}/ranks.parquet",
+    wildcard_constraints:
+        method="r2ec[a-z_]*",
+    params:
+        S=sections("seed", "eval", "llm", "lora", "recpo"),
+    threads: 2
+    log:
+        "results/logs/train/{dataset}/{method}.log",
+    shell:
+        "python -m r2ec train --quiet --threads {threads} --method {wildcards.method} --data {input} "
+        "--out results/runs/{wildcards.dataset}/{wildcards.method} --cache results/cache {params.S} 2> {log}"
