@@ -106,6 +106,15 @@ def cmd_train(args: argparse.Namespace) -> None:
                                                   if k.startswith(("H@", "N@"))) + f" ({time.time() - t0:.0f}s)")
 
 
+def cmd_backbone(args: argparse.Namespace) -> None:
+    from r2ec.llm.backbone import backbone_cache_name, load_backbone
+    p = _params(args)
+    out = Path(args.cache) / "backbones" / backbone_cache_name(p.llm.backbone)
+    t0 = time.time()
+    load_backbone(p.llm, out)
+    print(f"backbone {p.llm.backbone} ready in {out} ({time.time() - t0:.1f}s)")
+
+
 def cmd_table1(args: argparse.Namespace) -> None:
     from r2ec.report.tables import table1
     p = _params(args)
@@ -171,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache", default="results/cache", help="cache of converted backbones (LLM methods)")
     s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("backbone", help="convert the LLM backbone once (e.g. de-quantise a GGUF) into the cache")
+    _common(s)
+    s.add_argument("--cache", default="results/cache", help="cache root: CACHE/backbones/<name>/")
+    s.set_defaults(func=cmd_backbone)
 
     s = sub.add_parser("table1", help="LaTeX Table 1 (H@K / N@K per dataset and method)")
     _common(s)

@@ -140,6 +140,7 @@ class RecpoCfg:
     item_topk: int = _doc("best trajectories per user trained with the item loss", default=1)
     kl_coef: float = _doc("KL penalty to the reference model (0 = off, paper default)", default=0.0)
     lr: float = _doc("AdamW learning rate", default=1e-5)
+    weight_decay: float = _doc("AdamW decoupled weight decay (HF Trainer / TRL default 0)", default=0.0)
     warmup_steps: int = _doc("linear warmup steps", default=0)
     schedule: Literal["constant", "linear", "cosine"] = _doc("learning rate schedule after warmup",
                                                                default="constant")
@@ -151,6 +152,10 @@ class RecpoCfg:
     checkpoint_every: int = _doc("write a resumable checkpoint every N steps", default=10)
     item_refresh_every: int = _doc("re-encode the item table every N steps", default=20)
     train_max_samples: int = _doc("seeded subsample of train samples (0 = all)", default=0)
+    item_batch_size: int = _doc("item prompts encoded per forward when (re)building the item table", default=16)
+    eval_batch_size: int = _doc("user prompts per generation/forward chunk in evaluation", default=16)
+    micro_batch_size: int = _doc("trajectories per forward/backward chunk in an update pass (gradient "
+                                 "accumulation, same loss; 0 = all at once)", default=4)
     seed: int = _doc("training seed", default=2025)
 
 
@@ -257,7 +262,12 @@ def _check_semantics(p: Params) -> None:
         raise ConfigError(f"data.split: fractions must be non-negative and sum to 1, got {list(p.data.split)}")
     positive = {"data.min_items": p.data.min_items, "data.history_len": p.data.history_len,
                 "data.window_step_months": p.data.window_step_months, "eval.batch_size": p.eval.batch_size,
-                "recpo.group_size": p.recpo.group_size, "recpo.batch_size": p.recpo.batch_size}
+                "recpo.group_size": p.recpo.group_size, "recpo.batch_size": p.recpo.batch_size,
+                "recpo.mu": p.recpo.mu, "recpo.eval_every": p.recpo.eval_every,
+                "recpo.checkpoint_every": p.recpo.checkpoint_every,
+                "recpo.item_refresh_every": p.recpo.item_refresh_every,
+                "recpo.item_batch_size": p.recpo.item_batch_size, "recpo.eval_batch_size": p.recpo.eval_batch_size,
+                "recpo.patience": p.recpo.patience}
     for k, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{k}: must be positive, got {v}")

@@ -1,6 +1,18 @@
+rule backbone:
+    output:
+        directory("results/cache/backbones"),
+    params:
+        S=sections("llm"),
+    log:
+        "results/logs/backbone.log",
+    shell:
+        "python -m r2ec backbone --quiet --cache results/cache {params.S} 2> {log}"
+
+
 rule train_r2ec:
     input:
-        "results/data/{dataset}",
+        data="results/data/{dataset}",
+        backbone="results/cache/backbones",
     output:
         metrics="results/runs/{dataset}/{method}/metrics.json",
         ranks="results/runs/{dataset}/{method}/ranks.parquet",
@@ -12,5 +24,5 @@ rule train_r2ec:
     log:
         "results/logs/train/{dataset}/{method}.log",
     shell:
-        "python -m r2ec train --quiet --threads {threads} --method {wildcards.method} --data {input} "
+        "python -m r2ec train --quiet --threads {threads} --method {wildcards.method} --data {input.data} "
         "--out results/runs/{wildcards.dataset}/{wildcards.method} --cache results/cache {params.S} 2> {log}"

@@ -1,0 +1,1 @@
+"""RecPO: the training algorithm of R2ec (rewards, advantages, losses, trainer, checkpoints)."""

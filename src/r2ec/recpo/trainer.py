@@ -1,0 +1,651 @@
+"""RecPO training of R2ec and its variants; evaluation through the shared evaluator.
+
+One RecPO step (method ``r2ec``, ``r2ec_no_rd``, ``r2ec_no_rc``, ``r2ec_cls_head``):
+
+1. a seeded batch of ``recpo.batch_size`` train samples (``numpy.random.default_rng([seed, step])`` over the
+   ``recpo.train_max_samples`` subsample) -> user prompts;
+2. item table refresh when it is ``recpo.item_refresh_every`` steps old (no grad; also refreshed whenever a
+   validation needs the current adapter's table, which then counts as the refresh). Gradients never flow
+   through the cached table: it only serves the reward (and evaluation);
+3. rollouts: G = ``recpo.group_size`` trajectories per user (engine ``recpo.engine``), reasoning of at most
+   ``recpo.max_reasoning_tokens`` tokens ending in ``<answer>``;
+4. reward forward (no grad, eval mode, still the rollout policy's parameters), one pass that yields the REAL old
+   log-probs (``log_softmax(logits / temperature)``, the TRL convention) and the user vectors (hidden state at
+   the final ``<answer>``); scores cos/tau against the table (or the classification head), history masked,
+   fused reward (see :mod:`r2ec.recpo.rewards`);
+5. advantages (GRPO or RLOO) per user group; best-trajectory gating (``recpo.item_topk``);
+6. ``recpo.mu`` update passes of ``token_loss + item_loss (+ kl_coef * kl)``: the token loss over all
+   trajectories, the item loss over the best ones against FRESH in-batch encodings of the batch's target items
+   (with grad: both the user and the item side learn; old item log-probs come from the same items encoded
+   before the first pass). Passes run in eval mode (LoRA dropout off, like TRL's ``disable_dropout``) so an
+   unchanged policy has ratio exactly 1; AdamW + warmup + schedule (``constant`` means
+   ``constant_with_warmup``: warmup is applied), grad-norm clip. One optimizer step per pass; a pass is
+   accumulated over ``recpo.micro_batch_size`` trajectories at a time with the identical loss (token mean over
+   the whole batch). The completion's closing ``<answer>`` counts as a completion token even when the engine
+   forced it (so a positive advantage also teaches the model to close its reasoning).
+
+Log-probs follow the rollout engine's convention (:func:`r2ec.llm.rollout.completion_logprobs`:
+``log_softmax(logits / temperature)``, TRL's), for the old, new and reference (KL) policies alike.
+Per step ``train_log.jsonl`` (and dvclive ``train/<key>``) records reward, reward_ndcg, reward_prob, adv_mean,
+adv_std, token_loss, item_loss, kl, ratio/clip statistics, reasoning_len, tokens_per_s, grad_norm, lr and the
+seconds of each phase (refresh_s, rollout_s, reward_fwd_s, update_s, seconds).
+
+``r2ec_no_reasoning`` trains the same encoder with in-batch InfoNCE (user vector at ``<answer>`` placed right
+after the prompt, negatives = the other in-batch targets, cos/tau) and no generation. ``r2ec_zeroshot``
+evaluates the untrained backbone. Validation every ``recpo.eval_every`` steps (and at the last step) on valid
+N@10 through :func:`r2ec.eval.evaluate`; early stopping after ``recpo.patience`` validations without
+improvement; the best adapter is kept in ``run_dir/best/`` and evaluated on test. Evaluation reasoning is
+greedy (temperature 0), ``recpo.max_reasoning_tokens`` long.
+
+Resumability: ``run_dir/last/`` (see :mod:`r2ec.recpo.checkpoint`) every ``recpo.checkpoint_every`` steps and
+at the end; every stochastic choice of a step is seeded from ``(recpo.seed, step)``, so a killed and resumed run
+reaches bit-identical weights (on CPU).
+
+Multi-GPU: launch with ``accelerate launch --config_file configs/accelerate/zero2.yaml -m r2ec train ...``.
+Forwards call the decoder directly, so gradient reduction relies on DeepSpeed's own backward hooks (ZeRO-2),
+not on DDP's forward wrapper; each process samples its own batch (``[seed, step, process_index]``); DeepSpeed
+steps on every backward, so use ``recpo.micro_batch_size=0`` there (checked). Only the main process writes files.
+This path has not been run on GPUs in this repository (CPU machines only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+import torch
+from accelerate.utils import DistributedType
+
+from r2ec.config import Params, to_dict
+from r2ec.errors import UserError
+from r2ec.eval.evaluator import evaluate, write_run_outputs
+from r2ec.io import Dataset, append_jsonl, read_jsonl, write_text
+from r2ec.recpo.advantages import advantages as compute_advantages
+from r2ec.recpo.checkpoint import (load_checkpoint, load_trainable_state, rng_state, save_checkpoint,
+                                   set_rng_state, trainable_state)
+from r2ec.recpo.losses import (best_trajectory_mask, clipped_item_loss, clipped_token_loss, in_batch_labels,
+                               in_batch_target_logprob, kl_penalty)
+from r2ec.recpo.rewards import rewards_from_scores
+from r2ec.recpo.variants import Variant, get_variant
+
+log = logging.getLogger(__name__)
+
+SELECT_METRIC = "N@10"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:120]
+
+
+def _step_seed(seed: int, step: int, extra: int = 0) -> int:
+    return int(np.random.SeedSequence([seed, step, extra]).generate_state(1)[0])
+
+
+def _num(x) -> float:
+    """float of a tensor/number; NaN for None (DeepSpeed clips inside its step and returns no norm)."""
+    return float("nan") if x is None else float(x)
+
+
+def _seed_all(s: int) -> None:
+    random.seed(s)
+    np.random.seed(s % (2 ** 32))
+    torch.manual_seed(s)
+
+
+def _pad_logps(logps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-align a list of per-sequence log-prob vectors into ``[B, Tc]`` plus the valid mask."""
+    tc = max(int(x.numel()) for x in logps)
+    dev = logps[0].device
+    mask = torch.zeros((len(logps), tc), dtype=torch.float32, device=dev)
+    rows = []
+    for i, lp in enumerate(logps):
+        n = int(lp.numel())
+        pad = torch.zeros(tc - n, dtype=lp.dtype, device=dev)
+        rows.append(torch.cat([pad, lp.float()]))
+        mask[i, tc - n:] = 1.0
+    out = torch.stack(rows)
+    return out, mask
+
+
+class _Trainer:
+    """Holds the model, tokenizer, item prompts and optimiser of one run (internal to :func:`train_r2ec`)."""
+
+    def __init__(self, method: str, ds: Dataset, params: Params, run_dir: Path, cache_dir: Path | None,
+                 progress: bool, use_dvclive: bool, hook: Callable[[int, dict], None] | None):
+        from accelerate import Accelerator
+
+        from r2ec.llm.backbone import add_lora, answer_token_id, backbone_cache_name, load_backbone
+        from r2ec.llm.encoder import item_prompt_ids
+        from r2ec.llm.rollout import make_engine
+
+        self.method, self.ds, self.p, self.rc = method, ds, params, params.recpo
+        self.var: Variant = get_variant(method)
+        self.beta = self.rc.beta if self.var.beta is None else self.var.beta
+        self.run_dir, self.cache_dir = Path(run_dir), (Path(cache_dir) if cache_dir is not None else None)
+        self.progress, self.use_dvclive, self.hook = progress, use_dvclive, hook
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        cuda = torch.cuda.is_available()
+        mp = "bf16" if (cuda and params.llm.dtype == "bfloat16") else "no"
+        # the schedule counts optimizer steps of this run, not samples: never step it num_processes times
+        self.acc = Accelerator(cpu=not cuda, mixed_precision=mp, step_scheduler_with_optimizer=False)
+        _seed_all(self.rc.seed)
+        bb_cache = (self.cache_dir / "backbones" / backbone_cache_name(params.llm.backbone)
+                    if self.cache_dir else None)
+        model, tok = load_backbone(params.llm, bb_cache)
+        self.tok = tok
+        self.answer_id = answer_token_id(tok)
+        self.pad_id = int(tok.pad_token_id)
+        model = add_lora(model, params.lora, seed=self.rc.seed)
+        model.to(self.acc.device)
+        self.domain = ds.name  # the prompts derive the item nouns from the dataset name
+        self.items_by_id = {int(r["item_id"]): r for r in ds.items.iter_rows(named=True)}
+        t0 = time.perf_counter()
+        self.item_ids = item_prompt_ids(tok, ds.items, self.domain, params.llm.system_prompt)
+        log.info("rendered %d item prompts in %.1fs", len(self.item_ids), time.perf_counter() - t0)
+
+        H = model.config.hidden_size if hasattr(model, "config") else model.get_base_model().config.hidden_size
+        self.head: torch.nn.Linear | None = None
+        if self.var.cls_head:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.rc.seed + 1)
+                self.head = torch.nn.Linear(H, ds.n_items + 1).to(self.acc.device)
+                torch.nn.init.normal_(self.head.weight, std=0.02)
+                torch.nn.init.zeros_(self.head.bias)
+            # a submodule of the policy: one prepared model (DeepSpeed takes one), one trainable state
+            model.r2ec_cls_head = self.head
+        params_to_train = [q for q in model.parameters() if q.requires_grad]
+        from transformers import get_scheduler
+        self.opt = torch.optim.AdamW(params_to_train, lr=self.rc.lr, weight_decay=self.rc.weight_decay)
+        # warmup and schedule count optimizer steps (= RecPO steps x mu); "constant" keeps the warmup
+        sched_name = "constant_with_warmup" if self.rc.schedule == "constant" else self.rc.schedule
+        n_opt_steps = max(1, self.rc.steps * (self.rc.mu if self.var.reasoning else 1))
+        self.sched = get_scheduler(sched_name, self.opt, num_warmup_steps=self.rc.warmup_steps,
+                                   num_training_steps=n_opt_steps)
+        model, self.opt, self.sched = self.acc.prepare(model, self.opt, self.sched)
+        self.model = model
+        self.policy = self.acc.unwrap_model(model)
+        if self.head is not None:
+            self.head = self.policy.r2ec_cls_head
+        engine_kw: dict[str, Any] = {}
+        if self.rc.engine == "vllm":  # serves the saved base model (with <answer> tokens) + LoRA adapter requests
+            engine_kw = {"model_path": str(bb_cache) if bb_cache is not None and bb_cache.exists()
+                         else params.llm.backbone, "dtype": params.llm.dtype}
+        self.engine = make_engine(self.rc.engine, self.policy, tok, self.rc, **engine_kw)
+        self._gen_kw = set(inspect.signature(self.engine.generate).parameters)
+
+        self.table: torch.Tensor | None = None
+        self.table_step = -1
+        self.step = 0
+        self.best_score = -math.inf
+        self.best_step = -1
+        self.best_valid: dict | None = None
+        self.bad_evals = 0
+        self.done = False
+        self.live = None
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {"policy": self.policy}  # the cls head, if any, is the policy's submodule r2ec_cls_head
+
+    def _autocast(self):
+        return self.acc.autocast() if self.acc.mixed_precision != "no" else contextlib.nullcontext()
+
+    def prompts_of(self, rows: pl.DataFrame) -> list[list[int]]:
+        from r2ec.llm.prompts import sample_prompt_ids
+        return [sample_prompt_ids(self.tok, r, self.items_by_id, self.domain, self.p.llm.system_prompt,
+                                  self.p.llm.max_prompt_tokens) for r in rows.iter_rows(named=True)]
+
+    def _generate(self, prompts, group_size, temperature, top_k, seed, **opt):
+        kw = {k: v for k, v in opt.items() if k in self._gen_kw}
+        return self.engine.generate(prompts, group_size=group_size, temperature=temperature, top_k=top_k,
+                                    max_new_tokens=self.rc.max_reasoning_tokens, seed=seed, **kw)
+
+    def _init_table_cache(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        import hashlib
+        h = hashlib.sha256(json.dumps([self.p.llm.backbone, self.p.llm.dtype, self.item_ids]).encode())
+        key = _slug(f"{self.ds.name}-{self.ds.n_items}-{h.hexdigest()[:16]}")
+        return self.cache_dir / "item_tables" / f"{key}.pt"
+
+    def refresh_table(self) -> float:
+        """Re-encode all items with the current adapter (no grad). Returns seconds (0 if already current)."""
+        from r2ec.llm.encoder import encode_items, load_item_table, save_item_table
+        if self.var.cls_head or (self.table is not None and self.table_step == self.step):
+            return 0.0
+        t0 = time.perf_counter()
+        # the freshly initialised adapter is the identity (LoRA B = 0): its table is the base model's, shared by
+        # all variants and runs of this backbone/dataset -> cached
+        cache = self._init_table_cache() if self.step == 0 else None
+        if cache is not None and cache.exists():
+            self.table, _ = load_item_table(cache)
+        else:
+            with self._autocast():
+                self.table = encode_items(self.policy, self.tok, self.ds.items, self.domain, self.p.llm,
+                                          batch_size=self.rc.item_batch_size, progress=self.progress,
+                                          prompt_ids=self.item_ids)
+            if cache is not None:
+                save_item_table(cache, self.table, {"dataset": self.ds.name, "backbone": self.p.llm.backbone})
+        self.table_step = self.step
+        return time.perf_counter() - t0
+
+    def scores_of(self, user: torch.Tensor) -> torch.Tensor:
+        """``[B, N+1]`` scores of user vectors: cos/tau against the table, or the classification head."""
+        if self.head is not None:
+            s = self.head(user.to(self.acc.device).float()).float()
+            s[:, 0] = float("-inf")
+            return s.cpu()
+        from r2ec.llm.encoder import cosine_scores
+        return cosine_scores(user.float().cpu(), self.table, self.rc.tau)
+
+    def user_vectors(self, prompts: list[list[int]], completions: list[list[int]] | None) -> torch.Tensor:
+        """Pooled user vectors (no grad, eval mode), in mini-batches of ``recpo.eval_batch_size``."""
+        rows = [p + (c if completions is not None else [self.answer_id])
+                for p, c in zip(prompts, completions or [None] * len(prompts))]
+        out = []
+        self.policy.eval()
+        with torch.no_grad(), self._autocast():
+            for s in range(0, len(rows), self.rc.eval_batch_size):
+                out.append(self._pooled(rows[s:s + self.rc.eval_batch_size]).float().cpu())
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def scorer(self, batch: pl.DataFrame) -> torch.Tensor:
+        prompts = self.prompts_of(batch)
+        completions = None
+        if self.var.reasoning:
+            completions = []
+            for s in range(0, len(prompts), self.rc.eval_batch_size):
+                groups = self._generate(prompts[s:s + self.rc.eval_batch_size], 1, 0.0, 0,
+                                        _step_seed(self.rc.seed, 0, 7), old_logprobs=False)
+                completions += [g[0].completion_ids for g in groups]
+        return self.scores_of(self.user_vectors(prompts, completions))
+
+    def evaluate(self, split: str) -> tuple[dict, pl.DataFrame]:
+        self.refresh_table()
+        with torch.random.fork_rng(devices=[]):
+            return evaluate(self.scorer, self.ds, split, self.p.eval, desc=f"{self.method} {split}",
+                            progress=self.progress)
+
+    # ------------------------------------------------------------------------------------------ train steps
+    def batch_rows(self, pool: pl.DataFrame) -> pl.DataFrame:
+        rng = np.random.default_rng([self.rc.seed, self.step, self.acc.process_index])
+        n = min(self.rc.batch_size, pool.height)
+        return pool[np.sort(rng.choice(pool.height, size=n, replace=False)).tolist()]
+
+    def _pooled(self, rows: list[list[int]]) -> torch.Tensor:
+        """Float32 hidden state at the last ``<answer>`` of each row, one forward (grad flows if enabled)."""
+        from r2ec.llm.encoder import hidden_at_answer
+        return hidden_at_answer(self.policy, rows, self.answer_id, self.pad_id, batch_size=len(rows)).float()
+
+    def _item_vectors(self, item_ids: list[int]) -> torch.Tensor:
+        return self._pooled([self.item_ids[i - 1] for i in item_ids])
+
+    def recpo_step(self, rows: pl.DataFrame) -> dict[str, Any]:
+        from r2ec.llm.rollout import completion_logprobs
+
+        rc, G = self.rc, self.rc.group_size
+        rec: dict[str, Any] = {}
+        t = time.perf_counter()
+        rec["refresh_s"] = (self.refresh_table() if self.table is None or
+                            self.step - self.table_step >= rc.item_refresh_every else 0.0)
+        prompts = self.prompts_of(rows)
+        targets = rows["target_item_id"].to_list()
+        hists = rows["history_item_ids"].to_list()
+
+        # rollouts (eval mode, seeded); vLLM gets the current adapter (never merged)
+        t = time.perf_counter()
+        self.engine.sync_weights(self.policy)
+        self.policy.eval()
+        with self._autocast():
+            groups = self._generate(prompts, G, rc.temperature, rc.top_k, _step_seed(rc.seed, self.step, 1),
+                                    old_logprobs=False)
+        rec["rollout_s"] = time.perf_counter() - t
+        stats = getattr(self.engine, "last_stats", {}) or {}
+        trajs = [tr for g in groups for tr in g]
+        pairs = [(tr.prompt_ids, tr.completion_ids) for tr in trajs]
+
+        # reward forward (no grad, eval mode, the rollout policy's parameters): the REAL old log-probs and the
+        # user vectors at the final <answer> from one pass; then rewards, advantages, gating
+        t = time.perf_counter()
+        uniq, labels = in_batch_labels(targets)
+        with torch.no_grad(), self._autocast():
+            old, user_old = completion_logprobs(self.policy, pairs, rc.temperature, pad_id=self.pad_id,
+                                                batch_size=rc.eval_batch_size, return_hidden=True,
+                                                answer_id=self.answer_id)
+            old_logp, cmask = _pad_logps(old)
+            user_old = user_old.float()
+            scores = self.scores_of(user_old)
+            tgt_rep = torch.as_tensor(targets).repeat_interleave(G)
+            hist_rep = [h for h in hists for _ in range(G)]
+            r, rd, rcont, ranks = rewards_from_scores(scores, tgt_rep, hist_rep, self.beta, rc.k_r)
+            R = r.view(-1, G)
+            adv = compute_advantages(R, rc.advantage)
+            best = best_trajectory_mask(R, rc.item_topk).view(-1)
+            best_idx = best.nonzero().flatten()
+            sel_labels = labels.repeat_interleave(G)[best_idx]
+            sel_targets = tgt_rep[best_idx]
+            if self.head is not None:
+                old_item_logp = torch.log_softmax(
+                    self.head(user_old[best_idx].to(self.acc.device)).float()[:, 1:], -1
+                ).gather(1, (sel_targets - 1).view(-1, 1).to(self.acc.device)).squeeze(1)
+            else:
+                item_old = self._item_vectors(uniq)
+                old_item_logp = in_batch_target_logprob(user_old[best_idx].to(self.acc.device), item_old,
+                                                        sel_labels.to(self.acc.device), rc.tau)
+            ref_logp = None
+            if rc.kl_coef > 0:
+                with self.policy.disable_adapter():
+                    ref = completion_logprobs(self.policy, pairs, rc.temperature, pad_id=self.pad_id,
+                                              batch_size=rc.eval_batch_size)
+                ref_logp, _ = _pad_logps(ref)
+        rec["reward_fwd_s"] = time.perf_counter() - t
+        adv_flat = adv.view(-1).to(self.acc.device)
+
+        # mu update passes (eval mode: no dropout -> ratio exactly 1 before the first update)
+        t = time.perf_counter()
+        for _ in range(rc.mu):
+            tok_loss, it_loss, kl, tstats, istats = self._update_pass(pairs, old_logp, cmask, ref_logp, adv_flat,
+                                                                      best_idx, old_item_logp, uniq, sel_labels,
+                                                                      sel_targets)
+            gnorm = self.acc.clip_grad_norm_(self.opt_params(), rc.grad_clip)
+            self.opt.step()
+            self.sched.step()
+        rec["update_s"] = time.perf_counter() - t
+        n_tok = float(sum(len(c) for _, c in pairs))
+        rec.update({
+            "reward": float(r.mean()), "reward_ndcg": float(rd.mean()), "reward_prob": float(rcont.mean()),
+            "reward_best": float(R.max(dim=1).values.mean()), "mean_rank": float(ranks.float().mean()),
+            "adv_mean": float(adv.mean()), "adv_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+            "token_loss": tok_loss.item(), "item_loss": it_loss.item(), "kl": kl.item(),
+            "ratio_mean": tstats["ratio_mean"], "clip_frac": tstats["clip_frac"],
+            "item_ratio_mean": istats["item_ratio_mean"], "grad_norm": _num(gnorm),
+            "reasoning_len": (n_tok - len(pairs)) / len(pairs),
+            "forced_frac": float(stats.get("forced_frac", float("nan"))),
+            "tokens_per_s": float(stats.get("tokens_per_s", n_tok / max(rec["rollout_s"], 1e-9))),
+        })
+        return rec
+
+    def _update_pass(self, pairs, old_logp, cmask, ref_logp, adv_flat, best_idx, old_item_logp, uniq, sel_labels,
+                     sel_targets):
+        """One gradient of ``token_loss + item_loss + kl_coef * kl``, accumulated over micro-batches.
+
+        Trajectories are processed ``recpo.micro_batch_size`` at a time; each chunk's token loss is weighted by
+        its share of the batch's valid tokens and its item-loss terms by ``1/M``, so the accumulated gradient
+        equals the full-batch one. The in-batch item vectors are encoded once with grad; chunks backpropagate
+        into a detached leaf copy and the item encoder gets the summed gradient at the end.
+        """
+        from r2ec.llm.rollout import completion_logprobs
+
+        rc = self.rc
+        dev = self.acc.device
+        self.opt.zero_grad(set_to_none=True)
+        n_valid = cmask.sum().clamp_min(1.0)
+        M = int(best_idx.numel())
+        best_pos = {int(i): j for j, i in enumerate(best_idx.tolist())}
+        mb = rc.micro_batch_size if rc.micro_batch_size > 0 else len(pairs)
+        chunked = mb < len(pairs)
+        if chunked and self.acc.distributed_type == DistributedType.DEEPSPEED:
+            raise UserError("recpo.micro_batch_size: DeepSpeed steps on every backward; use "
+                             "recpo.micro_batch_size=0 (one backward per update pass) under DeepSpeed")
+        items = leaf = None
+        if self.head is None:
+            with self._autocast():
+                items = self._item_vectors(uniq)
+            # chunked: chunks backpropagate into a leaf copy, the item encoder gets the summed grad at the end
+            leaf = items.detach().requires_grad_(True) if chunked else items
+        tok_sum = it_sum = kl_sum = 0.0
+        clip_n = ratio_sum = 0.0
+        it_ratio, it_clip = [], []
+        for s in range(0, len(pairs), mb):
+            idx = list(range(s, min(s + mb, len(pairs))))
+            with self._autocast():
+                new, user_new = completion_logprobs(self.policy, [pairs[i] for i in idx], rc.temperature,
+                                                    pad_id=self.pad_id, return_hidden=True,
+                                                    answer_id=self.answer_id)
+                new_logp, _ = _pad_logps(new)
+                w = cmask[idx].sum() / n_valid  # chunk's share of the valid tokens: token mean over the batch
+                tc = new_logp.shape[1]
+                om, cm = old_logp[idx][:, -tc:], cmask[idx][:, -tc:]
+                tl, ts = clipped_token_loss(new_logp, om, adv_flat[idx], cm, rc.clip_low, rc.clip_high)
+                loss = w * tl
+                tok_sum += float(w * tl.detach())
+                clip_n += ts["clip_frac"] * float(cm.sum())
+                ratio_sum += ts["ratio_mean"] * float(cm.sum())
+                if ref_logp is not None:
+                    klc = kl_penalty(new_logp, ref_logp[idx][:, -tc:], cm)
+                    loss = loss + rc.kl_coef * w * klc
+                    kl_sum += float(w * klc.detach())
+                sel = [k for k, i in enumerate(idx) if i in best_pos]
+                if sel:
+                    js = torch.as_tensor([best_pos[idx[k]] for k in sel], device=dev)
+                    u = user_new[torch.as_tensor(sel, device=dev)].float()
+                    if self.head is not None:
+                        nl = torch.log_softmax(self.head(u).float()[:, 1:], -1).gather(
+                            1, (sel_targets[js.cpu()] - 1).view(-1, 1).to(dev)).squeeze(1)
+                    else:
+                        nl = in_batch_target_logprob(u, leaf, sel_labels[js.cpu()].to(dev), rc.tau)
+                    il, ist = clipped_item_loss(nl, old_item_logp[js], adv_flat[best_idx][js], rc.clip_low,
+                                                rc.clip_high)
+                    loss = loss + il * (len(sel) / M)
+                    it_sum += float(il.detach()) * len(sel) / M
+                    it_ratio.append(ist["item_ratio_mean"] * len(sel))
+                    it_clip.append(ist["item_clip_frac"] * len(sel))
+            self.acc.backward(loss)
+        if chunked and items is not None and leaf.grad is not None:
+            self.acc.backward((items * leaf.grad).sum())
+        nv = float(n_valid)
+        tstats = {"clip_frac": clip_n / nv, "ratio_mean": ratio_sum / nv}
+        istats = {"item_ratio_mean": sum(it_ratio) / max(M, 1), "item_clip_frac": sum(it_clip) / max(M, 1)}
+        return (torch.tensor(tok_sum), torch.tensor(it_sum), torch.tensor(kl_sum), tstats, istats)
+
+    def contrastive_step(self, rows: pl.DataFrame) -> dict[str, Any]:
+        """``r2ec_no_reasoning``: in-batch InfoNCE between <answer>-right-after-prompt user vectors and targets."""
+        rec: dict[str, Any] = {"refresh_s": 0.0, "rollout_s": 0.0, "reward_fwd_s": 0.0}
+        prompts = self.prompts_of(rows)
+        uniq, labels = in_batch_labels(rows["target_item_id"].to_list())
+        t = time.perf_counter()
+        self.policy.train()
+        self.opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            user = self._pooled([p + [self.answer_id] for p in prompts])
+            logp = in_batch_target_logprob(user, self._item_vectors(uniq), labels.to(self.acc.device),
+                                           self.rc.tau)
+            loss = -logp.mean()
+        self.acc.backward(loss)
+        gnorm = self.acc.clip_grad_norm_(self.opt_params(), self.rc.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.policy.eval()
+        rec["update_s"] = time.perf_counter() - t
+        nan = float("nan")
+        rec.update({"reward": nan, "reward_ndcg": nan, "reward_prob": nan, "adv_mean": nan, "adv_std": nan,
+                    "token_loss": 0.0, "item_loss": loss.item(), "kl": 0.0, "grad_norm": _num(gnorm),
+                    "reasoning_len": 0.0, "tokens_per_s": nan})
+        return rec
+
+    def opt_params(self):
+        return [q for g in self.opt.param_groups for q in g["params"]]
+
+    # ------------------------------------------------------------------------------------------ state
+    def fingerprint(self) -> str:
+        """Hash of everything a checkpoint's validity depends on (method, llm/lora/recpo/eval params, data)."""
+        import hashlib
+        key = {"method": self.method, "llm": to_dict(self.p.llm), "lora": to_dict(self.p.lora),
+               "recpo": to_dict(self.p.recpo), "eval": to_dict(self.p.eval), "dataset": self.ds.name,
+               "n_items": self.ds.n_items, "splits": {k: v.height for k, v in self.ds.splits.items()}}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+    def state(self) -> dict[str, Any]:
+        return {"method": self.method, "fingerprint": self.fingerprint(), "step": self.step,
+                "trainable": trainable_state(self._modules()),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rng_state(),
+                "best_score": self.best_score, "best_step": self.best_step, "best_valid": self.best_valid,
+                "bad_evals": self.bad_evals, "done": self.done, "item_table": self.table,
+                "item_table_step": self.table_step}
+
+    def restore(self, st: dict[str, Any]) -> None:
+        if st.get("method") != self.method:
+            raise UserError(f"{self.run_dir / 'last'}: checkpoint of method {st.get('method')!r}, not "
+                             f"{self.method!r}; remove it to start over")
+        load_trainable_state(self._modules(), st["trainable"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        set_rng_state(st["rng"])
+        self.step, self.best_score, self.best_step = st["step"], st["best_score"], st["best_step"]
+        self.best_valid, self.bad_evals, self.done = st["best_valid"], st["bad_evals"], st["done"]
+        self.table, self.table_step = st["item_table"], st["item_table_step"]
+
+    def save_best(self, valid: dict, ranks: pl.DataFrame) -> None:
+        from r2ec.io import atomic_dir
+        from r2ec.llm.encoder import save_item_table
+        with atomic_dir(self.run_dir / "best") as tmp:
+            self.policy.save_pretrained(tmp / "adapter")
+            torch.save(trainable_state(self._modules()), tmp / "trainable.pt")
+            if self.head is not None:
+                torch.save(self.head.state_dict(), tmp / "head.pt")
+            if self.table is not None:
+                save_item_table(tmp / "item_table.pt", self.table,
+                                {"step": self.table_step, "dataset": self.ds.name, "tau": self.rc.tau})
+            ranks.write_parquet(tmp / "valid_ranks.parquet")
+            (tmp / "valid.json").write_text(json.dumps({"step": self.step, **valid}, indent=2))
+
+    def load_best(self) -> tuple[dict, pl.DataFrame] | None:
+        from r2ec.llm.encoder import load_item_table
+        d = self.run_dir / "best"
+        if not (d / "trainable.pt").exists():
+            return None
+        load_trainable_state(self._modules(), torch.load(d / "trainable.pt", map_location="cpu"))
+        if (d / "item_table.pt").exists():
+            self.table, meta = load_item_table(d / "item_table.pt")
+            self.step = self.table_step = int(meta.get("step", self.best_step))
+        valid = json.loads((d / "valid.json").read_text())
+        valid.pop("step", None)
+        return valid, pl.read_parquet(d / "valid_ranks.parquet")
+
+    def log(self, rec: dict[str, Any]) -> None:
+        if not self.acc.is_main_process:
+            return
+        append_jsonl(self.run_dir / "train_log.jsonl", rec)
+        if self.live is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                    self.live.log_metric(f"train/{k}", v)
+            self.live.next_step()
+
+    # ------------------------------------------------------------------------------------------ main loop
+    def validate(self) -> bool:
+        """Validate at the current step; keep the best adapter; return True when early stopping triggers."""
+        metrics, ranks = self.evaluate("valid")
+        score = float(metrics.get(SELECT_METRIC, next(v for k, v in metrics.items() if k.startswith("N@"))))
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_step, self.best_valid, self.bad_evals = score, self.step, metrics, 0
+            if self.acc.is_main_process:
+                self.save_best(metrics, ranks)
+            self.acc.wait_for_everyone()
+        else:
+            self.bad_evals += 1
+        if self.acc.is_main_process:
+            append_jsonl(self.run_dir / "valid_log.jsonl", {"step": self.step, **metrics, "improved": improved})
+        if self.live is not None:
+            self.live.log_metric(f"valid/{SELECT_METRIC}", score)
+        log.info("%s step %d valid %s=%.4f (best %.4f @ %d)", self.method, self.step, SELECT_METRIC, score,
+                 self.best_score, self.best_step)
+        return self.bad_evals >= self.rc.patience
+
+    def run(self) -> dict[str, dict]:
+        last = self.run_dir / "last"
+        if self.var.train:
+            st = load_checkpoint(last)
+            if st is not None and st.get("fingerprint") != self.fingerprint():
+                log.warning("%s holds a checkpoint of other params/data; starting over", last)
+                if self.acc.is_main_process:
+                    import shutil
+                    for d in (last, self.run_dir / "best"):
+                        shutil.rmtree(d, ignore_errors=True)
+                self.acc.wait_for_everyone()
+                st = None
+            if st is not None:
+                self.restore(st)
+                log.info("resumed %s from %s at step %d", self.method, last, self.step)
+                # drop log lines written after the checkpoint by the interrupted run
+                if self.acc.is_main_process:
+                    for name, keep in (("train_log.jsonl", lambda r: r.get("step", 0) < self.step),
+                                       ("valid_log.jsonl", lambda r: r.get("step", 0) <= self.step)):
+                        kept = [r for r in read_jsonl(self.run_dir / name) if keep(r)]
+                        write_text(self.run_dir / name, "".join(json.dumps(r) + "\n" for r in kept))
+            elif self.acc.is_main_process:  # a fresh run: no stale logs of an earlier run
+                for name in ("train_log.jsonl", "valid_log.jsonl"):
+                    (self.run_dir / name).unlink(missing_ok=True)
+            if self.use_dvclive and self.acc.is_main_process:
+                try:
+                    from dvclive import Live
+                    self.live = Live(dir=str(self.run_dir / "dvclive"), save_dvc_exp=False, resume=st is not None)
+                except Exception as e:  # pragma: no cover - logging must never break training
+                    log.warning("dvclive disabled: %s", e)
+            self.train_loop()
+            if self.live is not None:
+                self.live.end()
+        valid = self.load_best() if self.var.train else None
+        if valid is None:
+            valid = self.evaluate("valid")
+        test = self.evaluate("test")
+        metrics = {"valid": valid[0], "test": test[0]}
+        config = {**to_dict(self.p), "run": {"method": self.method, "best_step": self.best_step,
+                                             "best_valid_score": self.best_score if self.var.train else None}}
+        if self.acc.is_main_process:
+            write_run_outputs(self.run_dir, metrics, [valid[1], test[1]], config)
+        return metrics
+
+    def train_loop(self) -> None:
+        pool = self.ds.split("train")
+        if 0 < self.rc.train_max_samples < pool.height:
+            rng = np.random.default_rng(self.rc.seed)
+            pool = pool[np.sort(rng.choice(pool.height, size=self.rc.train_max_samples, replace=False)).tolist()]
+        from tqdm.auto import tqdm
+        bar = tqdm(total=self.rc.steps, initial=self.step, desc=f"train {self.method}", disable=not self.progress)
+        while not self.done and self.step < self.rc.steps:
+            t0 = time.perf_counter()
+            _seed_all(_step_seed(self.rc.seed, self.step, 2))
+            rows = self.batch_rows(pool)
+            rec = self.recpo_step(rows) if self.var.reasoning else self.contrastive_step(rows)
+            rec = {"step": self.step, **rec, "lr": float(self.sched.get_last_lr()[0]),
+                   "seconds": time.perf_counter() - t0}
+            self.step += 1
+            self.log(rec)
+            bar.update(1)
+            stop = False
+            if self.step % self.rc.eval_every == 0 or self.step == self.rc.steps:
+                stop = self.validate()
+            self.done = stop or self.step >= self.rc.steps
+            if (self.step % self.rc.checkpoint_every == 0 or self.done) and self.acc.is_main_process:
+                save_checkpoint(self.run_dir / "last", self.state())
+            self.acc.wait_for_everyone()
+            if self.hook is not None:
+                self.hook(self.step, rec)
+        bar.close()
+
+
+def train_r2ec(method: str, ds: Dataset, params: Params, run_dir: Path, cache_dir: Path | None = None,
+               progress: bool = True, *, dvclive: bool = True,
+               hook: Callable[[int, dict], None] | None = None) -> dict[str, dict]:
+    """Train (or, for ``r2ec_zeroshot``, only evaluate) an R2ec variant; see the module docstring.
+
+    Writes ``run_dir/{metrics.json, ranks.parquet, config.json, train_log.jsonl, valid_log.jsonl, best/,
+    last/, dvclive/}`` and returns ``{"valid": metrics, "test": metrics}`` (valid = the selected checkpoint's).
+    ``cache_dir`` holds the converted backbone (``backbones/``) and the untrained item table (``item_tables/``).
+    ``dvclive=False`` disables dvclive logging; ``hook(step, record)`` is called after each step (tests use it
+    to interrupt a run).
+    """
+    return _Trainer(method, ds, params, Path(run_dir), cache_dir, progress, dvclive, hook).run()

@@ -1,0 +1,144 @@
+"""RecPO trainer on the tiny random Llama and a tiny synthetic dataset (TRL-style assertions)."""
+
+import json
+import math
+
+import polars as pl
+import pytest
+import torch
+
+from r2ec.recpo.checkpoint import load_checkpoint
+from r2ec.recpo.trainer import _Trainer, train_r2ec
+from recpo_fixtures import tiny_dataset, tiny_params, with_recpo
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return tiny_dataset()
+
+
+def _trainer(ds, tmp_path, **recpo):
+    return _Trainer("r2ec", ds, tiny_params(**recpo), tmp_path, None, False, False, None)
+
+
+def _lora(tr):
+    return {n: p.detach().clone() for n, p in tr.policy.named_parameters() if p.requires_grad}
+
+
+def test_recpo_step_changes_every_lora_parameter_and_ratio_moves(ds, tmp_path):
+    tr = _trainer(ds, tmp_path, mu=2)  # pass 1 moves B (A has zero grad while B = 0), pass 2 moves A
+    before = _lora(tr)
+    assert before and all("lora_" in n for n in before)
+    rec = tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
+    after = _lora(tr)
+    unchanged = [n for n in before if torch.equal(before[n], after[n])]
+    assert not unchanged, f"parameters not updated: {unchanged}"
+    # the second pass sees the REAL old log-probs of the rollout policy: ratio != 1
+    assert abs(rec["ratio_mean"] - 1.0) > 1e-6
+    assert abs(rec["item_ratio_mean"] - 1.0) > 1e-6
+    for k in ("reward", "reward_ndcg", "reward_prob", "adv_mean", "adv_std", "token_loss", "item_loss",
+              "reasoning_len", "tokens_per_s", "rollout_s", "reward_fwd_s", "update_s"):
+        assert math.isfinite(rec[k]), k
+
+
+def test_first_pass_ratio_is_one_and_old_logprobs_are_real(ds, tmp_path):
+    tr = _trainer(ds, tmp_path, mu=1)
+    rec = tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
+    assert rec["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert rec["clip_frac"] == 0.0
+
+
+def test_clipping_acts_with_large_updates(ds, tmp_path):
+    tr = _trainer(ds, tmp_path, mu=3, lr=0.3, grad_clip=100.0, kl_coef=0.1)
+    rec = tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
+    assert rec["clip_frac"] > 0.0
+    assert rec["kl"] > 0.0  # the adapter moved away from the reference (adapter disabled)
+
+
+def test_warmup_is_applied(ds, tmp_path):
+    tr = _trainer(ds, tmp_path, warmup_steps=4, schedule="constant", lr=1e-2)
+    assert tr.sched.get_last_lr()[0] == 0.0
+    tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
+    assert tr.sched.get_last_lr()[0] == pytest.approx(1e-2 / 4)
+
+
+def test_kill_and_resume_equals_straight_run(ds, tmp_path):
+    p = tiny_params(steps=3, eval_every=2, checkpoint_every=1, item_refresh_every=2, group_size=2,
+                    max_reasoning_tokens=4)
+    m_straight = train_r2ec("r2ec", ds, p, tmp_path / "straight", None, progress=False, dvclive=False)
+
+    class Kill(Exception):
+        pass
+
+    def hook(step, rec):
+        if step == 2:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train_r2ec("r2ec", ds, p, tmp_path / "resumed", None, progress=False, dvclive=False, hook=hook)
+    assert load_checkpoint(tmp_path / "resumed" / "last")["step"] == 2
+    m_resumed = train_r2ec("r2ec", ds, p, tmp_path / "resumed", None, progress=False, dvclive=False)
+    a = load_checkpoint(tmp_path / "straight" / "last")
+    b = load_checkpoint(tmp_path / "resumed" / "last")
+    assert a["step"] == b["step"] == 3
+    assert a["trainable"].keys() == b["trainable"].keys()
+    for k in a["trainable"]:
+        assert torch.equal(a["trainable"][k], b["trainable"][k]), k
+    assert m_straight == m_resumed
+    log_a = [r["step"] for r in map(json.loads, open(tmp_path / "straight" / "train_log.jsonl"))]
+    log_b = [r["step"] for r in map(json.loads, open(tmp_path / "resumed" / "train_log.jsonl"))]
+    assert log_a == log_b == [0, 1, 2]
+
+
+@pytest.mark.parametrize("method", ["r2ec", "r2ec_zeroshot", "r2ec_no_reasoning", "r2ec_no_rd", "r2ec_no_rc",
+                                    "r2ec_cls_head"])
+def test_variant_writes_run_outputs(ds, tmp_path, method):
+    p = tiny_params(steps=1, eval_every=1, group_size=2, batch_size=2, max_reasoning_tokens=3)
+    m = train_r2ec(method, ds, p, tmp_path, tmp_path / "cache", progress=False, dvclive=(method == "r2ec"))
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(m))
+    assert set(on_disk) == {"valid", "test"} and "N@10" in on_disk["test"]
+    ranks = pl.read_parquet(tmp_path / "ranks.parquet")
+    assert set(ranks["split"].unique()) == {"valid", "test"}
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["run"]["method"] == method
+    if method != "r2ec_zeroshot":
+        log = [json.loads(line) for line in open(tmp_path / "train_log.jsonl")]
+        assert len(log) == 1 and log[0]["step"] == 0
+        assert (tmp_path / "best" / "adapter" / "adapter_config.json").exists()
+    if method == "r2ec":
+        assert (tmp_path / "dvclive").is_dir()
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_micro_batching_gives_the_full_batch_gradient(ds, tmp_path):
+    grads = []
+    for mb in (0, 3):
+        tr = _trainer(ds, tmp_path / str(mb), mu=1, micro_batch_size=mb)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # non-zero B so that every LoRA matrix gets a gradient
+            for n, p in tr.policy.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        captured = {}
+        tr.opt.step = lambda: captured.update({n: p.grad.clone() for n, p in tr.policy.named_parameters()
+                                              if p.requires_grad})
+        tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
+        grads.append(captured)
+    a, b = grads
+    assert a.keys() == b.keys() and len(a) > 0
+    for n in a:
+        assert a[n].abs().sum() > 0, n
+        assert torch.allclose(a[n], b[n], atol=1e-6, rtol=1e-3), n
+
+
+def test_checkpoint_of_other_params_is_not_resumed(ds, tmp_path):
+    p = tiny_params(steps=1, eval_every=1, group_size=2, max_reasoning_tokens=2)
+    train_r2ec("r2ec", ds, p, tmp_path, None, progress=False, dvclive=False)
+    first = load_checkpoint(tmp_path / "last")
+    p2 = with_recpo(p, lr=0.5)
+    train_r2ec("r2ec", ds, p2, tmp_path, None, progress=False, dvclive=False)
+    second = load_checkpoint(tmp_path / "last")
+    assert first["fingerprint"] != second["fingerprint"]
+    assert second["step"] == 1  # retrained from scratch with the new params, not "already done"
+    assert any(not torch.equal(first["trainable"][k], second["trainable"][k]) for k in first["trainable"])
