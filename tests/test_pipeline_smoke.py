@@ -45,7 +45,12 @@ def _tiny_params(base_url: str) -> dict:
     p["data"].update(base_url=base_url, min_items=10)
     for m in p["baselines"]:
         p[m].update(epochs=2, patience=1, hidden=16, batch_size=64)
-    p["eval"]["max_samples"] = 10
+    p["eval"].update(max_samples=10, valid_max_samples=8)
+    # R2ec on a tiny random LM built in memory (no download): 2 RecPO steps
+    p["r2ec_variants"] = ["r2ec_zeroshot", "r2ec"]
+    p["llm"].update(backbone="tiny-random", max_prompt_tokens=128)
+    p["recpo"].update(steps=2, eval_every=2, checkpoint_every=1, item_refresh_every=2, group_size=2, batch_size=2,
+                      max_reasoning_tokens=4, item_batch_size=32, eval_batch_size=8)
     return p
 
 
@@ -65,13 +70,16 @@ def test_pipeline_end_to_end(tmp_path):
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     table1 = (work / "results/table1.tex").read_text()
-    for name in ("SASRec", "GRU4Rec", "Caser", r"\textbf{"):
+    for name in ("SASRec", "GRU4Rec", "Caser", r"R$^2$ec (zero-shot)", r"R$^2$ec &", r"\textbf{"):
         assert name in table1
     assert "Games" in (work / "results/table3.tex").read_text()
-    for m in ("sasrec", "gru4rec", "caser"):
+    for m in ("sasrec", "gru4rec", "caser", "r2ec_zeroshot", "r2ec"):
         metrics = json.loads((work / f"results/runs/{CAT}/{m}/metrics.json").read_text())
         assert metrics["test"]["n_samples"] == 10 and 0.0 <= metrics["test"]["N@10"] <= 1.0
     assert json.loads((work / f"results/data/{CAT}/stats.json").read_text())["items"] == 30
+
+    log = [json.loads(line) for line in (work / f"results/runs/{CAT}/r2ec/train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 1] and all("reward" in r for r in log)
 
     # changing a SASRec hyperparameter re-runs only SASRec and the table
     p = yaml.safe_load((work / "params.yaml").read_text())
@@ -83,6 +91,15 @@ def test_pipeline_end_to_end(tmp_path):
     jobs.pop("total", None)
     assert jobs == {"train_baseline": "1", "table1": "1"}, r.stdout
     assert f"wildcards: dataset={CAT}, method=sasrec" in r.stdout
+
+    # changing recpo.beta re-runs the trained R2ec variants and the table, not the data or the baselines
+    p["sasrec"]["lr"] = 0.001
+    p["recpo"]["beta"] = 0.1
+    (work / "params.yaml").write_text(yaml.safe_dump(p))
+    r = _snakemake(work, "-n", "results/table1.tex", "results/table3.tex")
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, flags=re.M))
+    jobs.pop("total", None)
+    assert jobs == {"train_r2ec": "2", "table1": "1"}, r.stdout
 
 
 def test_cli_reports_bad_params_cleanly(tmp_path):

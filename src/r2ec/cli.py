@@ -107,18 +107,23 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_backbone(args: argparse.Namespace) -> None:
-    from r2ec.llm.backbone import backbone_cache_name, load_backbone
+    from r2ec.io import write_json
+    from r2ec.llm.backbone import backbone_cache_name, load_backbone, resolve_backbone
     p = _params(args)
-    out = Path(args.cache) / "backbones" / backbone_cache_name(p.llm.backbone)
+    name = backbone_cache_name(p.llm.backbone)
+    out = Path(args.cache) / "backbones" / name
     t0 = time.time()
-    load_backbone(p.llm, out)
-    print(f"backbone {p.llm.backbone} ready in {out} ({time.time() - t0:.1f}s)")
+    load_backbone(p.llm, out)  # GGUF: de-quantised once into `out`; HF ids / tiny-random need no copy
+    # the stage's output folder always exists and says what it holds (the pipeline's dependency marker)
+    write_json(out.parent / f"{name}.json", {"backbone": p.llm.backbone, "kind": resolve_backbone(
+        p.llm.backbone)["kind"], "copy": str(out) if out.exists() else None})
+    print(f"backbone {p.llm.backbone} ready ({time.time() - t0:.1f}s)")
 
 
 def cmd_table1(args: argparse.Namespace) -> None:
     from r2ec.report.tables import table1
     p = _params(args)
-    table1(p, Path(args.runs), Path(args.out))
+    table1(p, Path(args.runs), Path(args.out), Path(args.metrics) if args.metrics else None)
     print(f"wrote {args.out}")
 
 
@@ -190,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.add_argument("--runs", default="results/runs", help="runs root: RUNS/<dataset>/<method>/metrics.json")
     s.add_argument("--out", required=True)
+    s.add_argument("--metrics", help="also write the table's numbers as JSON (for dvc metrics)")
     s.set_defaults(func=cmd_table1)
 
     s = sub.add_parser("table3", help="LaTeX Table 3 (dataset statistics)")

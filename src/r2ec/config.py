@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -77,7 +78,8 @@ class DataCfg:
 class EvalCfg:
     ks: tuple[int, ...] = _doc("cut-offs K of H@K and N@K", default=(5, 10, 20))
     max_samples: int = _doc("seeded test subsample shared by every method (0 = all test samples)", default=0)
-    valid_max_samples: int = _doc("seeded valid subsample for model selection (0 = all)", default=0)
+    valid_max_samples: int = _doc("seeded valid subsample for LLM model selection (0 = all; classic baselines use all)",
+                                  default=0)
     mask_history: bool = _doc("exclude items of the sample's history window from the ranking", default=True)
     mask_repeated_target: bool = _doc(
         "reference behaviour: a target repeating a history item is masked too and always misses", default=True)
@@ -185,6 +187,9 @@ class Params:
 # ----------------------------------------------------------------------------------------------------------
 # strict conversion
 
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
@@ -220,6 +225,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads 1e-5 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -299,10 +306,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: malformed key")
+    if raw == "":
+        return key.split("."), ""
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except (yaml.YAMLError, ValueError) as e:  # ValueError: a date-shaped value that is no date
-        raise ConfigError(f"override {text!r}: {e}") from None
+        value = json.loads(raw)  # JSON first: the Snakemake rules pass whole sections as JSON
+    except ValueError:
+        try:
+            value = yaml.safe_load(raw)
+        except (yaml.YAMLError, ValueError) as e:  # ValueError: a date-shaped value that is no date
+            raise ConfigError(f"override {text!r}: {e}") from None
     return key.split("."), value
 
 

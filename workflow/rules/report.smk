@@ -3,11 +3,12 @@ rule table1:
         expand("results/runs/{dataset}/{method}/metrics.json", dataset=config["datasets"],
                method=config["baselines"] + config["r2ec_variants"]),
     output:
-        "results/table1.tex",
+        table="results/table1.tex",
+        metrics="results/metrics.json",
     params:
         S=sections("datasets", "eval", "report"),
     shell:
-        "python -m r2ec table1 --runs results/runs --out {output} {params.S}"
+        "python -m r2ec table1 --runs results/runs --out {output.table} --metrics {output.metrics} {params.S}"
 
 
 rule table3:

@@ -175,6 +175,9 @@ def train_classic(method: str, ds: Dataset, cfg: SeqModelCfg, eval_cfg: EvalCfg,
         raise UserError(f"unknown classic method {method!r}; known: {', '.join(METHODS)}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # eval.valid_max_samples exists to make LLM validation affordable; selecting these cheap models on a small
+    # subsample would only add noise, so they validate on every valid sample (test still uses the shared one)
+    eval_cfg = dataclasses.replace(eval_cfg, valid_max_samples=0)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     cfg_dict = dataclasses.asdict(cfg)

@@ -591,7 +591,8 @@ class _Trainer:
             if self.use_dvclive and self.acc.is_main_process:
                 try:
                     from dvclive import Live
-                    self.live = Live(dir=str(self.run_dir / "dvclive"), save_dvc_exp=False, resume=st is not None)
+                    self.live = Live(dir=str(self.run_dir / "dvclive"), save_dvc_exp=False, dvcyaml=None,
+                                     resume=st is not None)
                 except Exception as e:  # pragma: no cover - logging must never break training
                     log.warning("dvclive disabled: %s", e)
             self.train_loop()

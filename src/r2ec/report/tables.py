@@ -7,7 +7,7 @@ from pathlib import Path
 
 from r2ec.config import MOVIELENS, Params
 from r2ec.errors import UserError
-from r2ec.io import write_text
+from r2ec.io import write_json, write_text
 
 METHOD_NAMES = {
     "sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser",
@@ -59,8 +59,11 @@ def _mark(values: list[float | None], decimals: int) -> list[str]:
     return out
 
 
-def table1(p: Params, runs: Path, out: Path) -> str:
-    """Write Table 1: one row per method that has a run, H@K/N@K columns per dataset."""
+def table1(p: Params, runs: Path, out: Path, metrics_out: Path | None = None) -> str:
+    """Write Table 1: one row per method that has a run, H@K/N@K columns per dataset.
+
+    ``metrics_out`` (optional) receives the same numbers as JSON ``{dataset: {method: test metrics}}`` for
+    ``dvc metrics`` / ``dvc exp show``."""
     cols = [f"{m}@{k}" for k in p.eval.ks for m in ("H", "N")]
     methods = [m for m in p.report.table1_methods
                if any((runs / d / m / "metrics.json").exists() for d in p.datasets)]
@@ -68,8 +71,10 @@ def table1(p: Params, runs: Path, out: Path) -> str:
         raise UserError(f"{runs}: no run of {list(p.report.table1_methods)} on {list(p.datasets)} found")
     cells: dict[str, list[str]] = {m: [] for m in methods}
     n_samples = {}
+    summary: dict[str, dict] = {}
     for d in p.datasets:
         metrics = {m: load_metrics(runs, d, m) for m in methods}
+        summary[d] = {m: v for m, v in metrics.items() if v is not None}
         n_samples[d] = sorted({int(v["n_samples"]) for v in metrics.values() if v and "n_samples" in v})
         for c in cols:
             vals = [metrics[m].get(c) if metrics[m] else None for m in methods]
@@ -97,6 +102,8 @@ def table1(p: Params, runs: Path, out: Path) -> str:
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
     text = "\n".join(lines)
     write_text(out, text)
+    if metrics_out is not None:
+        write_json(metrics_out, summary)
     return text
 
 
