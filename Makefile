@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-CORES ?= 4
+CORES ?= $(shell nproc 2>/dev/null || echo 4)
 
 .PHONY: install table1 all test test-all dvc-repro clean-results
 install: $(VENV)/.installed

@@ -84,8 +84,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from r2ec.io import load_dataset, reset_run_if_params_changed
     p = _params(args)
     if args.threads:
+        import os
+
         import torch
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(min(args.threads, os.cpu_count() or args.threads))
     ds = load_dataset(args.data)
     run_dir = Path(args.out)
     # a checkpoint left by a run with other params must not be resumed into this one

@@ -8,7 +8,9 @@ rule train_baseline:
         method="sasrec|gru4rec|caser",
     params:
         S=lambda wc: sections("seed", "eval", wc.method),
-    threads: 2
+    # one torch thread per job: jobs run side by side on the cores Snakemake is given (more threads than
+    # cores makes torch's OpenMP pool spin; measured 10x slower per step on a loaded 2-core machine)
+    threads: 1
     log:
         "results/logs/train/{dataset}/{method}.log",
     shell:

@@ -20,7 +20,9 @@ rule train_r2ec:
         method="r2ec[a-z_]*",
     params:
         S=sections("seed", "eval", "llm", "lora", "recpo"),
-    threads: 2
+    # one torch thread per job: jobs run side by side on the cores Snakemake is given (more threads than
+    # cores makes torch's OpenMP pool spin; measured 10x slower per step on a loaded 2-core machine)
+    threads: 1
     log:
         "results/logs/train/{dataset}/{method}.log",
     shell:

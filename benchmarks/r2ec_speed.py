@@ -1,0 +1,187 @@
+"""Speed benchmark of R2ec (a benchmark, not a test; it asserts nothing about quality).
+
+Usage (from the repository root, inside the project venv)::
+
+    python benchmarks/r2ec_speed.py -S llm.backbone=tiny-random --steps 2 --items 64 --eval-samples 16
+    python benchmarks/r2ec_speed.py --params params.yaml --steps 3 --items 256 --eval-samples 32 --out bench.json
+
+It builds the RecPO trainer exactly as ``train_r2ec`` does (method ``r2ec``, a temporary run directory,
+dvclive off) for the configured backbone (``llm.backbone`` from ``--params`` plus ``-S key=value``
+overrides) and measures:
+
+1. one RecPO step through ``_Trainer.recpo_step`` on the trainer's own seeded batches: rollout, reward
+   forward and update seconds as the trainer reports them (mean over the steps after the first, or the
+   single step when ``--steps 1``); the item-table refresh is timed on ``--items`` items and extrapolated to
+   all N items (the steps run against that partial table tiled to N rows, so they do no refresh themselves);
+2. throughputs: rollout tokens/s (sampled, ``recpo.group_size`` per user, from the steps), item encoding
+   items/s, full-ranking evaluation samples/s (the shared evaluator with the trainer's greedy-reasoning
+   scorer on the first ``--eval-samples`` test evaluation samples) and the latency of one recommendation
+   request (prompt -> greedy reasoning -> user vector -> scores over all items -> top-10) at batch 1 and 8,
+   median of ``--repeats`` runs.
+
+Numbers depend on the machine's load; compare runs taken on the same machine under the same load only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from r2ec import config as C
+from r2ec.eval.evaluator import evaluate, evaluation_samples
+from r2ec.io import load_dataset
+from r2ec.recpo.trainer import _seed_all, _step_seed, _Trainer
+
+
+def make_trainer(p: C.Params, data: Path, cache: Path, run_dir: Path) -> tuple[_Trainer, float]:
+    """The RecPO trainer as ``train_r2ec`` builds it; returns it with its construction seconds."""
+    ds = load_dataset(data)
+    t0 = time.perf_counter()
+    tr = _Trainer("r2ec", ds, p, run_dir, cache, progress=False, use_dvclive=False, hook=None)
+    return tr, time.perf_counter() - t0
+
+
+def bench_refresh(tr: _Trainer, n_items: int) -> dict:
+    """Encode the first ``n_items`` items with the trainer's encoder; install them, tiled, as its item table."""
+    from r2ec.llm.encoder import encode_items
+    n = min(n_items, tr.ds.n_items)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        part = encode_items(tr.policy, tr.tok, tr.ds.items.head(n), tr.domain, tr.p.llm,
+                            batch_size=tr.rc.item_batch_size, progress=False, prompt_ids=tr.item_ids[:n])
+        sec = time.perf_counter() - t0
+    rows = part[1:].clone()  # a normal tensor (not an inference tensor) for the training steps
+    reps = -(-tr.ds.n_items // n)
+    tr.table = torch.cat([torch.zeros_like(rows[:1]), rows.repeat(reps, 1)[:tr.ds.n_items]])
+    tr.table_step = tr.step
+    return {"items_encoded": n, "encode_s": sec, "items_per_s": n / sec,
+            "refresh_all_s": sec * tr.ds.n_items / n}
+
+
+def bench_steps(tr: _Trainer, steps: int) -> dict:
+    """``steps`` RecPO steps on the trainer's seeded batches (as ``train_loop``); mean timings after the first."""
+    rc = tr.rc
+    pool = tr.ds.split("train")
+    if 0 < rc.train_max_samples < pool.height:
+        rng = np.random.default_rng(rc.seed)
+        pool = pool[np.sort(rng.choice(pool.height, size=rc.train_max_samples, replace=False)).tolist()]
+    recs = []
+    for _ in range(steps):
+        tr.table_step = tr.step  # keep the installed table current: the step must not re-encode all items
+        t0 = time.perf_counter()
+        _seed_all(_step_seed(rc.seed, tr.step, 2))
+        rec = tr.recpo_step(tr.batch_rows(pool))
+        rec["seconds"] = time.perf_counter() - t0
+        recs.append(rec)
+        tr.step += 1
+    used = recs[1:] if len(recs) > 1 else recs
+    keys = ("rollout_s", "reward_fwd_s", "update_s", "seconds", "tokens_per_s", "reasoning_len")
+    return {k: statistics.fmean(r[k] for r in used) for k in keys} | {"steps_averaged": len(used)}
+
+
+def bench_eval(tr: _Trainer, n_samples: int) -> dict:
+    """The shared evaluator with the trainer's greedy-reasoning scorer on the first ``n_samples`` test samples."""
+    samples = evaluation_samples(tr.ds, "test", tr.p.eval).head(n_samples)
+    with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+        t0 = time.perf_counter()
+        evaluate(tr.scorer, tr.ds, "test", tr.p.eval, samples=samples, progress=False)
+        sec = time.perf_counter() - t0
+    return {"eval_samples": samples.height, "eval_s": sec, "samples_per_s": samples.height / sec}
+
+
+def recommend_batch(tr: _Trainer, rows, k: int = 10) -> torch.Tensor:
+    """Prompt -> greedy reasoning -> user vector -> scores over all items (history masked) -> top-k ids."""
+    scores = tr.scorer(rows)
+    for i, hist in enumerate(rows["history_item_ids"].to_list()):
+        if hist:
+            scores[i, torch.as_tensor(hist)] = float("-inf")
+    return torch.topk(scores, k, dim=1).indices
+
+
+def bench_latency(tr: _Trainer, batch: int, repeats: int) -> dict:
+    """Median wall seconds of one recommendation call for ``batch`` test users (after one warm-up call)."""
+    rows = tr.ds.split("test").head(batch)
+    times = []
+    with torch.inference_mode():
+        recommend_batch(tr, rows)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            recommend_batch(tr, rows)
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"batch": rows.height, "latency_s": med, "requests_per_s": rows.height / med}
+
+
+def header(tr: _Trainer) -> dict:
+    p = tr.p
+    return {"backbone": p.llm.backbone, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "device": str(tr.acc.device), "max_reasoning_tokens": p.recpo.max_reasoning_tokens,
+            "group_size": p.recpo.group_size, "batch_size": p.recpo.batch_size,
+            "max_prompt_tokens": p.llm.max_prompt_tokens, "n_items": tr.ds.n_items}
+
+
+def table(res: dict) -> str:
+    h, s, r, e = res["header"], res["step"], res["refresh"], res["eval"]
+    lines = [" ".join(f"{k}={v}" for k, v in h.items()),
+             f"trainer construction (backbone load, LoRA, item prompts): {res['setup_s']:.2f} s"]
+    rows = [
+        ("recpo step", f"rollout (mean of {s['steps_averaged']} step(s))", s["rollout_s"], "s"),
+        ("recpo step", "reward forward", s["reward_fwd_s"], "s"),
+        ("recpo step", "backward/update", s["update_s"], "s"),
+        ("recpo step", f"item refresh, all {h['n_items']} items (from {r['items_encoded']})",
+         r["refresh_all_s"], "s"),
+        ("recpo step", "step total without refresh", s["seconds"], "s"),
+        ("throughput", f"rollout (G={h['group_size']}, mean len {s['reasoning_len']:.1f})", s["tokens_per_s"],
+         "tokens/s"),
+        ("throughput", "item encoding", r["items_per_s"], "items/s"),
+        ("throughput", f"full-ranking evaluation ({e['eval_samples']} samples)", e["samples_per_s"], "samples/s"),
+    ]
+    for lat in res["latency"]:
+        rows.append(("latency", f"recommend top-10, batch {lat['batch']} (median)", lat["latency_s"], "s"))
+        rows.append(("latency", f"recommend top-10, batch {lat['batch']}", lat["requests_per_s"], "requests/s"))
+    w0, w1 = max(len(x[0]) for x in rows), max(len(x[1]) for x in rows)
+    lines.append(f"{'section':<{w0}}  {'measure':<{w1}}  {'value':>12}  unit")
+    lines += [f"{a:<{w0}}  {b:<{w1}}  {v:>12.4g}  {u}" for a, b, v, u in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--data", default="results/data/movielens-100k")
+    ap.add_argument("--cache", default="results/cache")
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--items", type=int, default=256)
+    ap.add_argument("--eval-samples", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of each latency measurement (median)")
+    ap.add_argument("--out", type=Path, help="also write the results as JSON here")
+    a = ap.parse_args(argv)
+    if a.steps < 1 or a.items < 1 or a.eval_samples < 1 or a.repeats < 1:
+        ap.error("--steps, --items, --eval-samples and --repeats must be >= 1")
+
+    p = C.load(a.params, a.overrides)
+    _seed_all(p.recpo.seed)
+    with tempfile.TemporaryDirectory(prefix="r2ec_speed_") as tmp:
+        tr, setup_s = make_trainer(p, Path(a.data), Path(a.cache), Path(tmp) / "run")
+        res = {"header": header(tr), "setup_s": setup_s, "refresh": bench_refresh(tr, a.items)}
+        res["step"] = bench_steps(tr, a.steps)
+        res["eval"] = bench_eval(tr, a.eval_samples)
+        res["latency"] = [bench_latency(tr, b, a.repeats) for b in (1, 8)]
+    print(table(res))
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()
