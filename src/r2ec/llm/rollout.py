@@ -130,6 +130,14 @@ def finish_completion(tokens: Sequence[int], answer_id: int, stop_ids: Sequence[
     return toks + [int(answer_id)], True
 
 
+def stop_and_pad_ids(tokenizer) -> tuple[list[int], int]:
+    """(EOS ids, pad id) of a tokenizer; the pad falls back to the first EOS."""
+    eos = tokenizer.eos_token_id
+    eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0])
+    return eos_ids, pad_id
+
+
 class HFRolloutEngine:
     """Batched ``transformers`` generation with left padding (CPU or a single GPU)."""
 
@@ -138,9 +146,7 @@ class HFRolloutEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.answer_id = int(answer_id)
-        eos = tokenizer.eos_token_id
-        self.eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
-        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0])
+        self.eos_ids, self.pad_id = stop_and_pad_ids(tokenizer)
         self.batch_size = batch_size
         self.logprob_batch_size = logprob_batch_size
         self.last_stats: dict[str, float] = {}
@@ -237,9 +243,7 @@ class VLLMRolloutEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.answer_id = int(answer_id)
-        eos = tokenizer.eos_token_id
-        self.eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
-        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0])
+        self.eos_ids, self.pad_id = stop_and_pad_ids(tokenizer)
         self.logprob_batch_size = logprob_batch_size
         if max_lora_rank is None:
             max_lora_rank = vllm_lora_rank(model)
