@@ -122,6 +122,16 @@ def cmd_backbone(args: argparse.Namespace) -> None:
     print(f"backbone {p.llm.backbone} ready ({time.time() - t0:.1f}s)")
 
 
+def cmd_item_table(args: argparse.Namespace) -> None:
+    from r2ec.io import load_dataset, write_json
+    from r2ec.recpo.trainer import build_item_table
+    p = _params(args)
+    info = build_item_table(load_dataset(args.data), p, Path(args.cache), progress=not args.quiet)
+    info.pop("seconds")  # keep the marker byte-identical across identical runs
+    write_json(args.marker, info)
+    print(f"item table of {info['dataset']} ready: {info['table']}")
+
+
 def cmd_table1(args: argparse.Namespace) -> None:
     from r2ec.report.tables import table1
     p = _params(args)
@@ -192,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.add_argument("--cache", default="results/cache", help="cache root: CACHE/backbones/<name>/")
     s.set_defaults(func=cmd_backbone)
+
+    s = sub.add_parser("item-table", help="encode all items with the untrained backbone into the shared cache")
+    _common(s)
+    s.add_argument("--data", required=True, help="prepared dataset directory")
+    s.add_argument("--cache", default="results/cache", help="cache root: CACHE/item_tables/")
+    s.add_argument("--marker", required=True, help="JSON file describing the cached table (the stage's output)")
+    s.set_defaults(func=cmd_item_table)
 
     s = sub.add_parser("table1", help="LaTeX Table 1 (H@K / N@K per dataset and method)")
     _common(s)

@@ -9,10 +9,26 @@ rule backbone:
         "python -m r2ec backbone --quiet --cache results/cache {params.S} 2> {log}"
 
 
+rule item_table:
+    input:
+        data="results/data/{dataset}",
+        backbone="results/cache/backbones",
+    output:
+        "results/cache/item_tables/{dataset}.json",
+    params:
+        S=sections("llm"),
+    log:
+        "results/logs/item_table/{dataset}.log",
+    shell:
+        "python -m r2ec item-table --quiet --data {input.data} --cache results/cache --marker {output} "
+        "{params.S} 2> {log}"
+
+
 rule train_r2ec:
     input:
         data="results/data/{dataset}",
         backbone="results/cache/backbones",
+        item_table="results/cache/item_tables/{dataset}.json",
     output:
         metrics="results/runs/{dataset}/{method}/metrics.json",
         ranks="results/runs/{dataset}/{method}/ranks.parquet",

@@ -650,3 +650,19 @@ def train_r2ec(method: str, ds: Dataset, params: Params, run_dir: Path, cache_di
     to interrupt a run).
     """
     return _Trainer(method, ds, params, Path(run_dir), cache_dir, progress, dvclive, hook).run()
+
+
+def build_item_table(ds: Dataset, params: Params, cache_dir: Path, progress: bool = True) -> dict:
+    """Encode every item with the untrained backbone into ``cache_dir/item_tables/`` and describe it.
+
+    A fresh LoRA adapter is the identity, so this table is where every R2ec variant starts; building it once
+    as its own pipeline stage keeps variants that run side by side from each encoding it again.
+    """
+    import tempfile
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = _Trainer("r2ec_zeroshot", ds, params, Path(tmp), Path(cache_dir), progress, False, None)
+        tr.refresh_table()
+        path = tr._init_table_cache()
+    return {"dataset": ds.name, "backbone": params.llm.backbone, "items": ds.n_items, "table": str(path),
+            "seconds": round(time.perf_counter() - t0, 1)}
