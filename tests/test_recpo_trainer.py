@@ -111,10 +111,11 @@ def test_variant_writes_run_outputs(ds, tmp_path, method):
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of")
-def test_micro_batching_gives_the_full_batch_gradient(ds, tmp_path):
+@pytest.mark.parametrize("uniform_negatives", [0, 3])
+def test_micro_batching_gives_the_full_batch_gradient(ds, tmp_path, uniform_negatives):
     grads = []
     for mb in (0, 3):
-        tr = _trainer(ds, tmp_path / str(mb), mu=1, micro_batch_size=mb)
+        tr = _trainer(ds, tmp_path / str(mb), mu=1, micro_batch_size=mb, uniform_negatives=uniform_negatives)
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():  # non-zero B so that every LoRA matrix gets a gradient
             for n, p in tr.policy.named_parameters():
@@ -142,3 +143,35 @@ def test_checkpoint_of_other_params_is_not_resumed(ds, tmp_path):
     assert first["fingerprint"] != second["fingerprint"]
     assert second["step"] == 1  # retrained from scratch with the new params, not "already done"
     assert any(not torch.equal(first["trainable"][k], second["trainable"][k]) for k in first["trainable"])
+
+
+def test_uniform_negatives_are_seeded_exclude_targets_and_join_the_item_loss(ds, tmp_path):
+    tr = _trainer(ds, tmp_path, uniform_negatives=3)
+    seen = []
+    encode = tr._item_vectors
+    tr._item_vectors = lambda ids: (seen.append(list(ids)), encode(ids))[1]
+    neg = tr._negatives([1, 2])
+    assert neg.shape == (3, tr.policy.config.hidden_size) and not neg.requires_grad
+    assert len(seen[0]) == 3 and not {1, 2} & set(seen[0])
+    tr._negatives([1, 2])
+    assert seen[1] == seen[0]  # same (seed, step): same draw
+    items = torch.zeros(2, neg.shape[1])
+    assert tr._candidates(items, neg).shape[0] == 5 and tr._candidates(items, None) is items
+    rec = tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
+    assert math.isfinite(rec["item_loss"])
+    assert _trainer(ds, tmp_path / "off", uniform_negatives=0)._negatives([1]) is None
+
+
+def test_bf16_autocast_step_keeps_float32_scores_and_ratio_one(ds, tmp_path):
+    import dataclasses
+    p = tiny_params(mu=1)
+    p = dataclasses.replace(p, llm=dataclasses.replace(p.llm, autocast="bf16"))
+    tr = _Trainer("r2ec", ds, p, tmp_path, None, False, False, None)
+    before = _lora(tr)
+    rec = tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
+    assert tr.acc.mixed_precision == "bf16"
+    assert rec["ratio_mean"] == pytest.approx(1.0, abs=1e-2)
+    assert any(not torch.equal(before[n], v) for n, v in _lora(tr).items())
+    with tr._autocast():
+        s = tr.scores_of(torch.randn(2, tr.policy.config.hidden_size))
+    assert s.dtype == torch.float32

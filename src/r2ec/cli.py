@@ -80,14 +80,19 @@ def _sections_of(method: str) -> tuple[str, ...]:
     return ("seed", "eval", method) if method in C.CLASSIC_METHODS else ("seed", "eval", "llm", "lora", "recpo")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from r2ec.io import load_dataset, reset_run_if_params_changed
-    p = _params(args)
-    if args.threads:
+def _apply_threads(n: int) -> None:
+    """``--threads N``: N torch threads (capped at the cores); 0 leaves torch's default."""
+    if n:
         import os
 
         import torch
-        torch.set_num_threads(min(args.threads, os.cpu_count() or args.threads))
+        torch.set_num_threads(min(n, os.cpu_count() or n))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from r2ec.io import load_dataset, reset_run_if_params_changed
+    p = _params(args)
+    _apply_threads(args.threads)
     ds = load_dataset(args.data)
     run_dir = Path(args.out)
     # a checkpoint left by a run with other params must not be resumed into this one
@@ -126,6 +131,7 @@ def cmd_item_table(args: argparse.Namespace) -> None:
     from r2ec.io import load_dataset, write_json
     from r2ec.recpo.trainer import build_item_table
     p = _params(args)
+    _apply_threads(args.threads)
     info = build_item_table(load_dataset(args.data), p, Path(args.cache), progress=not args.quiet)
     info.pop("seconds")  # keep the marker byte-identical across identical runs
     write_json(args.marker, info)
@@ -208,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="prepared dataset directory")
     s.add_argument("--cache", default="results/cache", help="cache root: CACHE/item_tables/")
     s.add_argument("--marker", required=True, help="JSON file describing the cached table (the stage's output)")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     s.set_defaults(func=cmd_item_table)
 
     s = sub.add_parser("table1", help="LaTeX Table 1 (H@K / N@K per dataset and method)")

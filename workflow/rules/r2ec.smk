@@ -1,4 +1,6 @@
+# the LLM chain is the critical path of the default job: schedule it before the classic baselines
 rule backbone:
+    priority: 10
     output:
         directory("results/cache/backbones"),
     params:
@@ -10,6 +12,7 @@ rule backbone:
 
 
 rule item_table:
+    priority: 10
     input:
         data="results/data/{dataset}",
         backbone="results/cache/backbones",
@@ -17,14 +20,16 @@ rule item_table:
         "results/cache/item_tables/{dataset}.json",
     params:
         S=sections("llm"),
+    threads: 1
     log:
         "results/logs/item_table/{dataset}.log",
     shell:
-        "python -m r2ec item-table --quiet --data {input.data} --cache results/cache --marker {output} "
-        "{params.S} 2> {log}"
+        "python -m r2ec item-table --quiet --threads {threads} --data {input.data} --cache results/cache "
+        "--marker {output} {params.S} 2> {log}"
 
 
 rule train_r2ec:
+    priority: 10
     input:
         data="results/data/{dataset}",
         backbone="results/cache/backbones",

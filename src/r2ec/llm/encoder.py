@@ -130,9 +130,10 @@ def load_item_table(path: str | Path) -> tuple[torch.Tensor, dict]:
 
 def cosine_scores(user: torch.Tensor, items: torch.Tensor, tau: float) -> torch.Tensor:
     """cos(user_b, item_j) / τ → [B, N+1] float32, column 0 (pad item) = -inf. Differentiable."""
-    u = torch.nn.functional.normalize(user.float(), dim=-1)
-    it = torch.nn.functional.normalize(items.float(), dim=-1)
-    s = (u @ it.T) / tau
+    with torch.autocast(device_type=user.device.type, enabled=False):  # float32 logits under bf16 autocast
+        u = torch.nn.functional.normalize(user.float(), dim=-1)
+        it = torch.nn.functional.normalize(items.float(), dim=-1)
+        s = (u @ it.T) / tau
     pad = torch.zeros(s.shape[1], dtype=torch.bool, device=s.device)
     pad[0] = True
     return s.masked_fill(pad, float("-inf"))

@@ -73,7 +73,7 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
     import polars as pl
 
     from r2ec import config as C
-    from r2ec.llm.backbone import answer_token_id, load_backbone
+    from r2ec.llm.backbone import answer_token_id, autocast_ctx, load_backbone
     from r2ec.llm.encoder import cosine_scores, encode_items, load_item_table
     from r2ec.llm.prompts import domain_noun, render_prompt, user_messages
     from r2ec.llm.rollout import HFRolloutEngine, completion_logprobs
@@ -120,14 +120,16 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
     prompt = render_prompt(tok, user_messages(history, now, domain), params.llm.system_prompt,
                            max_tokens=params.llm.max_prompt_tokens)
 
+    dev = next(model.parameters()).device
     no_reasoning = method == "r2ec_no_reasoning"
     if no_reasoning:
         completion = [aid]
     else:
         eng = HFRolloutEngine(model, tok, aid)
         mx = max_reasoning_tokens or params.recpo.max_reasoning_tokens
-        completion = eng.generate([prompt], 1, 0.0, 0, mx, seed=params.recpo.seed)[0][0].completion_ids
-    with torch.no_grad():
+        with autocast_ctx(params.llm, dev):
+            completion = eng.generate([prompt], 1, 0.0, 0, mx, seed=params.recpo.seed)[0][0].completion_ids
+    with torch.no_grad(), autocast_ctx(params.llm, dev):
         _, user = completion_logprobs(model, [(prompt, completion)], 1.0, pad_id=tok.pad_token_id,
                                       return_hidden=True, answer_id=aid)
     user = user.float()
@@ -142,7 +144,8 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
             table, _ = load_item_table(table_file)
         else:
             log.info("no item table in %s: encoding %d items", run_dir / "best", items.height)
-            table = encode_items(model, tok, items, domain, params.llm, batch_size=16)
+            with autocast_ctx(params.llm, dev):
+                table = encode_items(model, tok, items, domain, params.llm, batch_size=16)
         scores = cosine_scores(user, table, params.recpo.tau)
     scores = scores[0]
     if hist_ids:

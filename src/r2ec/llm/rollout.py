@@ -106,7 +106,8 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
             lens.append(n)
         r = torch.cat(rows).to(dev)
         k = torch.cat(cols).to(dev)
-        logits = head(h[r, k]).float() / temp  # [sum n, V]
+        with torch.autocast(device_type=dev.type, enabled=False):  # the LM head in the weights' dtype
+            logits = head(h[r, k].to(head.weight.dtype)).float() / temp  # [sum n, V]
         targets = ids[r, k + 1]
         lp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
         logps.extend(lp.split(lens))

@@ -17,6 +17,9 @@ Clipped surrogate (PPO with DAPO's asymmetric clip; paper eps_low = 0.2, eps_hig
   ``logits = cos(u, v_j) / tau`` and ``p = softmax(logits)[own target]``. The ratio is
   ``rho = p_new / p_old = exp(log p_new - log p_old)`` with ``p_old`` from the rollout policy, and the loss is
   the mean over selected trajectories of ``l(rho, A_ug)`` (same advantage as the trajectory's tokens).
+  With ``recpo.uniform_negatives = K > 0`` the candidate set also holds K catalogue items drawn uniformly
+  (encoded by the current model without gradient): Mixed Negative Sampling (Yang et al., WWW 2020), which
+  lets the softmax see items the batch's popularity-biased targets never show.
 * KL (off by default, ``recpo.kl_coef``): k3 estimator ``exp(ref - new) - (ref - new) - 1`` per token against
   the reference policy (the model with the LoRA adapter disabled), token mean like the token loss.
 """
@@ -25,6 +28,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def fp32(like: torch.Tensor):
+    """Autocast off: cos/tau logits (up to 1/tau = 50) need float32, bf16 would round them to 0.25."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
 
 
 def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float) -> torch.Tensor:
@@ -58,10 +66,11 @@ def clipped_token_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, adv: torc
 def in_batch_target_logprob(user_vecs: torch.Tensor, item_vecs: torch.Tensor, labels: torch.Tensor,
                             tau: float) -> torch.Tensor:
     """``log softmax(cos(user_vecs, item_vecs) / tau)[m, labels[m]]`` -- ``[M]`` from ``[M,H]``, ``[K,H]``."""
-    u = F.normalize(user_vecs.float(), dim=-1)
-    v = F.normalize(item_vecs.float(), dim=-1)
-    logits = u @ v.T / tau
-    return torch.log_softmax(logits, dim=-1).gather(1, labels.view(-1, 1).long()).squeeze(1)
+    with fp32(user_vecs):
+        u = F.normalize(user_vecs.float(), dim=-1)
+        v = F.normalize(item_vecs.float(), dim=-1)
+        logits = u @ v.T / tau
+        return torch.log_softmax(logits, dim=-1).gather(1, labels.view(-1, 1).long()).squeeze(1)
 
 
 def in_batch_labels(target_ids: list[int]) -> tuple[list[int], torch.Tensor]:

@@ -17,7 +17,8 @@ One RecPO step (method ``r2ec``, ``r2ec_no_rd``, ``r2ec_no_rc``, ``r2ec_cls_head
 6. ``recpo.mu`` update passes of ``token_loss + item_loss (+ kl_coef * kl)``: the token loss over all
    trajectories, the item loss over the best ones against FRESH in-batch encodings of the batch's target items
    (with grad: both the user and the item side learn; old item log-probs come from the same items encoded
-   before the first pass). Passes run in eval mode (LoRA dropout off, like TRL's ``disable_dropout``) so an
+   before the first pass), plus ``recpo.uniform_negatives`` catalogue items drawn uniformly per step and encoded
+   without gradient (Mixed Negative Sampling; 0 = in-batch only as in the paper). Passes run in eval mode (LoRA dropout off, like TRL's ``disable_dropout``) so an
    unchanged policy has ratio exactly 1; AdamW + warmup + schedule (``constant`` means
    ``constant_with_warmup``: warmup is applied), grad-norm clip. One optimizer step per pass; a pass is
    accumulated over ``recpo.micro_batch_size`` trajectories at a time with the identical loss (token mean over
@@ -31,7 +32,9 @@ adv_std, token_loss, item_loss, kl, ratio/clip statistics, reasoning_len, tokens
 seconds of each phase (refresh_s, rollout_s, reward_fwd_s, update_s, seconds).
 
 ``r2ec_no_reasoning`` trains the same encoder with in-batch InfoNCE (user vector at ``<answer>`` placed right
-after the prompt, negatives = the other in-batch targets, cos/tau) and no generation. ``r2ec_zeroshot``
+after the prompt, negatives = the other in-batch targets plus the uniform negatives, cos/tau) and no generation.
+``llm.autocast=bf16`` runs every forward under bf16 autocast (accelerate's mixed precision, also on CPU); the
+LM head and every cos/tau score stay in float32. ``r2ec_zeroshot``
 evaluates the untrained backbone. Validation every ``recpo.eval_every`` steps (and at the last step) on valid
 N@10 through :func:`r2ec.eval.evaluate`; early stopping after ``recpo.patience`` validations without
 improvement; the best adapter is kept in ``run_dir/best/`` and evaluated on test. Evaluation reasoning is
@@ -116,6 +119,17 @@ def _pad_logps(logps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, mask
 
 
+def _allow_precision(mp: str) -> None:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision;
+    a single-process run (a notebook training two configs, the tests) may switch, a distributed one may not."""
+    from accelerate.state import AcceleratorState
+    if not AcceleratorState._shared_state:
+        return
+    st = AcceleratorState()
+    if st.mixed_precision != mp and st.num_processes == 1:
+        AcceleratorState._reset_state()
+
+
 class _Trainer:
     """Holds the model, tokenizer, item prompts and optimiser of one run (internal to :func:`train_r2ec`)."""
 
@@ -135,8 +149,9 @@ class _Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
         cuda = torch.cuda.is_available()
-        mp = "bf16" if (cuda and params.llm.dtype == "bfloat16") else "no"
+        mp = "bf16" if params.llm.autocast == "bf16" else "no"
         # the schedule counts optimizer steps of this run, not samples: never step it num_processes times
+        _allow_precision(mp)
         self.acc = Accelerator(cpu=not cuda, mixed_precision=mp, step_scheduler_with_optimizer=False)
         _seed_all(self.rc.seed)
         bb_cache = (self.cache_dir / "backbones" / backbone_cache_name(params.llm.backbone)
@@ -214,7 +229,8 @@ class _Trainer:
         if self.cache_dir is None:
             return None
         import hashlib
-        h = hashlib.sha256(json.dumps([self.p.llm.backbone, self.p.llm.dtype, self.item_ids]).encode())
+        h = hashlib.sha256(json.dumps([self.p.llm.backbone, self.p.llm.dtype, self.p.llm.autocast,
+                                                self.item_ids]).encode())
         key = _slug(f"{self.ds.name}-{self.ds.n_items}-{h.hexdigest()[:16]}")
         return self.cache_dir / "item_tables" / f"{key}.pt"
 
@@ -266,8 +282,9 @@ class _Trainer:
         if self.var.reasoning:
             completions = []
             for s in range(0, len(prompts), self.rc.eval_batch_size):
-                groups = self._generate(prompts[s:s + self.rc.eval_batch_size], 1, 0.0, 0,
-                                        _step_seed(self.rc.seed, 0, 7), old_logprobs=False)
+                with self._autocast():
+                    groups = self._generate(prompts[s:s + self.rc.eval_batch_size], 1, 0.0, 0,
+                                            _step_seed(self.rc.seed, 0, 7), old_logprobs=False)
                 completions += [g[0].completion_ids for g in groups]
         return self.scores_of(self.user_vectors(prompts, completions))
 
@@ -290,6 +307,27 @@ class _Trainer:
 
     def _item_vectors(self, item_ids: list[int]) -> torch.Tensor:
         return self._pooled([self.item_ids[i - 1] for i in item_ids])
+
+    def _negatives(self, exclude: list[int]) -> torch.Tensor | None:
+        """``recpo.uniform_negatives`` catalogue items (not in ``exclude``) drawn uniformly for this step and
+        encoded by the current model without gradient -> ``[K, H]``, or None when K = 0 (Mixed Negative Sampling:
+        the candidates of the item loss become the in-batch targets plus these)."""
+        k = self.rc.uniform_negatives
+        if k <= 0:
+            return None
+        rng = np.random.default_rng([self.rc.seed, self.step, 3, self.acc.process_index])
+        pool = np.setdiff1d(np.arange(1, self.ds.n_items + 1), np.asarray(exclude, dtype=np.int64))
+        ids = np.sort(rng.choice(pool, size=min(k, pool.size), replace=False)).tolist()
+        self.policy.eval()
+        with torch.no_grad(), self._autocast():
+            out = torch.cat([self._item_vectors(ids[s:s + self.rc.item_batch_size])
+                             for s in range(0, len(ids), self.rc.item_batch_size)])
+        return out.detach()
+
+    @staticmethod
+    def _candidates(items: torch.Tensor, neg: torch.Tensor | None) -> torch.Tensor:
+        """In-batch target vectors (label indices stay valid) followed by the uniform negatives, if any."""
+        return items if neg is None else torch.cat([items, neg.to(items.device, items.dtype)])
 
     def recpo_step(self, rows: pl.DataFrame) -> dict[str, Any]:
         from r2ec.llm.rollout import completion_logprobs
@@ -335,12 +373,14 @@ class _Trainer:
             best_idx = best.nonzero().flatten()
             sel_labels = labels.repeat_interleave(G)[best_idx]
             sel_targets = tgt_rep[best_idx]
+            neg = None
             if self.head is not None:
                 old_item_logp = torch.log_softmax(
                     self.head(user_old[best_idx].to(self.acc.device)).float()[:, 1:], -1
                 ).gather(1, (sel_targets - 1).view(-1, 1).to(self.acc.device)).squeeze(1)
             else:
-                item_old = self._item_vectors(uniq)
+                neg = self._negatives(uniq)
+                item_old = self._candidates(self._item_vectors(uniq), neg)
                 old_item_logp = in_batch_target_logprob(user_old[best_idx].to(self.acc.device), item_old,
                                                         sel_labels.to(self.acc.device), rc.tau)
             ref_logp = None
@@ -357,7 +397,7 @@ class _Trainer:
         for _ in range(rc.mu):
             tok_loss, it_loss, kl, tstats, istats = self._update_pass(pairs, old_logp, cmask, ref_logp, adv_flat,
                                                                       best_idx, old_item_logp, uniq, sel_labels,
-                                                                      sel_targets)
+                                                                      sel_targets, neg)
             gnorm = self.acc.clip_grad_norm_(self.opt_params(), rc.grad_clip)
             self.opt.step()
             self.sched.step()
@@ -377,7 +417,7 @@ class _Trainer:
         return rec
 
     def _update_pass(self, pairs, old_logp, cmask, ref_logp, adv_flat, best_idx, old_item_logp, uniq, sel_labels,
-                     sel_targets):
+                     sel_targets, neg=None):
         """One gradient of ``token_loss + item_loss + kl_coef * kl``, accumulated over micro-batches.
 
         Trajectories are processed ``recpo.micro_batch_size`` at a time; each chunk's token loss is weighted by
@@ -434,7 +474,8 @@ class _Trainer:
                         nl = torch.log_softmax(self.head(u).float()[:, 1:], -1).gather(
                             1, (sel_targets[js.cpu()] - 1).view(-1, 1).to(dev)).squeeze(1)
                     else:
-                        nl = in_batch_target_logprob(u, leaf, sel_labels[js.cpu()].to(dev), rc.tau)
+                        nl = in_batch_target_logprob(u, self._candidates(leaf, neg), sel_labels[js.cpu()].to(dev),
+                                                     rc.tau)
                     il, ist = clipped_item_loss(nl, old_item_logp[js], adv_flat[best_idx][js], rc.clip_low,
                                                 rc.clip_high)
                     loss = loss + il * (len(sel) / M)
@@ -455,12 +496,13 @@ class _Trainer:
         prompts = self.prompts_of(rows)
         uniq, labels = in_batch_labels(rows["target_item_id"].to_list())
         t = time.perf_counter()
+        neg = self._negatives(uniq)
         self.policy.train()
         self.opt.zero_grad(set_to_none=True)
         with self._autocast():
             user = self._pooled([p + [self.answer_id] for p in prompts])
-            logp = in_batch_target_logprob(user, self._item_vectors(uniq), labels.to(self.acc.device),
-                                           self.rc.tau)
+            logp = in_batch_target_logprob(user, self._candidates(self._item_vectors(uniq), neg),
+                                           labels.to(self.acc.device), self.rc.tau)
             loss = -logp.mean()
         self.acc.backward(loss)
         gnorm = self.acc.clip_grad_norm_(self.opt_params(), self.rc.grad_clip)
