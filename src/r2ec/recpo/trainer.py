@@ -345,7 +345,7 @@ class _Trainer:
         t = time.perf_counter()
         self.engine.sync_weights(self.policy)
         self.policy.eval()
-        with self._autocast():
+        with self._autocast():  # G x batch sequences decode together: bf16 pays off (20.9 vs 14.6 tokens/s)
             groups = self._generate(prompts, G, rc.temperature, rc.top_k, _step_seed(rc.seed, self.step, 1),
                                     old_logprobs=False)
         rec["rollout_s"] = time.perf_counter() - t
