@@ -147,19 +147,17 @@ def test_checkpoint_of_other_params_is_not_resumed(ds, tmp_path):
 
 def test_uniform_negatives_are_seeded_exclude_targets_and_join_the_item_loss(ds, tmp_path):
     tr = _trainer(ds, tmp_path, uniform_negatives=3)
+    neg = tr._negative_ids([1, 2])
+    assert len(neg) == 3 and not {1, 2} & set(neg) and neg == tr._negative_ids([1, 2])  # seeded per step
+    tr.step += 1
+    assert tr._negative_ids([1, 2]) != neg or tr.ds.n_items <= 5
     seen = []
     encode = tr._item_vectors
     tr._item_vectors = lambda ids: (seen.append(list(ids)), encode(ids))[1]
-    neg = tr._negatives([1, 2])
-    assert neg.shape == (3, tr.policy.config.hidden_size) and not neg.requires_grad
-    assert len(seen[0]) == 3 and not {1, 2} & set(seen[0])
-    tr._negatives([1, 2])
-    assert seen[1] == seen[0]  # same (seed, step): same draw
-    items = torch.zeros(2, neg.shape[1])
-    assert tr._candidates(items, neg).shape[0] == 5 and tr._candidates(items, None) is items
     rec = tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
     assert math.isfinite(rec["item_loss"])
-    assert _trainer(ds, tmp_path / "off", uniform_negatives=0)._negatives([1]) is None
+    assert seen and all(len(ids) == len(set(ids)) and len(ids) > 3 for ids in seen)  # targets + 3 negatives
+    assert _trainer(ds, tmp_path / "off", uniform_negatives=0)._negative_ids([1]) == []
 
 
 def test_bf16_autocast_step_keeps_float32_scores_and_ratio_one(ds, tmp_path):
@@ -175,3 +173,14 @@ def test_bf16_autocast_step_keeps_float32_scores_and_ratio_one(ds, tmp_path):
     with tr._autocast():
         s = tr.scores_of(torch.randn(2, tr.policy.config.hidden_size))
     assert s.dtype == torch.float32
+
+
+@pytest.mark.parametrize("uniform_negatives", [0, 3])
+def test_contrastive_training_fits_a_fixed_batch(ds, tmp_path, uniform_negatives):
+    # the learning signal reaches the encoder: repeated steps on one batch drive its InfoNCE loss down
+    # (too large a step, e.g. lr 1e-2 here, collapses every vector onto one direction: loss -> ln K, uniform)
+    tr = _Trainer("r2ec_no_reasoning", ds, tiny_params(batch_size=4, lr=3e-3, uniform_negatives=uniform_negatives),
+                  tmp_path, None, False, False, None)
+    rows = tr.batch_rows(tr.ds.split("train"))
+    losses = [tr.contrastive_step(rows)["item_loss"] for _ in range(30)]
+    assert min(losses[-5:]) < 0.6 * losses[0], losses

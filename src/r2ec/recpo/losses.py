@@ -18,7 +18,7 @@ Clipped surrogate (PPO with DAPO's asymmetric clip; paper eps_low = 0.2, eps_hig
   ``rho = p_new / p_old = exp(log p_new - log p_old)`` with ``p_old`` from the rollout policy, and the loss is
   the mean over selected trajectories of ``l(rho, A_ug)`` (same advantage as the trajectory's tokens).
   With ``recpo.uniform_negatives = K > 0`` the candidate set also holds K catalogue items drawn uniformly
-  (encoded by the current model without gradient): Mixed Negative Sampling (Yang et al., WWW 2020), which
+  (encoded with gradient like the targets): Mixed Negative Sampling (Yang et al., WWW 2020), which
   lets the softmax see items the batch's popularity-biased targets never show.
 * KL (off by default, ``recpo.kl_coef``): k3 estimator ``exp(ref - new) - (ref - new) - 1`` per token against
   the reference policy (the model with the LoRA adapter disabled), token mean like the token loss.

@@ -18,7 +18,7 @@ One RecPO step (method ``r2ec``, ``r2ec_no_rd``, ``r2ec_no_rc``, ``r2ec_cls_head
    trajectories, the item loss over the best ones against FRESH in-batch encodings of the batch's target items
    (with grad: both the user and the item side learn; old item log-probs come from the same items encoded
    before the first pass), plus ``recpo.uniform_negatives`` catalogue items drawn uniformly per step and encoded
-   without gradient (Mixed Negative Sampling; 0 = in-batch only as in the paper). Passes run in eval mode (LoRA dropout off, like TRL's ``disable_dropout``) so an
+   the same way (Mixed Negative Sampling; 0 = in-batch only as in the paper). Passes run in eval mode (LoRA dropout off, like TRL's ``disable_dropout``) so an
    unchanged policy has ratio exactly 1; AdamW + warmup + schedule (``constant`` means
    ``constant_with_warmup``: warmup is applied), grad-norm clip. One optimizer step per pass; a pass is
    accumulated over ``recpo.micro_batch_size`` trajectories at a time with the identical loss (token mean over
@@ -308,26 +308,17 @@ class _Trainer:
     def _item_vectors(self, item_ids: list[int]) -> torch.Tensor:
         return self._pooled([self.item_ids[i - 1] for i in item_ids])
 
-    def _negatives(self, exclude: list[int]) -> torch.Tensor | None:
-        """``recpo.uniform_negatives`` catalogue items (not in ``exclude``) drawn uniformly for this step and
-        encoded by the current model without gradient -> ``[K, H]``, or None when K = 0 (Mixed Negative Sampling:
-        the candidates of the item loss become the in-batch targets plus these)."""
+    def _negative_ids(self, exclude: list[int]) -> list[int]:
+        """``recpo.uniform_negatives`` catalogue items outside ``exclude`` (the batch's targets), drawn uniformly
+        and seeded per step. They join the in-batch targets as candidates of the item loss and are encoded like
+        them, WITH gradient (Mixed Negative Sampling): stop-gradient negatives of a shared encoder let the
+        loss fall to ln K by collapsing every vector onto one direction (seen on SmolLM2 and the tiny model)."""
         k = self.rc.uniform_negatives
         if k <= 0:
-            return None
+            return []
         rng = np.random.default_rng([self.rc.seed, self.step, 3, self.acc.process_index])
         pool = np.setdiff1d(np.arange(1, self.ds.n_items + 1), np.asarray(exclude, dtype=np.int64))
-        ids = np.sort(rng.choice(pool, size=min(k, pool.size), replace=False)).tolist()
-        self.policy.eval()
-        with torch.no_grad(), self._autocast():
-            out = torch.cat([self._item_vectors(ids[s:s + self.rc.item_batch_size])
-                             for s in range(0, len(ids), self.rc.item_batch_size)])
-        return out.detach()
-
-    @staticmethod
-    def _candidates(items: torch.Tensor, neg: torch.Tensor | None) -> torch.Tensor:
-        """In-batch target vectors (label indices stay valid) followed by the uniform negatives, if any."""
-        return items if neg is None else torch.cat([items, neg.to(items.device, items.dtype)])
+        return np.sort(rng.choice(pool, size=min(k, pool.size), replace=False)).tolist()
 
     def recpo_step(self, rows: pl.DataFrame) -> dict[str, Any]:
         from r2ec.llm.rollout import completion_logprobs
@@ -373,14 +364,14 @@ class _Trainer:
             best_idx = best.nonzero().flatten()
             sel_labels = labels.repeat_interleave(G)[best_idx]
             sel_targets = tgt_rep[best_idx]
-            neg = None
+            cand = uniq
             if self.head is not None:
                 old_item_logp = torch.log_softmax(
                     self.head(user_old[best_idx].to(self.acc.device)).float()[:, 1:], -1
                 ).gather(1, (sel_targets - 1).view(-1, 1).to(self.acc.device)).squeeze(1)
             else:
-                neg = self._negatives(uniq)
-                item_old = self._candidates(self._item_vectors(uniq), neg)
+                cand = uniq + self._negative_ids(uniq)  # labels index the leading in-batch targets
+                item_old = self._item_vectors(cand)
                 old_item_logp = in_batch_target_logprob(user_old[best_idx].to(self.acc.device), item_old,
                                                         sel_labels.to(self.acc.device), rc.tau)
             ref_logp = None
@@ -396,8 +387,8 @@ class _Trainer:
         t = time.perf_counter()
         for _ in range(rc.mu):
             tok_loss, it_loss, kl, tstats, istats = self._update_pass(pairs, old_logp, cmask, ref_logp, adv_flat,
-                                                                      best_idx, old_item_logp, uniq, sel_labels,
-                                                                      sel_targets, neg)
+                                                                      best_idx, old_item_logp, cand, sel_labels,
+                                                                      sel_targets)
             gnorm = self.acc.clip_grad_norm_(self.opt_params(), rc.grad_clip)
             self.opt.step()
             self.sched.step()
@@ -416,8 +407,8 @@ class _Trainer:
         })
         return rec
 
-    def _update_pass(self, pairs, old_logp, cmask, ref_logp, adv_flat, best_idx, old_item_logp, uniq, sel_labels,
-                     sel_targets, neg=None):
+    def _update_pass(self, pairs, old_logp, cmask, ref_logp, adv_flat, best_idx, old_item_logp, cand, sel_labels,
+                     sel_targets):
         """One gradient of ``token_loss + item_loss + kl_coef * kl``, accumulated over micro-batches.
 
         Trajectories are processed ``recpo.micro_batch_size`` at a time; each chunk's token loss is weighted by
@@ -441,7 +432,7 @@ class _Trainer:
         items = leaf = None
         if self.head is None:
             with self._autocast():
-                items = self._item_vectors(uniq)
+                items = self._item_vectors(cand)
             # chunked: chunks backpropagate into a leaf copy, the item encoder gets the summed grad at the end
             leaf = items.detach().requires_grad_(True) if chunked else items
         tok_sum = it_sum = kl_sum = 0.0
@@ -474,8 +465,7 @@ class _Trainer:
                         nl = torch.log_softmax(self.head(u).float()[:, 1:], -1).gather(
                             1, (sel_targets[js.cpu()] - 1).view(-1, 1).to(dev)).squeeze(1)
                     else:
-                        nl = in_batch_target_logprob(u, self._candidates(leaf, neg), sel_labels[js.cpu()].to(dev),
-                                                     rc.tau)
+                        nl = in_batch_target_logprob(u, leaf, sel_labels[js.cpu()].to(dev), rc.tau)
                     il, ist = clipped_item_loss(nl, old_item_logp[js], adv_flat[best_idx][js], rc.clip_low,
                                                 rc.clip_high)
                     loss = loss + il * (len(sel) / M)
@@ -496,13 +486,13 @@ class _Trainer:
         prompts = self.prompts_of(rows)
         uniq, labels = in_batch_labels(rows["target_item_id"].to_list())
         t = time.perf_counter()
-        neg = self._negatives(uniq)
+        cand = uniq + self._negative_ids(uniq)
         self.policy.train()
         self.opt.zero_grad(set_to_none=True)
         with self._autocast():
             user = self._pooled([p + [self.answer_id] for p in prompts])
-            logp = in_batch_target_logprob(user, self._candidates(self._item_vectors(uniq), neg),
-                                           labels.to(self.acc.device), self.rc.tau)
+            logp = in_batch_target_logprob(user, self._item_vectors(cand), labels.to(self.acc.device),
+                                           self.rc.tau)
             loss = -logp.mean()
         self.acc.backward(loss)
         gnorm = self.acc.clip_grad_norm_(self.opt_params(), self.rc.grad_clip)
