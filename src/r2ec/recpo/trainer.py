@@ -18,8 +18,8 @@ One RecPO step (method ``r2ec``, ``r2ec_no_rd``, ``r2ec_no_rc``, ``r2ec_cls_head
    trajectories, the item loss over the best ones against FRESH in-batch encodings of the batch's target items
    (with grad: both the user and the item side learn; old item log-probs come from the same items encoded
    before the first pass), plus ``recpo.uniform_negatives`` catalogue items drawn uniformly per step and encoded
-   the same way (Mixed Negative Sampling; 0 = in-batch only as in the paper). Passes run in eval mode (LoRA dropout off, like TRL's ``disable_dropout``) so an
-   unchanged policy has ratio exactly 1; AdamW + warmup + schedule (``constant`` means
+   the same way (Mixed Negative Sampling; 0 = in-batch only as in the paper). Passes run in eval mode (LoRA
+   dropout off, like TRL's ``disable_dropout``) so an unchanged policy has ratio exactly 1; AdamW + warmup + schedule (``constant`` means
    ``constant_with_warmup``: warmup is applied), grad-norm clip. One optimizer step per pass; a pass is
    accumulated over ``recpo.micro_batch_size`` trajectories at a time with the identical loss (token mean over
    the whole batch). The completion's closing ``<answer>`` counts as a completion token even when the engine
@@ -34,8 +34,7 @@ seconds of each phase (refresh_s, rollout_s, reward_fwd_s, update_s, seconds).
 ``r2ec_no_reasoning`` trains the same encoder with in-batch InfoNCE (user vector at ``<answer>`` placed right
 after the prompt, negatives = the other in-batch targets plus the uniform negatives, cos/tau) and no generation.
 ``llm.autocast=bf16`` runs every forward under bf16 autocast (accelerate's mixed precision, also on CPU); the
-LM head and every cos/tau score stay in float32. ``r2ec_zeroshot``
-evaluates the untrained backbone. Validation every ``recpo.eval_every`` steps (and at the last step) on valid
+LM head and every cos/tau score stay in float32. ``r2ec_zeroshot`` evaluates the untrained backbone. Validation every ``recpo.eval_every`` steps (and at the last step) on valid
 N@10 through :func:`r2ec.eval.evaluate`; early stopping after ``recpo.patience`` validations without
 improvement; the best adapter is kept in ``run_dir/best/`` and evaluated on test. Evaluation reasoning is
 greedy (temperature 0), ``recpo.max_reasoning_tokens`` long.
@@ -230,7 +229,7 @@ class _Trainer:
             return None
         import hashlib
         h = hashlib.sha256(json.dumps([self.p.llm.backbone, self.p.llm.dtype, self.p.llm.autocast,
-                                                self.item_ids]).encode())
+                                       self.item_ids]).encode())
         key = _slug(f"{self.ds.name}-{self.ds.n_items}-{h.hexdigest()[:16]}")
         return self.cache_dir / "item_tables" / f"{key}.pt"
 
