@@ -70,6 +70,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def slug(text: str) -> str:
+    """A file-name-safe form of ``text``: characters outside ``[A-Za-z0-9-_.]`` become ``_``, at most 120."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:120]
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from r2ec.io import atomic_dir
+from r2ec.io import atomic_dir, slug
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ def resolve_backbone(spec: str) -> dict:
 
 
 def backbone_cache_name(spec: str) -> str:
-    """Directory name of a backbone's cached copy: ``<cache>/backbones/<name>/`` (same slug as the trainer's)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)[:120]
+    """Directory name of a backbone's cached copy: ``<cache>/backbones/<name>/``."""
+    return slug(spec)
 
 
 def answer_token_id(tokenizer) -> int:
@@ -205,6 +205,12 @@ def autocast_ctx(cfg, device: Any = "cpu"):
         return contextlib.nullcontext()
     dev = torch.device(device).type
     return torch.autocast(dev, dtype=torch.bfloat16)
+
+
+def float32_scope(like: torch.Tensor):
+    """Autocast switched off on ``like``'s device, for cos/tau scores (up to 1/tau = 50: bf16 would round them
+    to multiples of 0.25) and the LM head (run in the weights' own dtype, float32 on CPU)."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
 
 
 def add_lora(model, cfg, *, seed: int | None = None):

@@ -130,7 +130,8 @@ def load_item_table(path: str | Path) -> tuple[torch.Tensor, dict]:
 
 def cosine_scores(user: torch.Tensor, items: torch.Tensor, tau: float) -> torch.Tensor:
     """cos(user_b, item_j) / τ → [B, N+1] float32, column 0 (pad item) = -inf. Differentiable."""
-    with torch.autocast(device_type=user.device.type, enabled=False):  # float32 logits under bf16 autocast
+    from r2ec.llm.backbone import float32_scope
+    with float32_scope(user):
         u = torch.nn.functional.normalize(user.float(), dim=-1)
         it = torch.nn.functional.normalize(items.float(), dim=-1)
         s = (u @ it.T) / tau

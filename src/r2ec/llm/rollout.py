@@ -77,6 +77,7 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
     ``return_hidden=True`` (needs ``answer_id``) also returns the hidden state at the last ``answer_id`` of
     each sequence → ``(list[Tensor], Tensor[B, H])`` — the user vector from the same forward pass.
     """
+    from r2ec.llm.backbone import float32_scope
     from r2ec.llm.pooling import pool_at_last
 
     pairs = _pairs(trajectories)
@@ -106,7 +107,7 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
             lens.append(n)
         r = torch.cat(rows).to(dev)
         k = torch.cat(cols).to(dev)
-        with torch.autocast(device_type=dev.type, enabled=False):  # the LM head in the weights' dtype
+        with float32_scope(h):  # the LM head in the weights' dtype
             logits = head(h[r, k].to(head.weight.dtype)).float() / temp  # [sum n, V]
         targets = ids[r, k + 1]
         lp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)

@@ -29,10 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def fp32(like: torch.Tensor):
-    """Autocast off: cos/tau logits (up to 1/tau = 50) need float32, bf16 would round them to 0.25."""
-    return torch.autocast(device_type=like.device.type, enabled=False)
+from r2ec.llm.backbone import float32_scope
 
 
 def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float) -> torch.Tensor:
@@ -66,7 +63,7 @@ def clipped_token_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, adv: torc
 def in_batch_target_logprob(user_vecs: torch.Tensor, item_vecs: torch.Tensor, labels: torch.Tensor,
                             tau: float) -> torch.Tensor:
     """``log softmax(cos(user_vecs, item_vecs) / tau)[m, labels[m]]`` -- ``[M]`` from ``[M,H]``, ``[K,H]``."""
-    with fp32(user_vecs):
+    with float32_scope(user_vecs):
         u = F.normalize(user_vecs.float(), dim=-1)
         v = F.normalize(item_vecs.float(), dim=-1)
         logits = u @ v.T / tau

@@ -70,7 +70,7 @@ from accelerate.utils import DistributedType
 from r2ec.config import Params, to_dict
 from r2ec.errors import UserError
 from r2ec.eval.evaluator import evaluate, write_run_outputs
-from r2ec.io import Dataset, append_jsonl, read_jsonl, write_text
+from r2ec.io import Dataset, append_jsonl, read_jsonl, slug, write_text
 from r2ec.recpo.advantages import advantages as compute_advantages
 from r2ec.recpo.checkpoint import (load_checkpoint, load_trainable_state, rng_state, save_checkpoint,
                                    set_rng_state, trainable_state)
@@ -82,10 +82,6 @@ from r2ec.recpo.variants import Variant, get_variant
 log = logging.getLogger(__name__)
 
 SELECT_METRIC = "N@10"
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:120]
 
 
 def _step_seed(seed: int, step: int, extra: int = 0) -> int:
@@ -230,7 +226,7 @@ class _Trainer:
         import hashlib
         h = hashlib.sha256(json.dumps([self.p.llm.backbone, self.p.llm.dtype, self.p.llm.autocast,
                                        self.item_ids]).encode())
-        key = _slug(f"{self.ds.name}-{self.ds.n_items}-{h.hexdigest()[:16]}")
+        key = slug(f"{self.ds.name}-{self.ds.n_items}-{h.hexdigest()[:16]}")
         return self.cache_dir / "item_tables" / f"{key}.pt"
 
     def refresh_table(self) -> float:
