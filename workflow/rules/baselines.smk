@@ -1,3 +1,4 @@
+# the classic baselines and TIGER (its item-embedding cache lives under results/cache/tiger, the CLI's --cache)
 rule train_baseline:
     input:
         "results/data/{dataset}",
@@ -5,7 +6,7 @@ rule train_baseline:
         metrics="results/runs/{dataset}/{method}/metrics.json",
         ranks="results/runs/{dataset}/{method}/ranks.parquet",
     wildcard_constraints:
-        method="sasrec|gru4rec|caser",
+        method="sasrec|gru4rec|caser|tiger",
     params:
         S=lambda wc: sections("seed", "eval", wc.method),
     # one torch thread per job: jobs run side by side on the cores Snakemake is given (more threads than

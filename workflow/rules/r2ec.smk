@@ -34,13 +34,14 @@ rule train_r2ec:
         data="results/data/{dataset}",
         backbone="results/cache/backbones",
         item_table="results/cache/item_tables/{dataset}.json",
+        warm_start=warm_start_input,
     output:
         metrics="results/runs/{dataset}/{method}/metrics.json",
         ranks="results/runs/{dataset}/{method}/ranks.parquet",
     wildcard_constraints:
         method="r2ec[a-z_]*",
     params:
-        S=sections("seed", "eval", "llm", "lora", "recpo"),
+        S=sections("seed", "eval", "llm", "lora", "recpo", "contrastive"),
     # one torch thread per job: jobs run side by side on the cores Snakemake is given (more threads than
     # cores makes torch's OpenMP pool spin; measured 10x slower per step on a loaded 2-core machine)
     threads: 1

@@ -146,13 +146,30 @@ def basic_stats(inter: pl.DataFrame, items: pl.DataFrame, splits: dict[str, pl.D
     }
 
 
+def train_item_stats(items: pl.DataFrame, train: pl.DataFrame) -> pl.DataFrame:
+    """``items`` with ``average_rating`` / ``rating_number`` computed from the TRAIN split's targets only.
+
+    ``rating_number`` = number of train samples whose target is the item (0 when none), ``average_rating`` =
+    mean of their ``target_rating`` (null when none). Valid/test targets never enter, so the item prompt's
+    "User Rating" / "Number of Ratings" (the fields of the paper's Amazon item prompt) leak nothing.
+    """
+    st = train.group_by("target_item_id").agg(pl.col("target_rating").mean().alias("_avg"),
+                                              pl.len().cast(pl.Int64).alias("_n"))
+    return (items.join(st, left_on="item_id", right_on="target_item_id", how="left")
+            .with_columns(pl.col("_avg").cast(pl.Float64).alias("average_rating"),
+                          pl.col("_n").fill_null(0).cast(pl.Int64).alias("rating_number"))
+            .drop("_avg", "_n").sort("item_id"))
+
+
 def _finish(inter: pl.DataFrame, items: pl.DataFrame, cfg: DataCfg, out: Path, tie_cols: tuple[str, ...],
-            extra: dict, t0: float) -> dict:
+            extra: dict, t0: float, *, stats_from_train: bool = False) -> dict:
     samples = build_samples(inter, cfg.history_len, tie_cols)
     if samples.height == 0:
         raise DataError(f"{out}: no samples: none of the {inter['user_id'].n_unique()} users has two or more "
                         f"interactions after filtering")
     splits = split_samples(samples, cfg.split)
+    if stats_from_train:
+        items = train_item_stats(items, splits["train"])
     stats = {"dataset": out.name, **basic_stats(inter, items, splits), **extra,
              "split_fractions": list(cfg.split), "history_len": cfg.history_len,
              "item_order": "item_id 1..N in ascending source_id order (numeric when all ids are integers)"}
@@ -204,9 +221,11 @@ def prepare_movielens(wheel: Path, cfg: DataCfg, out: Path) -> dict:
         "n_duplicate_events": dups,
         "n_duplicate_items": dup_items,
         "n_interactions_unknown_item": unknown.height,
+        "item_stats": "average_rating / rating_number from train-split targets" if cfg.movielens_item_stats
+        else None,
     }
     return _finish(inter.select("user_id", "item_id", "rating", "timestamp", "row"), items, cfg, out,
-                   ("item_id",), extra, t0)
+                   ("item_id",), extra, t0, stats_from_train=cfg.movielens_item_stats)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -128,12 +128,24 @@ def load_item_table(path: str | Path) -> tuple[torch.Tensor, dict]:
     return obj["table"], obj["meta"]
 
 
-def cosine_scores(user: torch.Tensor, items: torch.Tensor, tau: float) -> torch.Tensor:
-    """cos(user_b, item_j) / τ → [B, N+1] float32, column 0 (pad item) = -inf. Differentiable."""
+def table_center(table: torch.Tensor) -> torch.Tensor:
+    """Mean of the item vectors (rows 1..N of an item table; row 0 is the pad) → [H] float32."""
+    return table[1:].float().mean(0)
+
+
+def cosine_scores(user: torch.Tensor, items: torch.Tensor, tau: float,
+                  center: torch.Tensor | None = None) -> torch.Tensor:
+    """cos(user_b − c, item_j − c) / τ → [B, N+1] float32, column 0 (pad item) = -inf. Differentiable.
+
+    ``c`` = ``center`` ([H], e.g. :func:`table_center`) or 0. Centring is parameter-free: an untrained LM's
+    vectors share one dominant direction (SmolLM2: mean pairwise cosine 0.98), which plain cosine spends its
+    whole range on; subtracting the catalogue mean leaves the directions in which items differ.
+    """
     from r2ec.llm.backbone import float32_scope
     with float32_scope(user):
-        u = torch.nn.functional.normalize(user.float(), dim=-1)
-        it = torch.nn.functional.normalize(items.float(), dim=-1)
+        c = 0.0 if center is None else center.to(user.device).float()
+        u = torch.nn.functional.normalize(user.float() - c, dim=-1)
+        it = torch.nn.functional.normalize(items.float() - c, dim=-1)
         s = (u @ it.T) / tau
     pad = torch.zeros(s.shape[1], dtype=torch.bool, device=s.device)
     pad[0] = True

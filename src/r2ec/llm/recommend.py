@@ -74,7 +74,7 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
 
     from r2ec import config as C
     from r2ec.llm.backbone import answer_token_id, autocast_ctx, load_backbone
-    from r2ec.llm.encoder import cosine_scores, encode_items, load_item_table
+    from r2ec.llm.encoder import cosine_scores, encode_items, load_item_table, table_center
     from r2ec.llm.prompts import domain_noun, render_prompt, user_messages
     from r2ec.llm.rollout import HFRolloutEngine, completion_logprobs
 
@@ -146,7 +146,7 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
             log.info("no item table in %s: encoding %d items", run_dir / "best", items.height)
             with autocast_ctx(params.llm, dev):
                 table = encode_items(model, tok, items, domain, params.llm, batch_size=16)
-        scores = cosine_scores(user, table, params.recpo.tau)
+        scores = cosine_scores(user, table, params.recpo.tau, table_center(table) if params.recpo.center else None)
     scores = scores[0]
     if hist_ids:
         scores[torch.as_tensor(hist_ids)] = float("-inf")

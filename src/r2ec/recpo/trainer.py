@@ -53,6 +53,7 @@ This path has not been run on GPUs in this repository (CPU machines only).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -136,8 +137,11 @@ class _Trainer:
         from r2ec.llm.encoder import item_prompt_ids
         from r2ec.llm.rollout import make_engine
 
-        self.method, self.ds, self.p, self.rc = method, ds, params, params.recpo
+        self.method, self.ds, self.p = method, ds, params
         self.var: Variant = get_variant(method)
+        # r2ec_no_reasoning trains on its own budget (`contrastive`), every other recpo key is shared
+        self.rc = (params.recpo if self.var.reasoning
+                   else dataclasses.replace(params.recpo, **to_dict(params.contrastive)))
         self.beta = self.rc.beta if self.var.beta is None else self.var.beta
         self.run_dir, self.cache_dir = Path(run_dir), (Path(cache_dir) if cache_dir is not None else None)
         self.progress, self.use_dvclive, self.hook = progress, use_dvclive, hook
@@ -192,6 +196,12 @@ class _Trainer:
                          else params.llm.backbone, "dtype": params.llm.dtype}
         self.engine = make_engine(self.rc.engine, self.policy, tok, self.rc, **engine_kw)
         self._gen_kw = set(inspect.signature(self.engine.generate).parameters)
+        # no-grad passes run on a merged (bf16) copy, re-merged whenever `version` moved (optimizer step, load)
+        self.version = 0
+        self._copy = None
+        if params.llm.inference_copy:
+            from r2ec.llm.inference_copy import InferenceCopy
+            self._copy = InferenceCopy(self.policy, bf16=params.llm.autocast == "bf16")
 
         self.table: torch.Tensor | None = None
         self.table_step = -1
@@ -201,6 +211,7 @@ class _Trainer:
         self.best_valid: dict | None = None
         self.bad_evals = 0
         self.done = False
+        self.train_s = 0.0  # wall-clock seconds of training so far (summed over resumes): recpo.max_minutes
         self.live = None
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -209,6 +220,23 @@ class _Trainer:
 
     def _autocast(self):
         return self.acc.autocast() if self.acc.mixed_precision != "no" else contextlib.nullcontext()
+
+    def _infer(self):
+        """``(model, context)`` for no-grad passes: the merged copy (bf16 weights, no autocast) when
+        ``llm.inference_copy``, else the policy under the training precision."""
+        if self._copy is None:
+            return self.policy, self._autocast()
+        return self._copy.get(self.version), contextlib.nullcontext()
+
+    def _sync_engine(self):
+        """Point the rollout engine at the current weights (vLLM: the adapter; HF: the inference model);
+        returns the context generation runs in."""
+        model, ctx = self._infer()
+        self.engine.sync_weights(self.policy if self.rc.engine == "vllm" else model)
+        return ctx
+
+    def _stepped(self) -> None:
+        self.version += 1
 
     def prompts_of(self, rows: pl.DataFrame) -> list[list[int]]:
         from r2ec.llm.prompts import sample_prompt_ids
@@ -225,7 +253,7 @@ class _Trainer:
             return None
         import hashlib
         h = hashlib.sha256(json.dumps([self.p.llm.backbone, self.p.llm.dtype, self.p.llm.autocast,
-                                       self.item_ids]).encode())
+                                       self.p.llm.inference_copy, self.item_ids]).encode())
         key = slug(f"{self.ds.name}-{self.ds.n_items}-{h.hexdigest()[:16]}")
         return self.cache_dir / "item_tables" / f"{key}.pt"
 
@@ -241,14 +269,22 @@ class _Trainer:
         if cache is not None and cache.exists():
             self.table, _ = load_item_table(cache)
         else:
-            with self._autocast():
-                self.table = encode_items(self.policy, self.tok, self.ds.items, self.domain, self.p.llm,
+            model, ctx = self._infer()
+            with ctx:
+                self.table = encode_items(model, self.tok, self.ds.items, self.domain, self.p.llm,
                                           batch_size=self.rc.item_batch_size, progress=self.progress,
                                           prompt_ids=self.item_ids)
             if cache is not None:
                 save_item_table(cache, self.table, {"dataset": self.ds.name, "backbone": self.p.llm.backbone})
         self.table_step = self.step
         return time.perf_counter() - t0
+
+    def center(self) -> torch.Tensor | None:
+        """The item-table mean when ``recpo.center`` (a constant: no gradient flows into it), else None."""
+        if not self.rc.center or self.table is None:
+            return None
+        from r2ec.llm.encoder import table_center
+        return table_center(self.table)
 
     def scores_of(self, user: torch.Tensor) -> torch.Tensor:
         """``[B, N+1]`` scores of user vectors: cos/tau against the table, or the classification head."""
@@ -257,7 +293,7 @@ class _Trainer:
             s[:, 0] = float("-inf")
             return s.cpu()
         from r2ec.llm.encoder import cosine_scores
-        return cosine_scores(user.float().cpu(), self.table, self.rc.tau)
+        return cosine_scores(user.float().cpu(), self.table, self.rc.tau, self.center())
 
     def user_vectors(self, prompts: list[list[int]], completions: list[list[int]] | None) -> torch.Tensor:
         """Pooled user vectors (no grad, eval mode), in mini-batches of ``recpo.eval_batch_size``."""
@@ -265,9 +301,10 @@ class _Trainer:
                 for p, c in zip(prompts, completions or [None] * len(prompts))]
         out = []
         self.policy.eval()
-        with torch.no_grad(), self._autocast():
+        model, ctx = self._infer()
+        with torch.no_grad(), ctx:
             for s in range(0, len(rows), self.rc.eval_batch_size):
-                out.append(self._pooled(rows[s:s + self.rc.eval_batch_size]).float().cpu())
+                out.append(self._pooled(rows[s:s + self.rc.eval_batch_size], model).float().cpu())
         return torch.cat(out)
 
     # ------------------------------------------------------------------------------------------ evaluation
@@ -276,8 +313,9 @@ class _Trainer:
         completions = None
         if self.var.reasoning:
             completions = []
+            self._sync_engine()
             for s in range(0, len(prompts), self.rc.eval_batch_size):
-                with self._autocast():
+                with self._infer()[1]:  # a fresh context per chunk: autocast contexts are single-use
                     groups = self._generate(prompts[s:s + self.rc.eval_batch_size], 1, 0.0, 0,
                                             _step_seed(self.rc.seed, 0, 7), old_logprobs=False)
                 completions += [g[0].completion_ids for g in groups]
@@ -295,10 +333,11 @@ class _Trainer:
         n = min(self.rc.batch_size, pool.height)
         return pool[np.sort(rng.choice(pool.height, size=n, replace=False)).tolist()]
 
-    def _pooled(self, rows: list[list[int]]) -> torch.Tensor:
+    def _pooled(self, rows: list[list[int]], model=None) -> torch.Tensor:
         """Float32 hidden state at the last ``<answer>`` of each row, one forward (grad flows if enabled)."""
         from r2ec.llm.encoder import hidden_at_answer
-        return hidden_at_answer(self.policy, rows, self.answer_id, self.pad_id, batch_size=len(rows)).float()
+        return hidden_at_answer(model if model is not None else self.policy, rows, self.answer_id, self.pad_id,
+                                batch_size=len(rows)).float()
 
     def _item_vectors(self, item_ids: list[int]) -> torch.Tensor:
         return self._pooled([self.item_ids[i - 1] for i in item_ids])
@@ -329,9 +368,9 @@ class _Trainer:
 
         # rollouts (eval mode, seeded); vLLM gets the current adapter (never merged)
         t = time.perf_counter()
-        self.engine.sync_weights(self.policy)
+        ctx = self._sync_engine()
         self.policy.eval()
-        with self._autocast():  # G x batch sequences decode together: bf16 pays off (20.9 vs 14.6 tokens/s)
+        with ctx:
             groups = self._generate(prompts, G, rc.temperature, rc.top_k, _step_seed(rc.seed, self.step, 1),
                                     old_logprobs=False)
         rec["rollout_s"] = time.perf_counter() - t
@@ -368,7 +407,7 @@ class _Trainer:
                 cand = uniq + self._negative_ids(uniq)  # labels index the leading in-batch targets
                 item_old = self._item_vectors(cand)
                 old_item_logp = in_batch_target_logprob(user_old[best_idx].to(self.acc.device), item_old,
-                                                        sel_labels.to(self.acc.device), rc.tau)
+                                                        sel_labels.to(self.acc.device), rc.tau, self.center())
             ref_logp = None
             if rc.kl_coef > 0:
                 with self.policy.disable_adapter():
@@ -387,6 +426,7 @@ class _Trainer:
             gnorm = self.acc.clip_grad_norm_(self.opt_params(), rc.grad_clip)
             self.opt.step()
             self.sched.step()
+            self._stepped()
         rec["update_s"] = time.perf_counter() - t
         n_tok = float(sum(len(c) for _, c in pairs))
         rec.update({
@@ -460,7 +500,7 @@ class _Trainer:
                         nl = torch.log_softmax(self.head(u).float()[:, 1:], -1).gather(
                             1, (sel_targets[js.cpu()] - 1).view(-1, 1).to(dev)).squeeze(1)
                     else:
-                        nl = in_batch_target_logprob(u, leaf, sel_labels[js.cpu()].to(dev), rc.tau)
+                        nl = in_batch_target_logprob(u, leaf, sel_labels[js.cpu()].to(dev), rc.tau, self.center())
                     il, ist = clipped_item_loss(nl, old_item_logp[js], adv_flat[best_idx][js], rc.clip_low,
                                                 rc.clip_high)
                     loss = loss + il * (len(sel) / M)
@@ -478,6 +518,8 @@ class _Trainer:
     def contrastive_step(self, rows: pl.DataFrame) -> dict[str, Any]:
         """``r2ec_no_reasoning``: in-batch InfoNCE between <answer>-right-after-prompt user vectors and targets."""
         rec: dict[str, Any] = {"refresh_s": 0.0, "rollout_s": 0.0, "reward_fwd_s": 0.0}
+        if self.rc.center and (self.table is None or self.step - self.table_step >= self.rc.item_refresh_every):
+            rec["refresh_s"] = self.refresh_table()  # the centre is the current table's mean
         prompts = self.prompts_of(rows)
         uniq, labels = in_batch_labels(rows["target_item_id"].to_list())
         t = time.perf_counter()
@@ -487,18 +529,18 @@ class _Trainer:
         with self._autocast():
             user = self._pooled([p + [self.answer_id] for p in prompts])
             logp = in_batch_target_logprob(user, self._item_vectors(cand), labels.to(self.acc.device),
-                                           self.rc.tau)
+                                           self.rc.tau, self.center())
             loss = -logp.mean()
         self.acc.backward(loss)
         gnorm = self.acc.clip_grad_norm_(self.opt_params(), self.rc.grad_clip)
         self.opt.step()
         self.sched.step()
+        self._stepped()
         self.policy.eval()
         rec["update_s"] = time.perf_counter() - t
-        nan = float("nan")
-        rec.update({"reward": nan, "reward_ndcg": nan, "reward_prob": nan, "adv_mean": nan, "adv_std": nan,
-                    "token_loss": 0.0, "item_loss": loss.item(), "kl": 0.0, "grad_norm": _num(gnorm),
-                    "reasoning_len": 0.0, "tokens_per_s": nan})
+        # rewards, advantages and rollout throughput do not apply here: absent from the record, not NaN
+        rec.update({"token_loss": 0.0, "item_loss": loss.item(), "kl": 0.0, "grad_norm": _num(gnorm),
+                    "reasoning_len": 0.0})
         return rec
 
     def opt_params(self):
@@ -509,7 +551,7 @@ class _Trainer:
         """Hash of everything a checkpoint's validity depends on (method, llm/lora/recpo/eval params, data)."""
         import hashlib
         key = {"method": self.method, "llm": to_dict(self.p.llm), "lora": to_dict(self.p.lora),
-               "recpo": to_dict(self.p.recpo), "eval": to_dict(self.p.eval), "dataset": self.ds.name,
+               "recpo": to_dict(self.rc), "eval": to_dict(self.p.eval), "dataset": self.ds.name,
                "n_items": self.ds.n_items, "splits": {k: v.height for k, v in self.ds.splits.items()}}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -518,7 +560,7 @@ class _Trainer:
                 "trainable": trainable_state(self._modules()),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rng_state(),
                 "best_score": self.best_score, "best_step": self.best_step, "best_valid": self.best_valid,
-                "bad_evals": self.bad_evals, "done": self.done, "item_table": self.table,
+                "bad_evals": self.bad_evals, "done": self.done, "train_s": self.train_s, "item_table": self.table,
                 "item_table_step": self.table_step}
 
     def restore(self, st: dict[str, Any]) -> None:
@@ -531,7 +573,9 @@ class _Trainer:
         set_rng_state(st["rng"])
         self.step, self.best_score, self.best_step = st["step"], st["best_score"], st["best_step"]
         self.best_valid, self.bad_evals, self.done = st["best_valid"], st["bad_evals"], st["done"]
+        self.train_s = float(st.get("train_s", 0.0))
         self.table, self.table_step = st["item_table"], st["item_table_step"]
+        self._stepped()
 
     def save_best(self, valid: dict, ranks: pl.DataFrame) -> None:
         from r2ec.io import atomic_dir
@@ -553,6 +597,7 @@ class _Trainer:
         if not (d / "trainable.pt").exists():
             return None
         load_trainable_state(self._modules(), torch.load(d / "trainable.pt", map_location="cpu"))
+        self._stepped()
         if (d / "item_table.pt").exists():
             self.table, meta = load_item_table(d / "item_table.pt")
             self.step = self.table_step = int(meta.get("step", self.best_step))
@@ -563,10 +608,12 @@ class _Trainer:
     def log(self, rec: dict[str, Any]) -> None:
         if not self.acc.is_main_process:
             return
+        # strict JSON: a value that is not a finite number (DeepSpeed's missing grad norm) is left out
+        rec = {k: v for k, v in rec.items() if not (isinstance(v, float) and not math.isfinite(v))}
         append_jsonl(self.run_dir / "train_log.jsonl", rec)
         if self.live is not None:
             for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                if k != "step" and isinstance(v, (int, float)):
                     self.live.log_metric(f"train/{k}", v)
             self.live.next_step()
 
@@ -584,7 +631,8 @@ class _Trainer:
         else:
             self.bad_evals += 1
         if self.acc.is_main_process:
-            append_jsonl(self.run_dir / "valid_log.jsonl", {"step": self.step, **metrics, "improved": improved})
+            append_jsonl(self.run_dir / "valid_log.jsonl", {"step": self.step, **metrics, "improved": improved,
+                                                            "elapsed_s": round(self.train_s, 1)})
         if self.live is not None:
             self.live.log_metric(f"valid/{SELECT_METRIC}", score)
         log.info("%s step %d valid %s=%.4f (best %.4f @ %d)", self.method, self.step, SELECT_METRIC, score,
@@ -612,9 +660,12 @@ class _Trainer:
                                        ("valid_log.jsonl", lambda r: r.get("step", 0) <= self.step)):
                         kept = [r for r in read_jsonl(self.run_dir / name) if keep(r)]
                         write_text(self.run_dir / name, "".join(json.dumps(r) + "\n" for r in kept))
-            elif self.acc.is_main_process:  # a fresh run: no stale logs of an earlier run
-                for name in ("train_log.jsonl", "valid_log.jsonl"):
-                    (self.run_dir / name).unlink(missing_ok=True)
+            else:
+                if self.acc.is_main_process:  # a fresh run: no stale logs of an earlier run
+                    for name in ("train_log.jsonl", "valid_log.jsonl"):
+                        (self.run_dir / name).unlink(missing_ok=True)
+                if self.warm_start():
+                    self.validate()  # step 0 = the warm start: RecPO is selected against it on valid N@10
             if self.use_dvclive and self.acc.is_main_process:
                 try:
                     from dvclive import Live
@@ -636,6 +687,44 @@ class _Trainer:
             write_run_outputs(self.run_dir, metrics, [valid[1], test[1]], config)
         return metrics
 
+    def warm_start(self) -> bool:
+        """Start a reasoning variant from another run's best adapter and item table (``recpo.warm_start``).
+
+        A deviation from the paper (which starts RecPO from the base model), used at CPU scale where a few
+        hundred RecPO users cannot make a 135M model's embeddings usable: the contrastive run
+        (``r2ec_no_reasoning``) does that cheaply without generation, RecPO then trains reasoning on top.
+        """
+        src = self.rc.warm_start
+        if not src or not self.var.reasoning:
+            return False
+        d = self.run_dir.parent / src / "best"
+        if not (d / "trainable.pt").exists():
+            raise UserError(f"recpo.warm_start={src!r}: {d / 'trainable.pt'} not found; train {src} on this "
+                             f"dataset first (the pipeline does), or set recpo.warm_start to ''")
+        state = torch.load(d / "trainable.pt", map_location="cpu")
+        mods = self._modules()
+        lora = {k: v for k, v in state.items() if "lora_" in k}
+        own = {f"{k}/{n}" for k, m in mods.items() for n, q in m.named_parameters()
+               if q.requires_grad and "lora_" in n}
+        if not lora or set(lora) != own:
+            raise UserError(f"recpo.warm_start={src!r}: {d / 'trainable.pt'} holds {len(lora)} LoRA tensors, this "
+                             f"run has {len(own)} (different lora.* params?)")
+        with torch.no_grad():
+            for k, m in mods.items():
+                for n, q in m.named_parameters():
+                    if q.requires_grad and "lora_" in n:
+                        q.copy_(state[f"{k}/{n}"].to(q.device, q.dtype))
+        self._stepped()
+        if (d / "item_table.pt").exists() and self.head is None:
+            from r2ec.llm.encoder import load_item_table
+            self.table, _ = load_item_table(d / "item_table.pt")
+            self.table_step = 0
+        log.info("%s: warm start from %s", self.method, d)
+        return True
+
+    def _budget_s(self) -> float:
+        return 60.0 * self.rc.max_minutes if self.rc.max_minutes > 0 else math.inf
+
     def train_loop(self) -> None:
         pool = self.ds.split("train")
         if 0 < self.rc.train_max_samples < pool.height:
@@ -643,20 +732,26 @@ class _Trainer:
             pool = pool[np.sort(rng.choice(pool.height, size=self.rc.train_max_samples, replace=False)).tolist()]
         from tqdm.auto import tqdm
         bar = tqdm(total=self.rc.steps, initial=self.step, desc=f"train {self.method}", disable=not self.progress)
-        while not self.done and self.step < self.rc.steps:
+        while not self.done and self.step < self.rc.steps and self.train_s < self._budget_s():
             t0 = time.perf_counter()
             _seed_all(_step_seed(self.rc.seed, self.step, 2))
             rows = self.batch_rows(pool)
             rec = self.recpo_step(rows) if self.var.reasoning else self.contrastive_step(rows)
-            rec = {"step": self.step, **rec, "lr": float(self.sched.get_last_lr()[0]),
-                   "seconds": time.perf_counter() - t0}
+            sec = time.perf_counter() - t0
+            self.train_s += sec
+            rec = {"step": self.step, **rec, "lr": float(self.sched.get_last_lr()[0]), "seconds": sec,
+                   "elapsed_s": self.train_s}
             self.step += 1
             self.log(rec)
             bar.update(1)
             stop = False
-            if self.step % self.rc.eval_every == 0 or self.step == self.rc.steps:
+            # the budget counts steps and validations alike; the last step (by count or time) is validated
+            last = self.step == self.rc.steps or self.train_s >= self._budget_s()
+            if self.step % self.rc.eval_every == 0 or last:
+                tv = time.perf_counter()
                 stop = self.validate()
-            self.done = stop or self.step >= self.rc.steps
+                self.train_s += time.perf_counter() - tv
+            self.done = stop or last
             if (self.step % self.rc.checkpoint_every == 0 or self.done) and self.acc.is_main_process:
                 save_checkpoint(self.run_dir / "last", self.state())
             self.acc.wait_for_everyone()

@@ -11,6 +11,7 @@ from r2ec.io import write_json, write_text
 
 METHOD_NAMES = {
     "sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser",
+    "tiger": "TIGER",
     "r2ec": r"R$^2$ec", "r2ec_zeroshot": r"R$^2$ec (zero-shot)", "r2ec_no_reasoning": r"R$^2$ec w/o reasoning",
     "r2ec_no_rd": r"R$^2$ec w/o $R_d$", "r2ec_no_rc": r"R$^2$ec w/o $R_c$",
     "r2ec_cls_head": r"R$^2$ec cls.\ head",

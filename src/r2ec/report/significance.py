@@ -1,0 +1,58 @@
+"""Paired significance tests between two runs on their shared evaluation samples (scipy).
+
+Both runs were evaluated on the same seeded subsample (``eval.max_samples``), so their per-sample metrics
+are paired by ``sample_id``. For a metric m (``N@K`` = 1/log2(rank+1) if rank <= K else 0, ``H@K`` =
+1[rank <= K]) and the per-sample differences d_i = m(a_i) − m(b_i):
+
+- Wilcoxon signed-rank test on d (``scipy.stats.wilcoxon``; zero differences dropped, its default), and
+- paired t-test (``scipy.stats.ttest_rel``),
+
+each with ``alternative`` "greater" (H1: a > b, one-sided), "less" or "two-sided" — RecBole's helper uses
+"less", so the direction is always stated with the p-value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from r2ec.errors import UserError
+from r2ec.eval.metrics import hit_at_k, ndcg_at_k
+
+
+def paired_ranks(run_a: Path, run_b: Path, split: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(sample_ids, ranks_a, ranks_b)`` of ``split`` from two run directories' ``ranks.parquet``.
+
+    Refuses (UserError naming both runs) when the runs were not evaluated on the same samples.
+    """
+    frames = []
+    for run in (Path(run_a), Path(run_b)):
+        f = run / "ranks.parquet"
+        if not f.exists():
+            raise UserError(f"{f}: not found (is {run} a finished run?)")
+        frames.append(pl.read_parquet(f).filter(pl.col("split") == split).sort("sample_id"))
+    a, b = frames
+    if a.height == 0 or a["sample_id"].to_list() != b["sample_id"].to_list():
+        raise UserError(f"{run_a} and {run_b} were evaluated on different {split} samples ({a.height} vs "
+                        f"{b.height}); paired tests need the same eval.max_samples and eval.seed")
+    return a["sample_id"].to_numpy(), a["rank"].to_numpy(), b["rank"].to_numpy()
+
+
+def paired_tests(ranks_a: np.ndarray, ranks_b: np.ndarray, metric: str = "N@10",
+                 alternative: str = "greater") -> dict:
+    """Wilcoxon signed-rank and paired t-test of per-sample ``metric`` (``N@K`` or ``H@K``), a vs b."""
+    from scipy.stats import ttest_rel, wilcoxon
+    kind, k = metric.split("@")
+    fn = {"N": ndcg_at_k, "H": hit_at_k}[kind]
+    ma, mb = fn(ranks_a, int(k)), fn(ranks_b, int(k))
+    d = ma - mb
+    out = {"metric": metric, "alternative": alternative, "n": int(d.size), "mean_a": float(ma.mean()),
+           "mean_b": float(mb.mean()), "nonzero_pairs": int(np.count_nonzero(d))}
+    if out["nonzero_pairs"] == 0:  # identical per-sample metrics: no evidence either way
+        out.update(wilcoxon_p=1.0, ttest_p=1.0)
+        return out
+    out["wilcoxon_p"] = float(wilcoxon(ma, mb, alternative=alternative).pvalue)
+    out["ttest_p"] = float(ttest_rel(ma, mb, alternative=alternative).pvalue)
+    return out
