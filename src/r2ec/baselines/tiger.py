@@ -333,6 +333,14 @@ def _max_history(ds: Dataset, cfg: TigerCfg) -> int:
     return min(longest, cfg.max_history) if cfg.max_history > 0 else longest
 
 
+def _excludes_history(cfg: TigerCfg, eval_cfg: EvalCfg | None) -> bool:
+    """Beams skip history items only where the evaluator masks them for sure: history masked, and a target
+    that repeats a history item masked too (else such a target must stay reachable)."""
+    if eval_cfg is None:
+        return cfg.exclude_history
+    return cfg.exclude_history and eval_cfg.mask_history and eval_cfg.mask_repeated_target
+
+
 def load_scorer(ds: Dataset, run_dir: str | Path, eval_cfg: EvalCfg | None = None) -> Scorer:
     """Scorer of the best model saved in ``run_dir/checkpoint.pt``."""
     ck = torch.load(Path(run_dir) / CHECKPOINT, map_location="cpu", weights_only=False)
@@ -346,7 +354,7 @@ def load_scorer(ds: Dataset, run_dir: str | Path, eval_cfg: EvalCfg | None = Non
     model = build_t5(vocab.size, cfg)
     model.load_state_dict(ck["model"])
     model.eval()
-    exclude = cfg.exclude_history and (eval_cfg is None or eval_cfg.mask_history)
+    exclude = _excludes_history(cfg, eval_cfg)
     return make_scorer(model, vocab, Trie(vocab.codes, vocab.sizes), Inputs(vocab, ck["max_history"]), cfg.beam,
                        cfg.beam_batch_size, exclude, cfg.autocast == "bf16")
 
@@ -453,9 +461,9 @@ def train_tiger(ds: Dataset, cfg: TigerCfg, eval_cfg: EvalCfg, run_dir: str | Pa
 
     ckpt_meta = {"method": METHOD, "cfg": cfg_dict, "n_items": ds.n_items, "codes": vocab.codes,
                  "level_sizes": list(vocab.sizes), "max_history": inputs.max_history}
-    exclude = cfg.exclude_history and eval_cfg.mask_history
+    exclude = _excludes_history(cfg, eval_cfg)
     scorer = make_scorer(model, vocab, trie, inputs, cfg.beam, cfg.beam_batch_size, exclude, cfg.autocast == "bf16")
-    per_epoch = cfg.epoch_samples if cfg.epoch_samples > 0 else train.height
+    per_epoch = min(cfg.epoch_samples, train.height) if cfg.epoch_samples > 0 else train.height
     bar = tqdm(total=cfg.epochs, initial=min(state["epoch"], cfg.epochs), desc="tiger epochs", disable=not progress)
     while state["epoch"] < cfg.epochs and not state["stopped"]:
         epoch = state["epoch"] + 1

@@ -632,7 +632,7 @@ class _Trainer:
             self.bad_evals += 1
         if self.acc.is_main_process:
             append_jsonl(self.run_dir / "valid_log.jsonl", {"step": self.step, **metrics, "improved": improved,
-                                                            "elapsed_s": round(self.train_s, 1)})
+                                                            "elapsed_s": self.train_s})
         if self.live is not None:
             self.live.log_metric(f"valid/{SELECT_METRIC}", score)
         log.info("%s step %d valid %s=%.4f (best %.4f @ %d)", self.method, self.step, SELECT_METRIC, score,
