@@ -132,6 +132,31 @@ def _rng_state(gen: torch.Generator) -> dict:
             "python": random.getstate()}
 
 
+def resume_state(run_dir: Path, fingerprint: dict, cfg_dict: dict, resumable: set[str], model: nn.Module,
+                 opt: torch.optim.Optimizer, gen: torch.Generator) -> dict | None:
+    """Restore model, optimizer and RNGs from ``run_dir/last.pt`` and return its loop state (None: no file,
+    and the log of an earlier run is removed). A file of other data or of other params (except the keys in
+    ``resumable``) is an error naming it. The log is part of the state and is rewritten from it, so a kill
+    between ``last.pt`` and a log append leaves no gap."""
+    last_file = run_dir / LAST
+    if not last_file.exists():
+        (run_dir / LOG).unlink(missing_ok=True)
+        return None
+    last = torch.load(last_file, map_location="cpu", weights_only=False)
+    if last["fingerprint"] != fingerprint:
+        raise UserError(f"{last_file}: saved for {last['fingerprint']}, not {fingerprint}; "
+                        f"delete {run_dir} to start afresh")
+    diff = {k for k in cfg_dict if last["cfg"].get(k) != cfg_dict[k]} - resumable
+    if diff:
+        raise UserError(f"{last_file}: saved with different {', '.join(sorted(diff))}; "
+                        f"delete {run_dir} to start afresh")
+    model.load_state_dict(last["model"])
+    opt.load_state_dict(last["optimizer"])
+    _set_rng_state(last["rng"], gen)
+    write_text(run_dir / LOG, "".join(json.dumps(r) + "\n" for r in last["state"]["log"]))
+    return last["state"]
+
+
 def _set_rng_state(st: dict, gen: torch.Generator) -> None:
     torch.set_rng_state(st["torch"])
     gen.set_state(st["gen"])
@@ -201,24 +226,7 @@ def train_classic(method: str, ds: Dataset, cfg: SeqModelCfg, eval_cfg: EvalCfg,
                    "max_len": max_len}
     state = {"epoch": 0, "best": float("-inf"), "best_epoch": 0, "bad_epochs": 0, "stopped": False, "log": []}
 
-    last_file = run_dir / LAST
-    if last_file.exists():
-        last = torch.load(last_file, map_location="cpu", weights_only=False)
-        if last["fingerprint"] != fingerprint:
-            raise UserError(f"{last_file}: saved for {last['fingerprint']}, not {fingerprint}; "
-                            f"delete {run_dir} to start afresh")
-        diff = {k for k in cfg_dict if last["cfg"].get(k) != cfg_dict[k]} - _RESUMABLE_CHANGES
-        if diff:
-            raise UserError(f"{last_file}: saved with different {', '.join(sorted(diff))}; "
-                            f"delete {run_dir} to start afresh")
-        model.load_state_dict(last["model"])
-        opt.load_state_dict(last["optimizer"])
-        _set_rng_state(last["rng"], gen)
-        state = last["state"]
-        # the log is part of the state: rewrite it so a kill between last.pt and the log append leaves no gap
-        write_text(run_dir / LOG, "".join(json.dumps(r) + "\n" for r in state["log"]))
-    else:
-        (run_dir / LOG).unlink(missing_ok=True)
+    state = resume_state(run_dir, fingerprint, cfg_dict, _RESUMABLE_CHANGES, model, opt, gen) or state
     # patience may have changed on resume: an early stop only sticks while it still holds
     state["stopped"] = 0 < cfg.patience <= state["bad_epochs"]
 
@@ -246,7 +254,7 @@ def train_classic(method: str, ds: Dataset, cfg: SeqModelCfg, eval_cfg: EvalCfg,
                   "best_epoch": state["best_epoch"], "train_seconds": round(t_train, 3),
                   "seconds": round(time.perf_counter() - t0, 3)}
         state["log"].append(record)
-        _save(last_file, {"fingerprint": fingerprint, "cfg": cfg_dict, "model": model.state_dict(),
+        _save(run_dir / LAST, {"fingerprint": fingerprint, "cfg": cfg_dict, "model": model.state_dict(),
                           "optimizer": opt.state_dict(), "rng": _rng_state(gen), "state": state})
         append_jsonl(run_dir / LOG, record)
         bar.update(1)

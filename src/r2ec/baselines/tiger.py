@@ -38,12 +38,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from r2ec.baselines import tiger_semantic as S
-from r2ec.baselines.seqtrain import CHECKPOINT, LAST, LOG, SELECT_METRIC, _rng_state, _save, _seed_all, \
-    _set_rng_state
+from r2ec.baselines.seqtrain import (CHECKPOINT, LAST, LOG, SELECT_METRIC, _rng_state, _save, _seed_all,
+                                    resume_state)
 from r2ec.config import EvalCfg, TigerCfg
 from r2ec.errors import UserError
 from r2ec.eval import Scorer, evaluate, write_run_outputs
-from r2ec.io import Dataset, append_jsonl, pad_histories, write_json, write_text
+from r2ec.io import Dataset, append_jsonl, pad_histories, write_json
 
 log = logging.getLogger("r2ec.tiger")
 
@@ -440,23 +440,7 @@ def train_tiger(ds: Dataset, cfg: TigerCfg, eval_cfg: EvalCfg, run_dir: str | Pa
     state: dict[str, Any] = {"epoch": 0, "best": float("-inf"), "best_epoch": 0, "bad_epochs": 0,
                              "stopped": False, "log": [], "perm": torch.zeros(0, dtype=torch.long), "cursor": 0}
 
-    last_file = run_dir / LAST
-    if last_file.exists():
-        last = torch.load(last_file, map_location="cpu", weights_only=False)
-        if last["fingerprint"] != fingerprint:
-            raise UserError(f"{last_file}: saved for {last['fingerprint']}, not {fingerprint}; "
-                            f"delete {run_dir} to start afresh")
-        diff = {k for k in cfg_dict if last["cfg"].get(k) != cfg_dict[k]} - _RESUMABLE_CHANGES
-        if diff:
-            raise UserError(f"{last_file}: saved with different {', '.join(sorted(diff))}; "
-                            f"delete {run_dir} to start afresh")
-        model.load_state_dict(last["model"])
-        opt.load_state_dict(last["optimizer"])
-        _set_rng_state(last["rng"], gen)
-        state = last["state"]
-        write_text(run_dir / LOG, "".join(json.dumps(r) + "\n" for r in state["log"]))
-    else:
-        (run_dir / LOG).unlink(missing_ok=True)
+    state = resume_state(run_dir, fingerprint, cfg_dict, _RESUMABLE_CHANGES, model, opt, gen) or state
     state["stopped"] = 0 < cfg.patience <= state["bad_epochs"]
 
     ckpt_meta = {"method": METHOD, "cfg": cfg_dict, "n_items": ds.n_items, "codes": vocab.codes,
@@ -485,7 +469,7 @@ def train_tiger(ds: Dataset, cfg: TigerCfg, eval_cfg: EvalCfg, run_dir: str | Pa
                   "train_seconds": round(t_train, 3), "seconds": round(time.perf_counter() - t0, 3),
                   "cpu_seconds": round(time.process_time() - c0, 3)}
         state["log"].append(record)
-        _save(last_file, {"fingerprint": fingerprint, "cfg": cfg_dict, "model": model.state_dict(),
+        _save(run_dir / LAST, {"fingerprint": fingerprint, "cfg": cfg_dict, "model": model.state_dict(),
                           "optimizer": opt.state_dict(), "rng": _rng_state(gen), "state": state})
         append_jsonl(run_dir / LOG, record)
         log.info("tiger epoch %d: loss %.4f valid %s %.4f (best epoch %d, %.0fs)", epoch, loss, SELECT_METRIC,
