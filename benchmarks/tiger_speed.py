@@ -25,7 +25,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from r2ec import config as C
@@ -97,12 +96,12 @@ def main() -> None:
         print(f"  {name:<{width}}  {value}")
     if args.out:
         Path(args.out).write_text(json.dumps({
-            "dataset": ds.name, "threads": args.threads, "embeddings_seconds": t_emb, "embeddings_cached": info["cached"],
+            "dataset": ds.name, "threads": args.threads, "embeddings_seconds": t_emb,
+            "embeddings_cached": info["cached"],
             "rqvae_seconds": summary["seconds"], "rqvae": summary, "codes": stats, "t5_params": n_params,
             "t5_train_samples_per_s": train_sps, "decode_samples_per_s": decode_sps,
             "tiger": C.to_dict(cfg)}, indent=2, default=float) + "\n")
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     main()
