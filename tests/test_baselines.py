@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -13,7 +12,8 @@ from r2ec.baselines import build_model, load_scorer, train_classic
 from r2ec.baselines.seqtrain import LAST, LOG
 from r2ec.config import EvalCfg, SeqModelCfg
 from r2ec.eval import evaluate
-from r2ec.io import SAMPLE_SCHEMA, Dataset
+from fixtures.data_fixtures import pattern_dataset
+from r2ec.io import Dataset
 
 N_ITEMS = 30
 HIST = 5
@@ -21,25 +21,9 @@ HIST = 5
 
 def _pattern_dataset(n_users: int = 60, seq_len: int = 14, seed: int = 0) -> Dataset:
     """Each user walks 1..N in steps of +1 (wrapping) from a random start: next item = last + 1."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        start = int(rng.integers(N_ITEMS))
-        seq = [(start + i) % N_ITEMS + 1 for i in range(seq_len)]
-        for i in range(1, seq_len):
-            h = seq[max(0, i - HIST):i]
-            rows.append({"user_id": f"u{u}", "history_item_ids": h, "history_ratings": [4.0] * len(h),
-                         "history_timestamps": list(range(len(h))), "target_item_id": seq[i],
-                         "target_rating": 4.0, "target_timestamp": u * 100 + i})
-    df = pl.DataFrame(rows).sample(fraction=1.0, shuffle=True, seed=seed)
-    df = df.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("sample_id"))
-    df = df.select([pl.col(c).cast(t) for c, t in SAMPLE_SCHEMA.items()])
-    n = df.height
-    a, b = int(n * 0.8), int(n * 0.9)
     items = pl.DataFrame({"item_id": list(range(1, N_ITEMS + 1)), "source_id": [str(i) for i in range(N_ITEMS)],
                           "title": [f"item {i}" for i in range(N_ITEMS)]})
-    return Dataset(name="pattern", root=None, items=items,  # type: ignore[arg-type]
-                   splits={"train": df[:a], "valid": df[a:b], "test": df[b:]}, stats={})
+    return pattern_dataset(items, HIST, n_users, seq_len, seed)
 
 
 DS = _pattern_dataset()

@@ -132,6 +132,20 @@ def _rng_state(gen: torch.Generator) -> dict:
             "python": random.getstate()}
 
 
+def end_epoch(state: dict, epoch: int, score: float, patience: int, best_file: Path, meta: dict,
+              model: nn.Module) -> None:
+    """Best-score / patience bookkeeping after an epoch's validation: on improvement (or the first epoch) the
+    model is saved to ``best_file`` with ``meta``; ``state["stopped"]`` once ``patience`` epochs passed
+    without one (0 = never)."""
+    if state["best_epoch"] == 0 or score > state["best"]:
+        state.update(best=score, best_epoch=epoch, bad_epochs=0)
+        _save(best_file, {**meta, "model": model.state_dict()})
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch
+    state["stopped"] = 0 < patience <= state["bad_epochs"]
+
+
 def resume_state(run_dir: Path, fingerprint: dict, cfg_dict: dict, resumable: set[str], model: nn.Module,
                  opt: torch.optim.Optimizer, gen: torch.Generator) -> dict | None:
     """Restore model, optimizer and RNGs from ``run_dir/last.pt`` and return its loop state (None: no file,
@@ -242,14 +256,8 @@ def train_classic(method: str, ds: Dataset, cfg: SeqModelCfg, eval_cfg: EvalCfg,
         t_train = time.perf_counter() - t0
         valid, _ = evaluate(scorer, ds, "valid", eval_cfg, progress=False)
         score = valid[SELECT_METRIC]
-        improved = state["best_epoch"] == 0 or score > state["best"]
-        if improved:
-            state.update(best=score, best_epoch=epoch, bad_epochs=0)
-            _save(run_dir / CHECKPOINT, {**ckpt_meta, "epoch": epoch, "model": model.state_dict()})
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        state["stopped"] = 0 < cfg.patience <= state["bad_epochs"]
+        end_epoch(state, epoch, score, cfg.patience, run_dir / CHECKPOINT,
+                  {**ckpt_meta, "epoch": epoch}, model)
         record = {"epoch": epoch, "loss": loss, **{f"valid_{k}": v for k, v in valid.items()},
                   "best_epoch": state["best_epoch"], "train_seconds": round(t_train, 3),
                   "seconds": round(time.perf_counter() - t0, 3)}

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from r2ec.baselines import tiger_semantic as S
 from r2ec.baselines.seqtrain import (CHECKPOINT, LAST, LOG, SELECT_METRIC, _rng_state, _save, _seed_all,
-                                    resume_state)
+                                    end_epoch, resume_state)
 from r2ec.config import EvalCfg, TigerCfg
 from r2ec.errors import UserError
 from r2ec.eval import Scorer, evaluate, write_run_outputs
@@ -457,13 +457,8 @@ def train_tiger(ds: Dataset, cfg: TigerCfg, eval_cfg: EvalCfg, run_dir: str | Pa
         t_train = time.perf_counter() - t0
         valid, _ = evaluate(scorer, ds, "valid", eval_cfg, progress=False)
         score = valid[SELECT_METRIC]
-        if state["best_epoch"] == 0 or score > state["best"]:
-            state.update(best=score, best_epoch=epoch, bad_epochs=0)
-            _save(run_dir / CHECKPOINT, {**ckpt_meta, "epoch": epoch, "model": model.state_dict()})
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        state["stopped"] = 0 < cfg.patience <= state["bad_epochs"]
+        end_epoch(state, epoch, score, cfg.patience, run_dir / CHECKPOINT,
+                  {**ckpt_meta, "epoch": epoch}, model)
         record = {"epoch": epoch, "loss": loss, **{f"valid_{k}": v for k, v in valid.items()},
                   "best_epoch": state["best_epoch"], "train_samples": len(order),
                   "train_seconds": round(t_train, 3), "seconds": round(time.perf_counter() - t0, 3),
