@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 CORES ?= $(shell nproc 2>/dev/null || echo 4)
 
-.PHONY: install table1 all test test-all dvc-repro clean-results
+.PHONY: install table1 paper all test test-all dvc-repro clean-results
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -22,6 +22,10 @@ $(VENV)/.installed: pyproject.toml
 
 table1: install
 	snakemake --cores $(CORES) results/table1.tex results/table3.tex results/figures/r2ec_learning.png
+
+# the longer targets: Table 2 (trains the ablations), Table 4 (latency), every figure, report.md
+paper: install
+	snakemake --cores $(CORES) results/table2.tex results/table4.tex figures results/report.md
 
 all: install
 	snakemake --cores $(CORES)

@@ -11,6 +11,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/r2ec.smk"
+include: "workflow/rules/langptune.smk"
+include: "workflow/rules/llm_baselines.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -19,3 +21,4 @@ rule all:
         "results/table1.tex",
         "results/table3.tex",
         "results/figures/r2ec_learning.png",
+        "results/report.md",

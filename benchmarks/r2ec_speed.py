@@ -41,30 +41,57 @@ from r2ec.io import load_dataset
 from r2ec.recpo.trainer import _seed_all, _step_seed, _Trainer
 
 
-def make_trainer(p: C.Params, data: Path, cache: Path, run_dir: Path) -> tuple[_Trainer, float]:
-    """The RecPO trainer as ``train_r2ec`` builds it; returns it with its construction seconds."""
+def make_trainer(p: C.Params, data: Path, cache: Path, run_dir: Path,
+                 method: str = "r2ec") -> tuple[_Trainer, float]:
+    """The trainer as ``train_r2ec`` builds it; returns it with its construction seconds."""
     ds = load_dataset(data)
     t0 = time.perf_counter()
-    tr = _Trainer("r2ec", ds, p, run_dir, cache, progress=False, use_dvclive=False, hook=None)
+    tr = _Trainer(method, ds, p, run_dir, cache, progress=False, use_dvclive=False, hook=None)
     return tr, time.perf_counter() - t0
 
 
 def bench_refresh(tr: _Trainer, n_items: int) -> dict:
-    """Encode the first ``n_items`` items with the trainer's encoder; install them, tiled, as its item table."""
+    """Encode the first ``n_items`` items as ``refresh_table`` does (the merged copy with llm.inference_copy; the
+    adapted layers over the frozen prefix with llm.frozen_prefix, whose one-off build over ALL items is timed
+    apart); install them, tiled, as the trainer's item table."""
     from r2ec.llm.encoder import encode_items
     n = min(n_items, tr.ds.n_items)
-    model, ctx = tr._infer()  # what refresh_table encodes with (the merged copy with llm.inference_copy)
+    t0 = time.perf_counter()
+    pf = tr.prefix()
+    build_s = time.perf_counter() - t0
+    model, ctx = tr.infer()
     with torch.inference_mode(), ctx:
         t0 = time.perf_counter()
-        part = encode_items(model, tr.tok, tr.ds.items.head(n), tr.domain, tr.p.llm,
-                            batch_size=tr.rc.item_batch_size, progress=False, prompt_ids=tr.item_ids[:n])
+        if pf is not None:
+            bs = tr.rc.item_batch_size
+            part = torch.cat([torch.zeros(1, model.config.hidden_size)]
+                             + [pf.vectors(model, list(range(s, min(s + bs, n)))).float() for s in range(0, n, bs)])
+        else:
+            part = encode_items(model, tr.tok, tr.ds.items.head(n), tr.domain, tr.p.llm,
+                                batch_size=tr.rc.item_batch_size, progress=False, prompt_ids=tr.item_ids[:n])
         sec = time.perf_counter() - t0
     rows = part[1:].clone()  # a normal tensor (not an inference tensor) for the training steps
     reps = -(-tr.ds.n_items // n)
     tr.table = torch.cat([torch.zeros_like(rows[:1]), rows.repeat(reps, 1)[:tr.ds.n_items]])
     tr.table_step = tr.step
     return {"items_encoded": n, "encode_s": sec, "items_per_s": n / sec,
-            "refresh_all_s": sec * tr.ds.n_items / n}
+            "refresh_all_s": sec * tr.ds.n_items / n, "prefix_build_s": build_s}
+
+
+def bench_contrastive(tr: _Trainer, steps: int) -> dict:
+    """``steps`` steps of the contrastive objective (``r2ec_no_reasoning``, its own batch and negatives); mean
+    seconds after the first (the first builds the frozen prefix when it is on)."""
+    pool = tr.ds.split("train")
+    secs = []
+    for _ in range(steps + 1):
+        tr.table_step = tr.step
+        t0 = time.perf_counter()
+        tr.contrastive_step(tr.batch_rows(pool))
+        secs.append(time.perf_counter() - t0)
+        tr.step += 1
+    mean = statistics.fmean(secs[1:])
+    return {"contrastive_step_s": mean, "users_per_s": tr.rc.batch_size / mean,
+            "contrastive_batch": tr.rc.batch_size, "contrastive_negatives": tr.rc.uniform_negatives}
 
 
 def bench_steps(tr: _Trainer, steps: int) -> dict:
@@ -128,7 +155,7 @@ def header(tr: _Trainer) -> dict:
             "group_size": p.recpo.group_size, "batch_size": p.recpo.batch_size,
             "max_prompt_tokens": p.llm.max_prompt_tokens, "autocast": p.llm.autocast,
             "lora_last_layers": p.lora.last_layers, "uniform_negatives": p.recpo.uniform_negatives,
-            "inference_copy": p.llm.inference_copy,
+            "inference_copy": p.llm.inference_copy, "frozen_prefix": p.llm.frozen_prefix,
             "n_items": tr.ds.n_items}
 
 
@@ -148,6 +175,13 @@ def table(res: dict) -> str:
         ("throughput", "item encoding", r["items_per_s"], "items/s"),
         ("throughput", f"full-ranking evaluation ({e['eval_samples']} samples)", e["samples_per_s"], "samples/s"),
     ]
+    if r.get("prefix_build_s"):
+        rows.append(("recpo step", "frozen-prefix build, all items (once per run)", r["prefix_build_s"], "s"))
+    if "contrastive" in res:
+        c = res["contrastive"]
+        rows.append(("contrastive", f"step ({c['contrastive_batch']} users + {c['contrastive_negatives']} "
+                     f"negatives)", c["contrastive_step_s"], "s"))
+        rows.append(("contrastive", "users", c["users_per_s"], "users/s"))
     for lat in res["latency"]:
         rows.append(("latency", f"recommend top-10, batch {lat['batch']} (median)", lat["latency_s"], "s"))
         rows.append(("latency", f"recommend top-10, batch {lat['batch']}", lat["requests_per_s"], "requests/s"))
@@ -167,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--items", type=int, default=256)
     ap.add_argument("--eval-samples", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="repeats of each latency measurement (median)")
+    ap.add_argument("--contrastive-steps", type=int, default=2, help="timed r2ec_no_reasoning steps (0 = skip)")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
     ap.add_argument("--before", action="append", default=[], metavar="KEY=VALUE",
                     help="first measure a 'before' configuration (these overrides on top of -S), then the given one")
@@ -187,6 +222,10 @@ def main(argv: list[str] | None = None) -> dict:
             res["eval"] = bench_eval(tr, a.eval_samples)
             res["latency"] = [bench_latency(tr, b, a.repeats) for b in (1, 8)]
             del tr
+            if a.contrastive_steps:
+                nr, _ = make_trainer(p, Path(a.data), Path(a.cache), Path(tmp) / "nr", "r2ec_no_reasoning")
+                res["contrastive"] = bench_contrastive(nr, a.contrastive_steps)
+                del nr
         print(f"== {name}: {' '.join(over) or '(params as given)'}")
         print(table(res))
         out[name] = res

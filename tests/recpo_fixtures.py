@@ -55,9 +55,22 @@ def tiny_params(**recpo) -> Params:
 
 def _mirror(rc: RecpoCfg) -> ContrastiveCfg:
     """The contrastive budget equal to the recpo one (tests give one set of numbers to every variant)."""
-    return ContrastiveCfg(**{f.name: getattr(rc, f.name) for f in dataclasses.fields(ContrastiveCfg)})
+    return ContrastiveCfg(**{f.name: getattr(rc, f.name) for f in dataclasses.fields(ContrastiveCfg)
+                             if hasattr(rc, f.name)})
 
 
 def with_recpo(p: Params, **kw) -> Params:
     rc = dataclasses.replace(p.recpo, **kw)
     return dataclasses.replace(p, recpo=rc, contrastive=_mirror(rc))
+
+
+class Killed(Exception):
+    """Raised by a :func:`kill_at` hook: the run was interrupted (kill-and-resume tests)."""
+
+
+def kill_at(step: int):
+    """A harness ``hook(step, record)`` that interrupts the run by raising :class:`Killed` after ``step`` steps."""
+    def hook(done: int, rec: dict) -> None:
+        if done == step:
+            raise Killed
+    return hook

@@ -74,7 +74,7 @@ def test_trainer_evaluates_with_the_copy_after_updates(tmp_path):
     tr = _Trainer("r2ec", ds, p, tmp_path, None, False, False, None)
     tr.recpo_step(tr.batch_rows(ds.split("train")))
     assert tr.version == 1  # one optimizer step
-    model, _ = tr._infer()
+    model, _ = tr.infer()
     ids = torch.tensor([tr.item_ids[0]])
     torch.testing.assert_close(_logits(model, ids), _logits(tr.policy, ids), atol=1e-4, rtol=1e-4)
     assert tr.engine.model is model  # rollouts sampled from the merged copy

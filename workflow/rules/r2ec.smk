@@ -50,3 +50,27 @@ rule train_r2ec:
     shell:
         "python -m r2ec train --quiet --threads {threads} --method {wildcards.method} --data {input.data} "
         "--out results/runs/{wildcards.dataset}/{wildcards.method} --cache results/cache {params.S} 2> {log}"
+
+
+# one point of a RecPO sweep (rule sweep_figure): r2ec trained with recpo.<key>=<value>, next to the r2ec run
+rule train_r2ec_sweep:
+    input:
+        data="results/data/{dataset}",
+        backbone="results/cache/backbones",
+        item_table="results/cache/item_tables/{dataset}.json",
+        warm_start=lambda wc: warm_start_input(Namespace(dataset=wc.dataset, method="r2ec")),
+    output:
+        metrics="results/runs/{dataset}/r2ec@{key}={value}/metrics.json",
+        ranks="results/runs/{dataset}/r2ec@{key}={value}/ranks.parquet",
+    wildcard_constraints:
+        key="beta|temperature|group_size",
+        value="[0-9.]+",
+    params:
+        S=sections("seed", "eval", "llm", "lora", "recpo", "contrastive"),
+    threads: 1
+    log:
+        "results/logs/train/{dataset}/r2ec@{key}={value}.log",
+    shell:
+        "python -m r2ec train --quiet --threads {threads} --method r2ec --data {input.data} "
+        "--out results/runs/{wildcards.dataset}/r2ec@{wildcards.key}={wildcards.value} --cache results/cache "
+        "{params.S} -S recpo.{wildcards.key}={wildcards.value} 2> {log}"

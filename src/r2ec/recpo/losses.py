@@ -72,6 +72,25 @@ def in_batch_target_logprob(user_vecs: torch.Tensor, item_vecs: torch.Tensor, la
         return torch.log_softmax(logits, dim=-1).gather(1, labels.view(-1, 1).long()).squeeze(1)
 
 
+def catalogue_target_logprob(scores: torch.Tensor, targets: torch.Tensor,
+                             histories: list[list[int]] | None = None) -> torch.Tensor:
+    """``log softmax_j(s_bj)[target_b]`` over the whole catalogue -- ``[B]`` from ``[B, N+1]`` scores.
+
+    ``s`` are cos/tau scores against a cached item table (so no gradient reaches the items); column 0 (the
+    padding item) and, when ``histories`` is given, the sample's history items other than its target are
+    excluded (``s = -inf``), as the evaluator excludes them from the ranking.
+    """
+    s = scores.float()
+    if histories is not None:
+        keep = torch.zeros_like(s, dtype=torch.bool)
+        for b, h in enumerate(histories):
+            if h:
+                keep[b, torch.as_tensor(h, dtype=torch.long, device=s.device)] = True
+        keep[torch.arange(s.shape[0], device=s.device), targets.to(s.device).long()] = False
+        s = s.masked_fill(keep, float("-inf"))
+    return torch.log_softmax(s, dim=-1).gather(1, targets.to(s.device).long().view(-1, 1)).squeeze(1)
+
+
 def in_batch_labels(target_ids: list[int]) -> tuple[list[int], torch.Tensor]:
     """Unique in-batch targets (first-seen order) and each row's index into them."""
     uniq: list[int] = []

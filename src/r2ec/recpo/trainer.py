@@ -1,5 +1,8 @@
 """RecPO training of R2ec and its variants; evaluation through the shared evaluator.
 
+The loop, budgets, checkpoints, validation/early stopping, logging and outputs are the shared LLM harness's
+(:mod:`r2ec.llm.harness`); this module adds R2ec's steps, its item table and its scorer.
+
 One RecPO step (method ``r2ec``, ``r2ec_no_rd``, ``r2ec_no_rc``, ``r2ec_cls_head``):
 
 1. a seeded batch of ``recpo.batch_size`` train samples (``numpy.random.default_rng([seed, step])`` over the
@@ -52,13 +55,10 @@ This path has not been run on GPUs in this repository (CPU machines only).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import json
 import logging
-import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -70,34 +70,18 @@ from accelerate.utils import DistributedType
 
 from r2ec.config import Params, to_dict
 from r2ec.errors import UserError
-from r2ec.eval.evaluator import evaluate, write_run_outputs
-from r2ec.io import Dataset, append_jsonl, read_jsonl, slug, write_text
+from r2ec.io import Dataset, slug
+from r2ec.llm.harness import LLMHarness, num, seed_all, step_seed
 from r2ec.recpo.advantages import advantages as compute_advantages
-from r2ec.recpo.checkpoint import (load_checkpoint, load_trainable_state, rng_state, save_checkpoint,
-                                   set_rng_state, trainable_state)
-from r2ec.recpo.losses import (best_trajectory_mask, clipped_item_loss, clipped_token_loss, in_batch_labels,
-                               in_batch_target_logprob, kl_penalty)
+from r2ec.recpo.losses import (best_trajectory_mask, catalogue_target_logprob, clipped_item_loss,
+                               clipped_token_loss, in_batch_labels, in_batch_target_logprob, kl_penalty)
 from r2ec.recpo.rewards import rewards_from_scores
 from r2ec.recpo.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
 
-SELECT_METRIC = "N@10"
-
-
-def _step_seed(seed: int, step: int, extra: int = 0) -> int:
-    return int(np.random.SeedSequence([seed, step, extra]).generate_state(1)[0])
-
-
-def _num(x) -> float:
-    """float of a tensor/number; NaN for None (DeepSpeed clips inside its step and returns no norm)."""
-    return float("nan") if x is None else float(x)
-
-
-def _seed_all(s: int) -> None:
-    random.seed(s)
-    np.random.seed(s % (2 ** 32))
-    torch.manual_seed(s)
+# kept under their old names: benchmarks and tests import them from here
+_step_seed, _seed_all, _num = step_seed, seed_all, num
 
 
 def _pad_logps(logps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,128 +99,101 @@ def _pad_logps(logps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, mask
 
 
-def _allow_precision(mp: str) -> None:
-    """accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision;
-    a single-process run (a notebook training two configs, the tests) may switch, a distributed one may not."""
-    from accelerate.state import AcceleratorState
-    if not AcceleratorState._shared_state:
-        return
-    st = AcceleratorState()
-    if st.mixed_precision != mp and st.num_processes == 1:
-        AcceleratorState._reset_state()
-
-
-class _Trainer:
-    """Holds the model, tokenizer, item prompts and optimiser of one run (internal to :func:`train_r2ec`)."""
+class _Trainer(LLMHarness):
+    """R2ec's step and scorer on the shared LLM harness (internal to :func:`train_r2ec`)."""
 
     def __init__(self, method: str, ds: Dataset, params: Params, run_dir: Path, cache_dir: Path | None,
                  progress: bool, use_dvclive: bool, hook: Callable[[int, dict], None] | None):
-        from accelerate import Accelerator
-
-        from r2ec.llm.backbone import add_lora, answer_token_id, backbone_cache_name, load_backbone
+        from r2ec.llm.backbone import answer_token_id
         from r2ec.llm.encoder import item_prompt_ids
         from r2ec.llm.rollout import make_engine
 
-        self.method, self.ds, self.p = method, ds, params
         self.var: Variant = get_variant(method)
         # r2ec_no_reasoning trains on its own budget (`contrastive`), every other recpo key is shared
-        self.rc = (params.recpo if self.var.reasoning
-                   else dataclasses.replace(params.recpo, **to_dict(params.contrastive)))
+        shared = {k: v for k, v in to_dict(params.contrastive).items() if k in to_dict(params.recpo)}
+        self.rc = params.recpo if self.var.reasoning else dataclasses.replace(params.recpo, **shared)
+        self.catalogue_w = 0.0 if self.var.reasoning else params.contrastive.catalogue_loss
         self.beta = self.rc.beta if self.var.beta is None else self.var.beta
-        self.run_dir, self.cache_dir = Path(run_dir), (Path(cache_dir) if cache_dir is not None else None)
-        self.progress, self.use_dvclive, self.hook = progress, use_dvclive, hook
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-
-        cuda = torch.cuda.is_available()
-        mp = "bf16" if params.llm.autocast == "bf16" else "no"
-        # the schedule counts optimizer steps of this run, not samples: never step it num_processes times
-        _allow_precision(mp)
-        self.acc = Accelerator(cpu=not cuda, mixed_precision=mp, step_scheduler_with_optimizer=False)
-        _seed_all(self.rc.seed)
-        bb_cache = (self.cache_dir / "backbones" / backbone_cache_name(params.llm.backbone)
-                    if self.cache_dir else None)
-        model, tok = load_backbone(params.llm, bb_cache)
-        self.tok = tok
+        self.head: torch.nn.Linear | None = None
+        super().__init__(method, ds, params, self.rc, run_dir, cache_dir, progress, use_dvclive, hook)
+        tok = self.tok
         self.answer_id = answer_token_id(tok)
-        self.pad_id = int(tok.pad_token_id)
-        model = add_lora(model, params.lora, seed=self.rc.seed)
-        model.to(self.acc.device)
         self.domain = ds.name  # the prompts derive the item nouns from the dataset name
         self.items_by_id = {int(r["item_id"]): r for r in ds.items.iter_rows(named=True)}
         t0 = time.perf_counter()
         self.item_ids = item_prompt_ids(tok, ds.items, self.domain, params.llm.system_prompt)
         log.info("rendered %d item prompts in %.1fs", len(self.item_ids), time.perf_counter() - t0)
-
-        H = model.config.hidden_size if hasattr(model, "config") else model.get_base_model().config.hidden_size
-        self.head: torch.nn.Linear | None = None
-        if self.var.cls_head:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.rc.seed + 1)
-                self.head = torch.nn.Linear(H, ds.n_items + 1).to(self.acc.device)
-                torch.nn.init.normal_(self.head.weight, std=0.02)
-                torch.nn.init.zeros_(self.head.bias)
-            # a submodule of the policy: one prepared model (DeepSpeed takes one), one trainable state
-            model.r2ec_cls_head = self.head
-        params_to_train = [q for q in model.parameters() if q.requires_grad]
-        from transformers import get_scheduler
-        self.opt = torch.optim.AdamW(params_to_train, lr=self.rc.lr, weight_decay=self.rc.weight_decay)
-        # warmup and schedule count optimizer steps (= RecPO steps x mu); "constant" keeps the warmup
-        sched_name = "constant_with_warmup" if self.rc.schedule == "constant" else self.rc.schedule
-        n_opt_steps = max(1, self.rc.steps * (self.rc.mu if self.var.reasoning else 1))
-        self.sched = get_scheduler(sched_name, self.opt, num_warmup_steps=self.rc.warmup_steps,
-                                   num_training_steps=n_opt_steps)
-        model, self.opt, self.sched = self.acc.prepare(model, self.opt, self.sched)
-        self.model = model
-        self.policy = self.acc.unwrap_model(model)
         if self.head is not None:
             self.head = self.policy.r2ec_cls_head
         engine_kw: dict[str, Any] = {}
         if self.rc.engine == "vllm":  # serves the saved base model (with <answer> tokens) + LoRA adapter requests
-            engine_kw = {"model_path": str(bb_cache) if bb_cache is not None and bb_cache.exists()
-                         else params.llm.backbone, "dtype": params.llm.dtype}
+            bb = self.backbone_cache
+            engine_kw = {"model_path": str(bb) if bb is not None and bb.exists() else params.llm.backbone,
+                         "dtype": params.llm.dtype}
         self.engine = make_engine(self.rc.engine, self.policy, tok, self.rc, **engine_kw)
         self._gen_kw = set(inspect.signature(self.engine.generate).parameters)
-        # no-grad passes run on a merged (bf16) copy, re-merged whenever `version` moved (optimizer step, load)
-        self.version = 0
-        self._copy = None
-        if params.llm.inference_copy:
-            from r2ec.llm.inference_copy import InferenceCopy
-            self._copy = InferenceCopy(self.policy, bf16=params.llm.autocast == "bf16")
-
         self.table: torch.Tensor | None = None
         self.table_step = -1
-        self.step = 0
-        self.best_score = -math.inf
-        self.best_step = -1
-        self.best_valid: dict | None = None
-        self.bad_evals = 0
-        self.done = False
-        self.train_s = 0.0  # wall-clock seconds of training so far (summed over resumes): recpo.max_minutes
-        self.live = None
+        self._prefix = None  # FrozenPrefix once built, False when not used
+
+    # ------------------------------------------------------------------------------------------ harness hooks
+    def setup(self, model: torch.nn.Module) -> None:
+        if not self.var.cls_head:
+            return
+        H = model.config.hidden_size if hasattr(model, "config") else model.get_base_model().config.hidden_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.rc.seed + 1)
+            self.head = torch.nn.Linear(H, self.ds.n_items + 1).to(self.acc.device)
+            torch.nn.init.normal_(self.head.weight, std=0.02)
+            torch.nn.init.zeros_(self.head.bias)
+        # a submodule of the policy: one prepared model (DeepSpeed takes one), one trainable state
+        model.r2ec_cls_head = self.head
+
+    def trains(self) -> bool:
+        return self.var.train
+
+    def opt_steps_per_step(self) -> int:
+        return self.rc.mu if self.var.reasoning else 1
+
+    def train_step(self, rows: pl.DataFrame) -> dict[str, Any]:
+        return self.recpo_step(rows) if self.var.reasoning else self.contrastive_step(rows)
+
+    def before_evaluate(self) -> None:
+        self.refresh_table()
+
+    def on_fresh_start(self) -> bool:
+        return self.warm_start()
+
+    def fingerprint_extra(self) -> dict[str, Any]:
+        return {"catalogue_loss": self.catalogue_w}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"item_table": self.table, "item_table_step": self.table_step}
+
+    def restore_extra(self, st: dict[str, Any]) -> None:
+        self.table, self.table_step = st["item_table"], st["item_table_step"]
+
+    def save_best_extra(self, tmp: Path) -> None:
+        from r2ec.llm.encoder import save_item_table
+        if self.head is not None:
+            torch.save(self.head.state_dict(), tmp / "head.pt")
+        if self.table is not None:
+            save_item_table(tmp / "item_table.pt", self.table,
+                            {"step": self.table_step, "dataset": self.ds.name, "tau": self.rc.tau})
+
+    def load_best_extra(self, d: Path) -> None:
+        from r2ec.llm.encoder import load_item_table
+        if (d / "item_table.pt").exists():
+            self.table, meta = load_item_table(d / "item_table.pt")
+            self.step = self.table_step = int(meta.get("step", self.best_step))
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _modules(self) -> dict[str, torch.nn.Module]:
-        return {"policy": self.policy}  # the cls head, if any, is the policy's submodule r2ec_cls_head
-
-    def _autocast(self):
-        return self.acc.autocast() if self.acc.mixed_precision != "no" else contextlib.nullcontext()
-
-    def _infer(self):
-        """``(model, context)`` for no-grad passes: the merged copy (bf16 weights, no autocast) when
-        ``llm.inference_copy``, else the policy under the training precision."""
-        if self._copy is None:
-            return self.policy, self._autocast()
-        return self._copy.get(self.version), contextlib.nullcontext()
-
     def _sync_engine(self):
         """Point the rollout engine at the current weights (vLLM: the adapter; HF: the inference model);
         returns the context generation runs in."""
-        model, ctx = self._infer()
+        model, ctx = self.infer()
         self.engine.sync_weights(self.policy if self.rc.engine == "vllm" else model)
         return ctx
-
-    def _stepped(self) -> None:
-        self.version += 1
 
     def prompts_of(self, rows: pl.DataFrame) -> list[list[int]]:
         from r2ec.llm.prompts import sample_prompt_ids
@@ -269,11 +226,15 @@ class _Trainer:
         if cache is not None and cache.exists():
             self.table, _ = load_item_table(cache)
         else:
-            model, ctx = self._infer()
+            pf = self.prefix()
+            model, ctx = self.infer()
             with ctx:
-                self.table = encode_items(model, self.tok, self.ds.items, self.domain, self.p.llm,
-                                          batch_size=self.rc.item_batch_size, progress=self.progress,
-                                          prompt_ids=self.item_ids)
+                if pf is not None:
+                    self.table = pf.table(model, self.rc.item_batch_size)
+                else:
+                    self.table = encode_items(model, self.tok, self.ds.items, self.domain, self.p.llm,
+                                              batch_size=self.rc.item_batch_size, progress=self.progress,
+                                              prompt_ids=self.item_ids)
             if cache is not None:
                 save_item_table(cache, self.table, {"dataset": self.ds.name, "backbone": self.p.llm.backbone})
         self.table_step = self.step
@@ -301,7 +262,7 @@ class _Trainer:
                 for p, c in zip(prompts, completions or [None] * len(prompts))]
         out = []
         self.policy.eval()
-        model, ctx = self._infer()
+        model, ctx = self.infer()
         with torch.no_grad(), ctx:
             for s in range(0, len(rows), self.rc.eval_batch_size):
                 out.append(self._pooled(rows[s:s + self.rc.eval_batch_size], model).float().cpu())
@@ -315,23 +276,11 @@ class _Trainer:
             completions = []
             self._sync_engine()
             for s in range(0, len(prompts), self.rc.eval_batch_size):
-                with self._infer()[1]:  # a fresh context per chunk: autocast contexts are single-use
+                with self.infer()[1]:  # a fresh context per chunk: autocast contexts are single-use
                     groups = self._generate(prompts[s:s + self.rc.eval_batch_size], 1, 0.0, 0,
-                                            _step_seed(self.rc.seed, 0, 7), old_logprobs=False)
+                                            step_seed(self.rc.seed, 0, 7), old_logprobs=False)
                 completions += [g[0].completion_ids for g in groups]
         return self.scores_of(self.user_vectors(prompts, completions))
-
-    def evaluate(self, split: str) -> tuple[dict, pl.DataFrame]:
-        self.refresh_table()
-        with torch.random.fork_rng(devices=[]):
-            return evaluate(self.scorer, self.ds, split, self.p.eval, desc=f"{self.method} {split}",
-                            progress=self.progress)
-
-    # ------------------------------------------------------------------------------------------ train steps
-    def batch_rows(self, pool: pl.DataFrame) -> pl.DataFrame:
-        rng = np.random.default_rng([self.rc.seed, self.step, self.acc.process_index])
-        n = min(self.rc.batch_size, pool.height)
-        return pool[np.sort(rng.choice(pool.height, size=n, replace=False)).tolist()]
 
     def _pooled(self, rows: list[list[int]], model=None) -> torch.Tensor:
         """Float32 hidden state at the last ``<answer>`` of each row, one forward (grad flows if enabled)."""
@@ -339,7 +288,28 @@ class _Trainer:
         return hidden_at_answer(model if model is not None else self.policy, rows, self.answer_id, self.pad_id,
                                 batch_size=len(rows)).float()
 
+    def prefix(self):
+        """The item prompts' frozen-prefix states (:mod:`r2ec.llm.frozen_prefix`), built on first use; None when
+        ``llm.frozen_prefix`` is off, every layer is adapted, or the check against a full forward failed."""
+        if self._prefix is None:
+            self._prefix = False
+            from r2ec.llm.frozen_prefix import FrozenPrefix, first_adapted_layer
+            split = first_adapted_layer(self.policy)
+            if self.p.llm.frozen_prefix and split > 0:
+                t0 = time.perf_counter()
+                model, ctx = self.infer()
+                with ctx:
+                    pf = FrozenPrefix(model, split, self.item_ids, self.answer_id, self.pad_id,
+                                      self.rc.item_batch_size)
+                self._prefix = pf if pf.ok else False
+                log.info("frozen prefix of %d items below layer %d in %.1fs", len(self.item_ids), split,
+                         time.perf_counter() - t0)
+        return self._prefix or None
+
     def _item_vectors(self, item_ids: list[int]) -> torch.Tensor:
+        pf = self.prefix()
+        if pf is not None:
+            return pf.vectors(self.policy, [i - 1 for i in item_ids]).float()
         return self._pooled([self.item_ids[i - 1] for i in item_ids])
 
     def _negative_ids(self, exclude: list[int]) -> list[int]:
@@ -371,7 +341,7 @@ class _Trainer:
         ctx = self._sync_engine()
         self.policy.eval()
         with ctx:
-            groups = self._generate(prompts, G, rc.temperature, rc.top_k, _step_seed(rc.seed, self.step, 1),
+            groups = self._generate(prompts, G, rc.temperature, rc.top_k, step_seed(rc.seed, self.step, 1),
                                     old_logprobs=False)
         rec["rollout_s"] = time.perf_counter() - t
         stats = getattr(self.engine, "last_stats", {}) or {}
@@ -382,7 +352,7 @@ class _Trainer:
         # user vectors at the final <answer> from one pass; then rewards, advantages, gating
         t = time.perf_counter()
         uniq, labels = in_batch_labels(targets)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast():
             old, user_old = completion_logprobs(self.policy, pairs, rc.temperature, pad_id=self.pad_id,
                                                 batch_size=rc.eval_batch_size, return_hidden=True,
                                                 answer_id=self.answer_id)
@@ -423,10 +393,7 @@ class _Trainer:
             tok_loss, it_loss, kl, tstats, istats = self._update_pass(pairs, old_logp, cmask, ref_logp, adv_flat,
                                                                       best_idx, old_item_logp, cand, sel_labels,
                                                                       sel_targets)
-            gnorm = self.acc.clip_grad_norm_(self.opt_params(), rc.grad_clip)
-            self.opt.step()
-            self.sched.step()
-            self._stepped()
+            gnorm = self.optimizer_step()
         rec["update_s"] = time.perf_counter() - t
         n_tok = float(sum(len(c) for _, c in pairs))
         rec.update({
@@ -435,7 +402,7 @@ class _Trainer:
             "adv_mean": float(adv.mean()), "adv_std": float(adv.std()) if adv.numel() > 1 else 0.0,
             "token_loss": tok_loss.item(), "item_loss": it_loss.item(), "kl": kl.item(),
             "ratio_mean": tstats["ratio_mean"], "clip_frac": tstats["clip_frac"],
-            "item_ratio_mean": istats["item_ratio_mean"], "grad_norm": _num(gnorm),
+            "item_ratio_mean": istats["item_ratio_mean"], "grad_norm": gnorm,
             "reasoning_len": (n_tok - len(pairs)) / len(pairs),
             "forced_frac": float(stats.get("forced_frac", float("nan"))),
             "tokens_per_s": float(stats.get("tokens_per_s", n_tok / max(rec["rollout_s"], 1e-9))),
@@ -466,7 +433,7 @@ class _Trainer:
                              "recpo.micro_batch_size=0 (one backward per update pass) under DeepSpeed")
         items = leaf = None
         if self.head is None:
-            with self._autocast():
+            with self.autocast():
                 items = self._item_vectors(cand)
             # chunked: chunks backpropagate into a leaf copy, the item encoder gets the summed grad at the end
             leaf = items.detach().requires_grad_(True) if chunked else items
@@ -475,7 +442,7 @@ class _Trainer:
         it_ratio, it_clip = [], []
         for s in range(0, len(pairs), mb):
             idx = list(range(s, min(s + mb, len(pairs))))
-            with self._autocast():
+            with self.autocast():
                 new, user_new = completion_logprobs(self.policy, [pairs[i] for i in idx], rc.temperature,
                                                     pad_id=self.pad_id, return_hidden=True,
                                                     answer_id=self.answer_id)
@@ -518,174 +485,37 @@ class _Trainer:
     def contrastive_step(self, rows: pl.DataFrame) -> dict[str, Any]:
         """``r2ec_no_reasoning``: in-batch InfoNCE between <answer>-right-after-prompt user vectors and targets."""
         rec: dict[str, Any] = {"refresh_s": 0.0, "rollout_s": 0.0, "reward_fwd_s": 0.0}
-        if self.rc.center and (self.table is None or self.step - self.table_step >= self.rc.item_refresh_every):
-            rec["refresh_s"] = self.refresh_table()  # the centre is the current table's mean
+        if ((self.rc.center or self.catalogue_w > 0)
+                and (self.table is None or self.step - self.table_step >= self.rc.item_refresh_every)):
+            rec["refresh_s"] = self.refresh_table()  # the centre / the catalogue term use the current table
         prompts = self.prompts_of(rows)
         uniq, labels = in_batch_labels(rows["target_item_id"].to_list())
         t = time.perf_counter()
         cand = uniq + self._negative_ids(uniq)
         self.policy.train()
         self.opt.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.autocast():
             user = self._pooled([p + [self.answer_id] for p in prompts])
             logp = in_batch_target_logprob(user, self._item_vectors(cand), labels.to(self.acc.device),
                                            self.rc.tau, self.center())
             loss = -logp.mean()
+            if self.catalogue_w > 0:
+                # every catalogue item is a negative at the cost of one matmul: the table is a constant here,
+                # so only the user side learns from this term (the in-batch term keeps training the items)
+                from r2ec.llm.encoder import cosine_scores
+                scores = cosine_scores(user, self.table.to(user.device), self.rc.tau, self.center())
+                cat = -catalogue_target_logprob(scores, torch.as_tensor(rows["target_item_id"].to_list()),
+                                                rows["history_item_ids"].to_list()).mean()
+                rec["catalogue_loss"] = cat.item()
+                loss = loss + self.catalogue_w * cat
         self.acc.backward(loss)
-        gnorm = self.acc.clip_grad_norm_(self.opt_params(), self.rc.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        self._stepped()
+        gnorm = self.optimizer_step()
         self.policy.eval()
         rec["update_s"] = time.perf_counter() - t
         # rewards, advantages and rollout throughput do not apply here: absent from the record, not NaN
-        rec.update({"token_loss": 0.0, "item_loss": loss.item(), "kl": 0.0, "grad_norm": _num(gnorm),
+        rec.update({"token_loss": 0.0, "item_loss": (-logp.mean()).item(), "kl": 0.0, "grad_norm": gnorm,
                     "reasoning_len": 0.0})
         return rec
-
-    def opt_params(self):
-        return [q for g in self.opt.param_groups for q in g["params"]]
-
-    # ------------------------------------------------------------------------------------------ state
-    def fingerprint(self) -> str:
-        """Hash of everything a checkpoint's validity depends on (method, llm/lora/recpo/eval params, data)."""
-        import hashlib
-        key = {"method": self.method, "llm": to_dict(self.p.llm), "lora": to_dict(self.p.lora),
-               "recpo": to_dict(self.rc), "eval": to_dict(self.p.eval), "dataset": self.ds.name,
-               "n_items": self.ds.n_items, "splits": {k: v.height for k, v in self.ds.splits.items()}}
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
-    def state(self) -> dict[str, Any]:
-        return {"method": self.method, "fingerprint": self.fingerprint(), "step": self.step,
-                "trainable": trainable_state(self._modules()),
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rng_state(),
-                "best_score": self.best_score, "best_step": self.best_step, "best_valid": self.best_valid,
-                "bad_evals": self.bad_evals, "done": self.done, "train_s": self.train_s, "item_table": self.table,
-                "item_table_step": self.table_step}
-
-    def restore(self, st: dict[str, Any]) -> None:
-        if st.get("method") != self.method:
-            raise UserError(f"{self.run_dir / 'last'}: checkpoint of method {st.get('method')!r}, not "
-                             f"{self.method!r}; remove it to start over")
-        load_trainable_state(self._modules(), st["trainable"])
-        self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
-        set_rng_state(st["rng"])
-        self.step, self.best_score, self.best_step = st["step"], st["best_score"], st["best_step"]
-        self.best_valid, self.bad_evals, self.done = st["best_valid"], st["bad_evals"], st["done"]
-        self.train_s = float(st.get("train_s", 0.0))
-        self.table, self.table_step = st["item_table"], st["item_table_step"]
-        self._stepped()
-
-    def save_best(self, valid: dict, ranks: pl.DataFrame) -> None:
-        from r2ec.io import atomic_dir
-        from r2ec.llm.encoder import save_item_table
-        with atomic_dir(self.run_dir / "best") as tmp:
-            self.policy.save_pretrained(tmp / "adapter")
-            torch.save(trainable_state(self._modules()), tmp / "trainable.pt")
-            if self.head is not None:
-                torch.save(self.head.state_dict(), tmp / "head.pt")
-            if self.table is not None:
-                save_item_table(tmp / "item_table.pt", self.table,
-                                {"step": self.table_step, "dataset": self.ds.name, "tau": self.rc.tau})
-            ranks.write_parquet(tmp / "valid_ranks.parquet")
-            (tmp / "valid.json").write_text(json.dumps({"step": self.step, **valid}, indent=2))
-
-    def load_best(self) -> tuple[dict, pl.DataFrame] | None:
-        from r2ec.llm.encoder import load_item_table
-        d = self.run_dir / "best"
-        if not (d / "trainable.pt").exists():
-            return None
-        load_trainable_state(self._modules(), torch.load(d / "trainable.pt", map_location="cpu"))
-        self._stepped()
-        if (d / "item_table.pt").exists():
-            self.table, meta = load_item_table(d / "item_table.pt")
-            self.step = self.table_step = int(meta.get("step", self.best_step))
-        valid = json.loads((d / "valid.json").read_text())
-        valid.pop("step", None)
-        return valid, pl.read_parquet(d / "valid_ranks.parquet")
-
-    def log(self, rec: dict[str, Any]) -> None:
-        if not self.acc.is_main_process:
-            return
-        # strict JSON: a value that is not a finite number (DeepSpeed's missing grad norm) is left out
-        rec = {k: v for k, v in rec.items() if not (isinstance(v, float) and not math.isfinite(v))}
-        append_jsonl(self.run_dir / "train_log.jsonl", rec)
-        if self.live is not None:
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.live.log_metric(f"train/{k}", v)
-            self.live.next_step()
-
-    # ------------------------------------------------------------------------------------------ main loop
-    def validate(self) -> bool:
-        """Validate at the current step; keep the best adapter; return True when early stopping triggers."""
-        metrics, ranks = self.evaluate("valid")
-        score = float(metrics.get(SELECT_METRIC, next(v for k, v in metrics.items() if k.startswith("N@"))))
-        improved = score > self.best_score
-        if improved:
-            self.best_score, self.best_step, self.best_valid, self.bad_evals = score, self.step, metrics, 0
-            if self.acc.is_main_process:
-                self.save_best(metrics, ranks)
-            self.acc.wait_for_everyone()
-        else:
-            self.bad_evals += 1
-        if self.acc.is_main_process:
-            append_jsonl(self.run_dir / "valid_log.jsonl", {"step": self.step, **metrics, "improved": improved,
-                                                            "elapsed_s": self.train_s})
-        if self.live is not None:
-            self.live.log_metric(f"valid/{SELECT_METRIC}", score)
-        log.info("%s step %d valid %s=%.4f (best %.4f @ %d)", self.method, self.step, SELECT_METRIC, score,
-                 self.best_score, self.best_step)
-        return self.bad_evals >= self.rc.patience
-
-    def run(self) -> dict[str, dict]:
-        last = self.run_dir / "last"
-        if self.var.train:
-            st = load_checkpoint(last)
-            if st is not None and st.get("fingerprint") != self.fingerprint():
-                log.warning("%s holds a checkpoint of other params/data; starting over", last)
-                if self.acc.is_main_process:
-                    import shutil
-                    for d in (last, self.run_dir / "best"):
-                        shutil.rmtree(d, ignore_errors=True)
-                self.acc.wait_for_everyone()
-                st = None
-            if st is not None:
-                self.restore(st)
-                log.info("resumed %s from %s at step %d", self.method, last, self.step)
-                # drop log lines written after the checkpoint by the interrupted run
-                if self.acc.is_main_process:
-                    for name, keep in (("train_log.jsonl", lambda r: r.get("step", 0) < self.step),
-                                       ("valid_log.jsonl", lambda r: r.get("step", 0) <= self.step)):
-                        kept = [r for r in read_jsonl(self.run_dir / name) if keep(r)]
-                        write_text(self.run_dir / name, "".join(json.dumps(r) + "\n" for r in kept))
-            else:
-                if self.acc.is_main_process:  # a fresh run: no stale logs of an earlier run
-                    for name in ("train_log.jsonl", "valid_log.jsonl"):
-                        (self.run_dir / name).unlink(missing_ok=True)
-                if self.warm_start():
-                    self.validate()  # step 0 = the warm start: RecPO is selected against it on valid N@10
-            if self.use_dvclive and self.acc.is_main_process:
-                try:
-                    from dvclive import Live
-                    self.live = Live(dir=str(self.run_dir / "dvclive"), save_dvc_exp=False, dvcyaml=None,
-                                     resume=st is not None)
-                except Exception as e:  # pragma: no cover - logging must never break training
-                    log.warning("dvclive disabled: %s", e)
-            self.train_loop()
-            if self.live is not None:
-                self.live.end()
-        valid = self.load_best() if self.var.train else None
-        if valid is None:
-            valid = self.evaluate("valid")
-        test = self.evaluate("test")
-        metrics = {"valid": valid[0], "test": test[0]}
-        config = {**to_dict(self.p), "run": {"method": self.method, "best_step": self.best_step,
-                                             "best_valid_score": self.best_score if self.var.train else None}}
-        if self.acc.is_main_process:
-            write_run_outputs(self.run_dir, metrics, [valid[1], test[1]], config)
-        return metrics
 
     def warm_start(self) -> bool:
         """Start a reasoning variant from another run's best adapter and item table (``recpo.warm_start``).
@@ -702,7 +532,7 @@ class _Trainer:
             raise UserError(f"recpo.warm_start={src!r}: {d / 'trainable.pt'} not found; train {src} on this "
                              f"dataset first (the pipeline does), or set recpo.warm_start to ''")
         state = torch.load(d / "trainable.pt", map_location="cpu")
-        mods = self._modules()
+        mods = self.modules()
         lora = {k: v for k, v in state.items() if "lora_" in k}
         own = {f"{k}/{n}" for k, m in mods.items() for n, q in m.named_parameters()
                if q.requires_grad and "lora_" in n}
@@ -714,51 +544,13 @@ class _Trainer:
                 for n, q in m.named_parameters():
                     if q.requires_grad and "lora_" in n:
                         q.copy_(state[f"{k}/{n}"].to(q.device, q.dtype))
-        self._stepped()
+        self.stepped()
         if (d / "item_table.pt").exists() and self.head is None:
             from r2ec.llm.encoder import load_item_table
             self.table, _ = load_item_table(d / "item_table.pt")
             self.table_step = 0
         log.info("%s: warm start from %s", self.method, d)
         return True
-
-    def _budget_s(self) -> float:
-        return 60.0 * self.rc.max_minutes if self.rc.max_minutes > 0 else math.inf
-
-    def train_loop(self) -> None:
-        pool = self.ds.split("train")
-        if 0 < self.rc.train_max_samples < pool.height:
-            rng = np.random.default_rng(self.rc.seed)
-            pool = pool[np.sort(rng.choice(pool.height, size=self.rc.train_max_samples, replace=False)).tolist()]
-        from tqdm.auto import tqdm
-        bar = tqdm(total=self.rc.steps, initial=self.step, desc=f"train {self.method}", disable=not self.progress)
-        while not self.done and self.step < self.rc.steps and self.train_s < self._budget_s():
-            t0 = time.perf_counter()
-            _seed_all(_step_seed(self.rc.seed, self.step, 2))
-            rows = self.batch_rows(pool)
-            rec = self.recpo_step(rows) if self.var.reasoning else self.contrastive_step(rows)
-            sec = time.perf_counter() - t0
-            self.train_s += sec
-            rec = {"step": self.step, **rec, "lr": float(self.sched.get_last_lr()[0]), "seconds": sec,
-                   "elapsed_s": self.train_s}
-            self.step += 1
-            self.log(rec)
-            bar.update(1)
-            stop = False
-            # the budget counts steps and validations alike; the last step (by count or time) is validated
-            last = self.step == self.rc.steps or self.train_s >= self._budget_s()
-            if self.step % self.rc.eval_every == 0 or last:
-                tv = time.perf_counter()
-                stop = self.validate()
-                self.train_s += time.perf_counter() - tv
-            self.done = stop or last
-            if (self.step % self.rc.checkpoint_every == 0 or self.done) and self.acc.is_main_process:
-                save_checkpoint(self.run_dir / "last", self.state())
-            self.acc.wait_for_everyone()
-            if self.hook is not None:
-                self.hook(self.step, rec)
-        bar.close()
-
 
 def train_r2ec(method: str, ds: Dataset, params: Params, run_dir: Path, cache_dir: Path | None = None,
                progress: bool = True, *, dvclive: bool = True,

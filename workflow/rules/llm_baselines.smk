@@ -1,0 +1,48 @@
+# BigRec and D3 (title-generation LLM baselines). The SFT is trained once, in the bigrec run (its best adapter
+# in results/runs/{dataset}/bigrec/best); d3 only decodes that adapter, assisted by the pipeline's SASRec run
+# when a d3.gamma is positive. The base-model title table is cached under results/cache/title_tables.
+
+
+def d3_assistant_input(wc):
+    """D3 waits for its text-free assistant's run only when it is used (a positive d3.gamma)."""
+    d3 = config["d3"]
+    if max(d3["gamma"]) <= 0:
+        return []
+    return [f"results/runs/{wc.dataset}/{d3['assistant']}/metrics.json"]
+
+
+rule train_bigrec:
+    input:
+        data="results/data/{dataset}",
+        backbone="results/cache/backbones",
+    output:
+        metrics="results/runs/{dataset}/bigrec/metrics.json",
+        ranks="results/runs/{dataset}/bigrec/ranks.parquet",
+    params:
+        S=sections("seed", "eval", "llm", "lora", "bigrec"),
+    # one torch thread per job (see train_r2ec)
+    threads: 1
+    log:
+        "results/logs/train/{dataset}/bigrec.log",
+    shell:
+        "python -m r2ec train --quiet --threads {threads} --method bigrec --data {input.data} "
+        "--out results/runs/{wildcards.dataset}/bigrec --cache results/cache {params.S} 2> {log}"
+
+
+rule train_d3:
+    input:
+        data="results/data/{dataset}",
+        backbone="results/cache/backbones",
+        sft="results/runs/{dataset}/bigrec/metrics.json",
+        assistant=d3_assistant_input,
+    output:
+        metrics="results/runs/{dataset}/d3/metrics.json",
+        ranks="results/runs/{dataset}/d3/ranks.parquet",
+    params:
+        S=sections("seed", "eval", "llm", "lora", "d3"),
+    threads: 1
+    log:
+        "results/logs/train/{dataset}/d3.log",
+    shell:
+        "python -m r2ec train --quiet --threads {threads} --method d3 --data {input.data} "
+        "--out results/runs/{wildcards.dataset}/d3 --cache results/cache {params.S} 2> {log}"
