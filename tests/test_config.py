@@ -62,10 +62,20 @@ def test_every_key_line_has_a_comment():
     ("data.window_start=2022/10/01", "data.window_start"),
     ("nonsense=1", "unknown key nonsense"),
     ("sasrec=3", "expected a mapping"),
+    ("seeds=[]", "seeds: need one or more distinct non-negative seeds"),
+    ("seeds=[2025,2025]", "seeds: need one or more distinct"),
+    ("seeds=[-1]", "seeds: need one or more distinct non-negative"),
+    ("seeds=[1.5]", "seeds[0]: expected an integer"),
+    ("seeds=7", "seeds: expected a list"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(C.ConfigError, match=re.escape(message)):
         C.load(ROOT / "params.yaml", [override])
+
+
+def test_seeds_default_and_override():
+    assert C.load(ROOT / "params.yaml").seeds == (2025,)
+    assert C.load(ROOT / "params.yaml", ["seeds=[2025,7,13]"]).seeds == (2025, 7, 13)
 
 
 def test_overrides_apply_and_json_sections():

@@ -170,6 +170,11 @@ def test_end_to_end_run_through_the_evaluator_and_recommend(ds, tmp_path, retrie
     assert len(ids) == 3 and not {2, 3} & set(ids)
     assert [s for _, _, s in out["items"]] == sorted((s for _, _, s in out["items"]), reverse=True)
 
+    # Table 4 times the trained run through its evaluation scorer (best LoRA + retriever + item table)
+    from r2ec.report.latency import TIMERS
+    scorer = TIMERS["langptune"]("langptune", run, ds, _params(retriever_dir, steps=2, eval_every=1), tmp_path)
+    assert scorer(ds.split("test").head(2)).shape == (2, ds.n_items + 1)
+
 
 def test_zero_shot_run_evaluates_without_training(ds, tmp_path, retriever_dir):
     m = train_langptune(ds, _params(retriever_dir, steps=0), tmp_path, None, progress=False, dvclive=False)

@@ -128,3 +128,58 @@ def test_table2_layout_matches_golden_files(tmp_path):
     check_golden(out.with_suffix(".md"), "table2.md")
     text = out.read_text()
     assert "w/o $R_d$" in text and "SASRec" not in text and "w/o $R_c$" not in text  # no run: left out
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # scipy, on a constant difference over 2 seeds
+def test_table1_over_seeds_shows_mean_std_and_across_seed_ttests(tmp_path):
+    runs = make_runs(tmp_path)  # the first seed's runs (tmp/runs); the second seed's in tmp/seeds/7/runs
+    seed7 = tmp_path / "seeds" / "7" / "runs"
+    for k, ds in enumerate(DATASETS):
+        for m in QUALITY:
+            ranks = pl.read_parquet(runs / ds / m / "ranks.parquet")["rank"].to_numpy()
+            write_run(seed7, ds, m, ranks + np.random.default_rng([k, len(m), 7]).integers(0, 4, size=N))
+    stale = tmp_path / "seeds" / "13" / "runs"  # a tree of a seed not in `seeds`: ignored
+    write_run(stale, DATASETS[0], "r2ec", np.full(N, 1))
+    p = C.from_dict(C.to_dict(params()) | {"seeds": [2025, 7]})
+    out = tmp_path / "t" / "table1.tex"
+    table1(p, runs, out, tmp_path / "t" / "metrics.json", tmp_path / "t" / "sig.json")
+
+    def test_value(root, ds, m, col):
+        return json.loads((root / ds / m / "metrics.json").read_text())["test"][col]
+
+    ds, col = "movielens-100k", "N@10"
+    a = [test_value(r, ds, "r2ec", col) for r in (runs, seed7)]
+    mean, std = np.mean(a), np.std(a, ddof=1)
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert metrics[ds]["r2ec"][col] == pytest.approx(mean) and metrics[ds]["r2ec"][f"{col}_std"] == pytest.approx(std)
+    row = next(line for line in out.read_text().splitlines() if line.startswith(r"R$^2$ec &"))
+    assert rf"{mean:.4f} $\pm$ {std:.4f}" in row
+    md = out.with_suffix(".md").read_text()
+    assert f"{mean:.4f} ± {std:.4f}" in md and "| p (seeds) |" in md and "seeds 2025, 7" in md
+    assert r"$p$ (seeds) &" in out.read_text()
+
+    sig = json.loads((tmp_path / "t" / "sig.json").read_text())
+    assert sig["per_sample_seed"] == 2025 and sig["seeds"] == [2025, 7]
+    across = sig["across_seeds"]
+    assert across["alternative"] == "two-sided"
+    for d in DATASETS:
+        for c, r in across["datasets"][d].items():
+            assert r["baseline"] == sig["datasets"][d][c]["baseline"] and r["seeds"] == [2025, 7]
+            x = [test_value(root, d, "r2ec", c) for root in (runs, seed7)]
+            y = [test_value(root, d, r["baseline"], c) for root in (runs, seed7)]
+            assert r["values_a"] == pytest.approx(x) and r["values_b"] == pytest.approx(y)
+            assert r["ttest_p"] == pytest.approx(ttest_rel(x, y, alternative="two-sided").pvalue)
+    # the per-sample tests stay on the first seed's runs
+    per_sample = sig["datasets"][ds][col]
+    ranks = {m: pl.read_parquet(runs / ds / m / "ranks.parquet")["rank"].to_numpy()
+             for m in ("r2ec", per_sample["baseline"])}
+    assert per_sample["ttest_p"] == pytest.approx(
+        ttest_rel(ndcg_at_k(ranks["r2ec"], 10), ndcg_at_k(ranks[per_sample["baseline"]], 10)).pvalue)
+
+
+def test_table1_with_one_seed_tree_ignores_seeds_without_runs(tmp_path):
+    runs = make_runs(tmp_path)
+    out = tmp_path / "t" / "table1.tex"
+    table1(C.from_dict(C.to_dict(params()) | {"seeds": [2025, 7]}), runs, out, None, tmp_path / "t" / "sig.json")
+    check_golden(out, "table1.tex")  # no results/seeds/7: the single-seed table
+    assert "across_seeds" not in json.loads((tmp_path / "t" / "sig.json").read_text())

@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("table1", help="LaTeX + Markdown Table 1 (H@K / N@K per dataset and method)")
     _common(s)
-    s.add_argument("--runs", default="results/runs", help="runs root: RUNS/<dataset>/<method>/metrics.json")
+    s.add_argument("--runs", default="results/runs", help="runs root: RUNS/<dataset>/<method>/metrics.json "
+                   "(the first of `seeds`; a further seed's runs: RUNS/../seeds/<seed>/runs)")
     s.add_argument("--out", required=True)
     s.add_argument("--metrics", help="also write the table's numbers as JSON (for dvc metrics)")
     s.add_argument("--significance", help="also write every paired test (R2ec vs the best baseline) as JSON")

@@ -460,6 +460,9 @@ class ReportCfg:
 @dataclass(frozen=True)
 class Params:
     seed: int = _doc("global seed for anything not seeded by its own section", default=2025)
+    seeds: tuple[int, ...] = _doc("training seeds of Snakemake's runs: the first names the runs under results/runs "
+                                  "(the sections' own seed keys), each further one a results/seeds/<seed>/runs tree "
+                                  "(Table 1: mean +- std, across-seed t-tests)", default=(2025,))
     datasets: tuple[str, ...] = _doc("'movielens-100k' and/or Amazon 2023 category names", default=(MOVIELENS,))
     baselines: tuple[str, ...] = _doc("classic baselines the pipeline trains", default=CLASSIC_METHODS)
     llm_baselines: tuple[str, ...] = _doc("LLM baselines the pipeline trains (each its own stage: DVC cannot put "
@@ -577,6 +580,8 @@ def _check_semantics(p: Params) -> None:
         raise ConfigError(f"r2ec_variants: {CONTRASTIVE_METHOD} is trained as its own stage whenever r2ec_variants "
                           f"is not empty (it is a Table 1 row and the warm start of the reasoning variants); "
                           f"remove it from the list")
+    if not p.seeds or len(set(p.seeds)) != len(p.seeds) or min(p.seeds) < 0:
+        raise ConfigError(f"seeds: need one or more distinct non-negative seeds, got {list(p.seeds)}")
     if len(set(p.datasets)) != len(p.datasets):
         raise ConfigError(f"datasets: duplicate entries in {list(p.datasets)}")
     if abs(sum(p.data.split) - 1.0) > 1e-6 or min(p.data.split) < 0:

@@ -4,17 +4,17 @@ rule train_baseline:
     input:
         "results/data/{dataset}",
     output:
-        metrics="results/runs/{dataset}/{method}/metrics.json",
-        ranks="results/runs/{dataset}/{method}/ranks.parquet",
+        metrics="results/{tree}runs/{dataset}/{method}/metrics.json",
+        ranks="results/{tree}runs/{dataset}/{method}/ranks.parquet",
     wildcard_constraints:
         method="sasrec|gru4rec|caser|tiger|popularity|random",
     params:
-        S=lambda wc: sections("seed", "eval", wc.method),
+        S=lambda wc: seeded(sections("seed", "eval", wc.method), wc.tree, wc.method),
     # one torch thread per job: jobs run side by side on the cores Snakemake is given (more threads than
     # cores makes torch's OpenMP pool spin; measured 10x slower per step on a loaded 2-core machine)
     threads: 1
     log:
-        "results/logs/train/{dataset}/{method}.log",
+        "results/logs/train/{tree}{dataset}/{method}.log",
     shell:
         "python -m r2ec train --quiet --threads {threads} --method {wildcards.method} --data {input} "
-        "--out results/runs/{wildcards.dataset}/{wildcards.method} {params.S} 2> {log}"
+        "--out results/{wildcards.tree}runs/{wildcards.dataset}/{wildcards.method} {params.S} 2> {log}"

@@ -2,10 +2,39 @@
 import json
 import shlex
 from argparse import Namespace
+from pathlib import Path
 
 from snakemake.utils import validate
 
+# `--config 'seeds=[2025,7]'` arrives as strings (Snakemake reads list values with YAML's base loader)
+if isinstance(config.get("seeds"), list):
+    config["seeds"] = [int(s) if isinstance(s, str) and s.isdigit() else s for s in config["seeds"]]
 validate(config, "../schemas/params.schema.json")
+
+# `seeds`: the first seed's runs are results/runs/<dataset>/<method> (the sections' own seed keys), each further
+# seed s has its own tree results/seeds/<s>/runs/<dataset>/<method>; the training rules' {tree} wildcard is ''
+# or 'seeds/<s>/' (a prefix, so the first tree's paths and logs are those of a single-seed job)
+wildcard_constraints:
+    tree="(seeds/[0-9]+/)?",
+
+# the params sections that hold a training seed (a further seed's run overrides them, and the global `seed`)
+with open(Path(workflow.basedir) / "workflow/schemas/params.schema.json") as f:
+    SEEDED = {n for n, s in json.load(f)["properties"].items() if "seed" in s.get("properties", {})}
+
+
+def seed_trees():
+    """'' (results/runs) for the first of `seeds`, 'seeds/<s>/' for each further seed s."""
+    return [""] + [f"seeds/{s}/" for s in config.get("seeds", [])[1:]]
+
+
+def seeded(args, tree, *names):
+    """`args` plus, in a further seed's tree, `-S seed=<s>` and `-S <name>.seed=<s>` for each of `names` that has a
+    seed (after the sections, so they win); the first tree's args are returned unchanged. eval.seed is never
+    overridden: every seed's runs are evaluated on the same test subsample (paired across seeds)."""
+    if not tree:
+        return args
+    s = int(tree.split("/")[1])
+    return " ".join([args, f"-S seed={s}"] + [f"-S {n}.seed={s}" for n in names if n in SEEDED and n != "eval"])
 
 
 def r2ec_methods():
@@ -18,7 +47,7 @@ def warm_start_input(wc):
     src = config["recpo"]["warm_start"]
     if not src or wc.method in ("r2ec_zeroshot", src):
         return []
-    return [f"results/runs/{wc.dataset}/{src}/metrics.json"]
+    return [f"results/{wc.tree}runs/{wc.dataset}/{src}/metrics.json"]
 
 
 def sections(*names):

@@ -6,14 +6,14 @@ rule train_langptune:
         data="results/data/{dataset}",
         backbone="results/cache/backbones",
     output:
-        metrics="results/runs/{dataset}/langptune/metrics.json",
-        ranks="results/runs/{dataset}/langptune/ranks.parquet",
+        metrics="results/{tree}runs/{dataset}/langptune/metrics.json",
+        ranks="results/{tree}runs/{dataset}/langptune/ranks.parquet",
     params:
-        S=sections("seed", "eval", "llm", "lora", "langptune"),
+        S=lambda wc: seeded(sections("seed", "eval", "llm", "lora", "langptune"), wc.tree, "langptune"),
     # one torch thread per job, as the other training rules
     threads: 1
     log:
-        "results/logs/train/{dataset}/langptune.log",
+        "results/logs/train/{tree}{dataset}/langptune.log",
     shell:
         "python -m r2ec train --quiet --threads {threads} --method langptune --data {input.data} "
-        "--out results/runs/{wildcards.dataset}/langptune --cache results/cache {params.S} 2> {log}"
+        "--out results/{wildcards.tree}runs/{wildcards.dataset}/langptune --cache results/cache {params.S} 2> {log}"

@@ -8,7 +8,7 @@ def d3_assistant_input(wc):
     d3 = config["d3"]
     if max(d3["gamma"]) <= 0:
         return []
-    return [f"results/runs/{wc.dataset}/{d3['assistant']}/metrics.json"]
+    return [f"results/{wc.tree}runs/{wc.dataset}/{d3['assistant']}/metrics.json"]
 
 
 rule train_bigrec:
@@ -16,33 +16,33 @@ rule train_bigrec:
         data="results/data/{dataset}",
         backbone="results/cache/backbones",
     output:
-        metrics="results/runs/{dataset}/bigrec/metrics.json",
-        ranks="results/runs/{dataset}/bigrec/ranks.parquet",
+        metrics="results/{tree}runs/{dataset}/bigrec/metrics.json",
+        ranks="results/{tree}runs/{dataset}/bigrec/ranks.parquet",
     params:
-        S=sections("seed", "eval", "llm", "lora", "bigrec"),
+        S=lambda wc: seeded(sections("seed", "eval", "llm", "lora", "bigrec"), wc.tree, "bigrec"),
     # one torch thread per job (see train_r2ec)
     threads: 1
     log:
-        "results/logs/train/{dataset}/bigrec.log",
+        "results/logs/train/{tree}{dataset}/bigrec.log",
     shell:
         "python -m r2ec train --quiet --threads {threads} --method bigrec --data {input.data} "
-        "--out results/runs/{wildcards.dataset}/bigrec --cache results/cache {params.S} 2> {log}"
+        "--out results/{wildcards.tree}runs/{wildcards.dataset}/bigrec --cache results/cache {params.S} 2> {log}"
 
 
 rule train_d3:
     input:
         data="results/data/{dataset}",
         backbone="results/cache/backbones",
-        sft="results/runs/{dataset}/bigrec/metrics.json",
+        sft="results/{tree}runs/{dataset}/bigrec/metrics.json",
         assistant=d3_assistant_input,
     output:
-        metrics="results/runs/{dataset}/d3/metrics.json",
-        ranks="results/runs/{dataset}/d3/ranks.parquet",
+        metrics="results/{tree}runs/{dataset}/d3/metrics.json",
+        ranks="results/{tree}runs/{dataset}/d3/ranks.parquet",
     params:
-        S=sections("seed", "eval", "llm", "lora", "d3"),
+        S=lambda wc: seeded(sections("seed", "eval", "llm", "lora", "d3"), wc.tree),
     threads: 1
     log:
-        "results/logs/train/{dataset}/d3.log",
+        "results/logs/train/{tree}{dataset}/d3.log",
     shell:
         "python -m r2ec train --quiet --threads {threads} --method d3 --data {input.data} "
-        "--out results/runs/{wildcards.dataset}/d3 --cache results/cache {params.S} 2> {log}"
+        "--out results/{wildcards.tree}runs/{wildcards.dataset}/d3 --cache results/cache {params.S} 2> {log}"

@@ -36,20 +36,21 @@ rule train_r2ec:
         item_table="results/cache/item_tables/{dataset}.json",
         warm_start=warm_start_input,
     output:
-        metrics="results/runs/{dataset}/{method}/metrics.json",
-        ranks="results/runs/{dataset}/{method}/ranks.parquet",
+        metrics="results/{tree}runs/{dataset}/{method}/metrics.json",
+        ranks="results/{tree}runs/{dataset}/{method}/ranks.parquet",
     wildcard_constraints:
         method="r2ec[a-z_]*",
     params:
-        S=sections("seed", "eval", "llm", "lora", "recpo", "contrastive"),
+        S=lambda wc: seeded(sections("seed", "eval", "llm", "lora", "recpo", "contrastive"), wc.tree, "recpo"),
     # one torch thread per job: jobs run side by side on the cores Snakemake is given (more threads than
     # cores makes torch's OpenMP pool spin; measured 10x slower per step on a loaded 2-core machine)
     threads: 1
     log:
-        "results/logs/train/{dataset}/{method}.log",
+        "results/logs/train/{tree}{dataset}/{method}.log",
     shell:
         "python -m r2ec train --quiet --threads {threads} --method {wildcards.method} --data {input.data} "
-        "--out results/runs/{wildcards.dataset}/{wildcards.method} --cache results/cache {params.S} 2> {log}"
+        "--out results/{wildcards.tree}runs/{wildcards.dataset}/{wildcards.method} --cache results/cache "
+        "{params.S} 2> {log}"
 
 
 # one point of a RecPO sweep (rule sweep_figure): r2ec trained with recpo.<key>=<value>, next to the r2ec run
@@ -58,7 +59,7 @@ rule train_r2ec_sweep:
         data="results/data/{dataset}",
         backbone="results/cache/backbones",
         item_table="results/cache/item_tables/{dataset}.json",
-        warm_start=lambda wc: warm_start_input(Namespace(dataset=wc.dataset, method="r2ec")),
+        warm_start=lambda wc: warm_start_input(Namespace(tree="", dataset=wc.dataset, method="r2ec")),
     output:
         metrics="results/runs/{dataset}/r2ec@{key}={value}/metrics.json",
         ranks="results/runs/{dataset}/r2ec@{key}={value}/ranks.parquet",

@@ -1,6 +1,6 @@
 rule table1:
     input:
-        expand("results/runs/{dataset}/{method}/metrics.json", dataset=config["datasets"],
+        expand("results/{tree}runs/{dataset}/{method}/metrics.json", tree=seed_trees(), dataset=config["datasets"],
                method=config["baselines"] + config["llm_baselines"] + r2ec_methods()),
     output:
         table="results/table1.tex",
@@ -8,7 +8,7 @@ rule table1:
         metrics="results/metrics.json",
         significance="results/significance.json",
     params:
-        S=sections("datasets", "eval", "report"),
+        S=sections("datasets", "eval", "report", "seeds"),
     shell:
         "python -m r2ec table1 --runs results/runs --out {output.table} --metrics {output.metrics} "
         "--significance {output.significance} {params.S}"

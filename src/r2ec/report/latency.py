@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from r2ec.config import CLASSIC_METHODS, R2EC_VARIANTS, TIGER, Params
+from r2ec.config import CLASSIC_METHODS, LLM_BASELINES, R2EC_VARIANTS, TIGER, Params
 from r2ec.errors import UserError
 from r2ec.eval.evaluator import Scorer, evaluation_samples
 from r2ec.io import Dataset, write_json, write_text
@@ -51,8 +51,20 @@ def _r2ec(method: str, run_dir: Path, ds: Dataset, p: Params, cache: Path) -> Sc
     return t.scorer
 
 
+def _llm_baseline(method: str, run_dir: Path, ds: Dataset, p: Params, cache: Path) -> Scorer:
+    # BigRec / D3 / LangPTune on the shared harness: the best state and the evaluation's scorer, as their test
+    from importlib import import_module
+    cls = {"bigrec": ("r2ec.baselines.bigrec", "_BigRec"), "d3": ("r2ec.baselines.d3", "_D3"),
+           "langptune": ("r2ec.baselines.langptune", "_LangPTune")}[method]
+    t = getattr(import_module(cls[0]), cls[1])(ds, p, run_dir, cache, False, False, None)
+    if t.trains():
+        t.load_best()
+    t.before_evaluate()
+    return t.scorer
+
+
 TIMERS: dict[str, Factory] = {**{m: _classic for m in CLASSIC_METHODS}, TIGER: _tiger,
-                              **{m: _r2ec for m in R2EC_VARIANTS}}
+                              **{m: _llm_baseline for m in LLM_BASELINES}, **{m: _r2ec for m in R2EC_VARIANTS}}
 
 
 def hardware() -> str:

@@ -87,3 +87,26 @@ def best_baseline_tests(runs: Path, dataset: str, target: str, values: dict[str,
                  significant_ttest=r["ttest_p"] < alpha, significant_wilcoxon=r["wilcoxon_p"] < alpha)
         out[c] = r
     return out
+
+
+def across_seed_ttest(a: dict[int, float], b: dict[int, float]) -> dict:
+    """Two-sided paired t-test (``scipy.stats.ttest_rel``) of a's vs b's per-seed run metric, paired by seed over
+    the seeds both have (``a`` / ``b``: seed -> the run's test metric). ``ttest_p`` is None with fewer than two
+    such seeds and 1.0 when every pair is equal; a constant non-zero difference gives scipy's t = ±inf, p = 0
+    (scipy's precision warning about nearly identical differences is silenced)."""
+    import warnings
+
+    from scipy.stats import ttest_rel
+    seeds = [s for s in a if s in b]
+    x, y = np.array([a[s] for s in seeds], dtype=float), np.array([b[s] for s in seeds], dtype=float)
+    out = {"test": "ttest_rel", "alternative": "two-sided", "seeds": seeds, "values_a": x.tolist(),
+           "values_b": y.tolist()}
+    if len(seeds) < 2:
+        out["ttest_p"] = None
+    elif not np.any(x - y):
+        out["ttest_p"] = 1.0
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out["ttest_p"] = float(ttest_rel(x, y, alternative="two-sided").pvalue)
+    return out

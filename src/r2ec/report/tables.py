@@ -95,6 +95,8 @@ STYLES = {"tex": (r"\textbf{%s}", r"\underline{%s}", 0), "md": ("**%s**", "<u>%s
 
 def _cell(text: str, place: int | None, marker: str, style: str) -> str:
     best, second, i = STYLES[style]
+    if style == "tex":
+        text = text.replace("±", r"$\pm$")  # mean ± std over seeds
     if place is not None:
         text = (best, second)[place] % text
     return text + (MARKERS[marker][i] if marker else "")
@@ -167,15 +169,41 @@ def _n_samples_text(values: dict[str, dict[str, dict]]) -> tuple[str, str]:
 
 
 def _cells(methods: list[str], values: dict[str, dict], cols: list[str], decimals: int,
-           markers: dict[tuple[str, str], str] | None = None) -> dict[str, list[tuple[str, int | None, str]]]:
-    """Per method, the formatted cells of one dataset's columns with places (and markers of (method, col))."""
+           markers: dict[tuple[str, str], str] | None = None,
+           stds: dict[str, dict] | None = None) -> dict[str, list[tuple[str, int | None, str]]]:
+    """Per method, the formatted cells of one dataset's columns with places (and markers of (method, col));
+    a value with a std over seeds (``stds``: method -> col -> std) reads ``mean ± std``."""
     out: dict[str, list] = {m: [] for m in methods}
     for c in cols:
         vals = [values[m].get(c) if m in values else None for m in methods]
         for m, v, place in zip(methods, vals, _places(vals, decimals)):
-            out[m].append(("--" if v is None else f"{v:.{decimals}f}", place,
-                           (markers or {}).get((m, c), "")))
+            sd = (stds or {}).get(m, {}).get(c)
+            text = "--" if v is None else f"{v:.{decimals}f}" + ("" if sd is None else f" ± {sd:.{decimals}f}")
+            out[m].append((text, place, (markers or {}).get((m, c), "")))
     return out
+
+
+def seed_roots(runs: Path, seeds: tuple[int, ...]) -> list[tuple[int, Path]]:
+    """``(seed, runs root)`` of each of ``seeds`` whose runs exist (Snakemake's layout): ``runs`` for the first
+    seed, ``runs/../seeds/<seed>/runs`` for each further one."""
+    runs = Path(runs)
+    extra = [(s, runs.parent / "seeds" / str(s) / "runs") for s in seeds[1:]]
+    return [(seeds[0], runs)] + [(s, r) for s, r in extra if r.is_dir()]
+
+
+def _over_seeds(roots: list[tuple[int, Path]], dataset: str, method: str, first: dict,
+                cols: list[str]) -> tuple[dict, dict, dict]:
+    """``(mean metrics, std per col, {col: {seed: value}})`` of a method over the seeds that have its run; the
+    mean dict keeps the first seed's other keys (n_samples, ...), a std (sample, ddof=1) needs two runs."""
+    import statistics
+    runs = {roots[0][0]: first}
+    for s, r in roots[1:]:
+        if (v := load_metrics(r, dataset, method)) is not None:
+            runs[s] = v
+    per = {c: {s: v[c] for s, v in runs.items() if v.get(c) is not None} for c in cols}
+    mean = first | {c: statistics.fmean(x.values()) for c, x in per.items() if x}
+    std = {c: statistics.stdev(x.values()) for c, x in per.items() if len(x) > 1}
+    return mean, std, per
 
 
 def _grouped(methods: list[str]) -> list[tuple[str, list[str]]]:
@@ -194,8 +222,14 @@ def table1(p: Params, runs: Path, out: Path, metrics_out: Path | None = None,
     an Improve row (R²ec over the best non-R²ec baseline of the column, %) and markers on R²ec's cells where a
     two-sided paired test over the test samples (``report.marker_test``) has p < ``report.alpha``.
     ``metrics_out`` receives ``{dataset: {method: test metrics}}`` (for ``dvc metrics`` / ``dvc exp show``),
-    ``significance_out`` every p-value (:func:`r2ec.report.significance.best_baseline_tests`)."""
-    from r2ec.report.significance import best_baseline_tests
+    ``significance_out`` every p-value (:func:`r2ec.report.significance.best_baseline_tests`).
+
+    With runs of several of ``seeds`` (:func:`seed_roots`) a cell is the mean over the seeds that have the run,
+    ``± std``; the best baseline of a column is picked on those means, the per-sample tests (markers) use the
+    first seed's runs, and a two-sided paired t-test over the seeds' run metrics
+    (:func:`r2ec.report.significance.across_seed_ttest`) adds a ``p (seeds)`` row and ``across_seeds`` to
+    ``significance_out``. With one seed's runs the outputs are those of a single-seed table."""
+    from r2ec.report.significance import across_seed_ttest, best_baseline_tests
     runs = Path(runs)
     cols = metric_columns(p.eval.ks)
     shown = _present(runs, p.datasets, p.report.table1_methods)
@@ -205,14 +239,24 @@ def table1(p: Params, runs: Path, out: Path, metrics_out: Path | None = None,
     order = [m for _, ms in groups for m in ms]
     baselines = [m for m in order if m not in REFERENCE_METHODS and not m.startswith("r2ec")]
     values = {d: {m: v for m in order if (v := load_metrics(runs, d, m)) is not None} for d in p.datasets}
+    roots = seed_roots(runs, p.seeds)
+    stds: dict[str, dict] = {d: {} for d in p.datasets}
+    per_seed: dict[str, dict] = {d: {} for d in p.datasets}
+    if len(roots) > 1:  # a cell is the mean over the seeds' runs; per-sample tests stay on the first seed's runs
+        for d in p.datasets:
+            for m in values[d]:
+                values[d][m], stds[d][m], per_seed[d][m] = _over_seeds(roots, d, m, values[d][m], cols)
     tests = {d: best_baseline_tests(runs, d, OURS, values[d], baselines, cols, p.report.alpha) for d in p.datasets}
+    across = {d: {c: across_seed_ttest(per_seed[d][OURS][c], per_seed[d][r["baseline"]][c]) | {
+        "method": OURS, "baseline": r["baseline"]} for c, r in tests[d].items()} for d in p.datasets} \
+        if len(roots) > 1 else {}
     key = f"significant_{p.report.marker_test}"
     cells: dict[str, list] = {m: [] for m in order}
     improve: list[str] = []
     for d in p.datasets:
         markers = {(OURS, c): ("better" if r["direction"] == "higher" else "worse")
                    for c, r in tests[d].items() if r[key] and r["direction"] != "equal"}
-        for m, cs in _cells(order, values[d], cols, p.report.decimals, markers).items():
+        for m, cs in _cells(order, values[d], cols, p.report.decimals, markers, stds[d]).items():
             cells[m].extend(cs)
         for c in cols:
             r = tests[d].get(c)
@@ -220,27 +264,45 @@ def table1(p: Params, runs: Path, out: Path, metrics_out: Path | None = None,
             improve.append(f"{100 * (values[d][OURS][c] - base) / base:+.1f}%" if base else "--")
     n_tex, n_md = _n_samples_text(values)
     test_name = {"ttest": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}[p.report.marker_test]
-    sig = (f"two-sided {test_name} over the test samples, $p < {p.report.alpha:g}$",
-           f"two-sided {test_name} over the test samples, p < {p.report.alpha:g}")
+    of_seed = f" of the seed-{roots[0][0]} runs" if across else ""
+    sig = (f"two-sided {test_name} over the test samples{of_seed}, $p < {p.report.alpha:g}$",
+           f"two-sided {test_name} over the test samples{of_seed}, p < {p.report.alpha:g}")
     has_ours = bool(baselines) and any(OURS in values[d] for d in p.datasets)
     ours = ((r" Improve: R$^2$ec over the best non-R$^2$ec baseline of the column. $^{*}$ / $^{\dagger}$: R$^2$ec "
              rf"significantly better / worse than that baseline ({sig[0]}).",
              " Improve: R²ec over the best non-R²ec baseline of the column. * / †: R²ec significantly better / "
              f"worse than that baseline ({sig[1]}).") if has_ours else ("", ""))
+    footer = [(("Improve", "Improve"), improve)] if has_ours else []
+    if across:
+        seeds = ", ".join(str(s) for s, _ in roots)
+        ours = (ours[0] + rf" Mean $\pm$ sample std over the seeds {seeds} (those with the run).",
+                ours[1] + f" Mean ± sample std over the seeds {seeds} (those with the run).")
+        if has_ours:
+            ours = (ours[0] + r" $p$ (seeds): two-sided paired t-test of R$^2$ec vs that baseline over the seeds.",
+                    ours[1] + " p (seeds): two-sided paired t-test of R²ec vs that baseline over the seeds.")
+            footer.append((("$p$ (seeds)", "p (seeds)"),
+                           ["--" if (r := across[d].get(c)) is None or r["ttest_p"] is None else f"{r['ttest_p']:.3f}"
+                            for d in p.datasets for c in cols]))
     caption = (r"Full-ranking top-$K$ performance (history items masked). Best in bold, second underlined."
                + ours[0] + f" Test samples: {n_tex}.",
                "Full-ranking top-K performance (history items masked). Best in bold, second underlined."
                + ours[1] + f" Test samples: {n_md}.")
     grid = Grid(caption, "tab:main", list(p.datasets), cols,
                 [(name, [(m, cells[m]) for m in ms]) for name, ms in groups],
-                [(("Improve", "Improve"), improve)] if has_ours else [])
+                footer)
     text = _write_twins(grid, out, "table1", "Table 1")
     if metrics_out is not None:
-        write_json(metrics_out, values)
+        write_json(metrics_out, values if not across else
+                   {d: {m: v | {f"{c}_std": sd for c, sd in stds[d][m].items()} for m, v in vs.items()}
+                    for d, vs in values.items()})
     if significance_out is not None:
-        write_json(significance_out, {"method": OURS, "split": "test", "alternative": "two-sided",
-                                      "alpha": p.report.alpha, "marker_test": p.report.marker_test,
-                                      "datasets": tests})
+        sig_json = {"method": OURS, "split": "test", "alternative": "two-sided", "alpha": p.report.alpha,
+                    "marker_test": p.report.marker_test, "datasets": tests}
+        if across:
+            sig_json |= {"seeds": [s for s, _ in roots], "per_sample_seed": roots[0][0],
+                         "across_seeds": {"test": "paired t-test over the seeds' run metrics (scipy.stats.ttest_rel)",
+                                          "alternative": "two-sided", "datasets": across}}
+        write_json(significance_out, sig_json)
     return text
 
 
