@@ -38,7 +38,8 @@ import torch
 from r2ec import config as C
 from r2ec.eval.evaluator import evaluate, evaluation_samples
 from r2ec.io import load_dataset
-from r2ec.recpo.trainer import _seed_all, _step_seed, _Trainer
+from r2ec.llm.harness import seed_all, step_seed
+from r2ec.recpo.trainer import _Trainer
 
 
 def make_trainer(p: C.Params, data: Path, cache: Path, run_dir: Path,
@@ -105,7 +106,7 @@ def bench_steps(tr: _Trainer, steps: int) -> dict:
     for _ in range(steps):
         tr.table_step = tr.step  # keep the installed table current: the step must not re-encode all items
         t0 = time.perf_counter()
-        _seed_all(_step_seed(rc.seed, tr.step, 2))
+        seed_all(step_seed(rc.seed, tr.step, 2))
         rec = tr.recpo_step(tr.batch_rows(pool))
         rec["seconds"] = time.perf_counter() - t0
         recs.append(rec)
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {}
     for name, over in configs:
         p = C.load(a.params, over)
-        _seed_all(p.recpo.seed)
+        seed_all(p.recpo.seed)
         with tempfile.TemporaryDirectory(prefix="r2ec_speed_") as tmp:
             tr, setup_s = make_trainer(p, Path(a.data), Path(a.cache), Path(tmp) / "run")
             res = {"header": header(tr), "setup_s": setup_s, "refresh": bench_refresh(tr, a.items)}

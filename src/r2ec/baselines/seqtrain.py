@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from r2ec.config import EvalCfg, SeqModelCfg
 from r2ec.errors import UserError
 from r2ec.eval import Scorer, evaluate, write_run_outputs
-from r2ec.io import Dataset, append_jsonl, atomic_path, pad_histories, read_jsonl, write_text
+from r2ec.io import Dataset, append_jsonl, atomic_path, pad_histories, write_text
 
 METHODS = ("sasrec", "gru4rec", "caser")
 SELECT_METRIC = "N@10"
@@ -130,6 +130,14 @@ def _seed_all(seed: int) -> None:
 def _rng_state(gen: torch.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(),
             "python": random.getstate()}
+
+
+def validate_epoch(scorer, ds, eval_cfg, state: dict, epoch: int, patience: int, best_file: Path, meta: dict,
+                   model: nn.Module) -> dict:
+    """Valid metrics of ``epoch`` through the shared evaluator, recorded by :func:`end_epoch` on ``SELECT_METRIC``."""
+    valid, _ = evaluate(scorer, ds, "valid", eval_cfg, progress=False)
+    end_epoch(state, epoch, valid[SELECT_METRIC], patience, best_file, meta, model)
+    return valid
 
 
 def end_epoch(state: dict, epoch: int, score: float, patience: int, best_file: Path, meta: dict,
@@ -254,10 +262,9 @@ def train_classic(method: str, ds: Dataset, cfg: SeqModelCfg, eval_cfg: EvalCfg,
         loss = _train_epoch(model, opt, hist, user_idx, targets, cfg.batch_size, gen, progress,
                             f"{method} epoch {epoch}")
         t_train = time.perf_counter() - t0
-        valid, _ = evaluate(scorer, ds, "valid", eval_cfg, progress=False)
+        valid = validate_epoch(scorer, ds, eval_cfg, state, epoch, cfg.patience, run_dir / CHECKPOINT,
+                               {**ckpt_meta, "epoch": epoch}, model)
         score = valid[SELECT_METRIC]
-        end_epoch(state, epoch, score, cfg.patience, run_dir / CHECKPOINT,
-                  {**ckpt_meta, "epoch": epoch}, model)
         record = {"epoch": epoch, "loss": loss, **{f"valid_{k}": v for k, v in valid.items()},
                   "best_epoch": state["best_epoch"], "train_seconds": round(t_train, 3),
                   "seconds": round(time.perf_counter() - t0, 3)}

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from r2ec.baselines import tiger_semantic as S
 from r2ec.baselines.seqtrain import (CHECKPOINT, LAST, LOG, SELECT_METRIC, _rng_state, _save, _seed_all,
-                                    end_epoch, resume_state)
+                                    resume_state, validate_epoch)
 from r2ec.config import EvalCfg, TigerCfg
 from r2ec.errors import UserError
 from r2ec.eval import Scorer, evaluate, write_run_outputs
@@ -455,10 +455,9 @@ def train_tiger(ds: Dataset, cfg: TigerCfg, eval_cfg: EvalCfg, run_dir: str | Pa
         order = _next_chunk(state, train.height, per_epoch, gen)
         loss = _train_chunk(model, opt, ids, labels, order, cfg, progress, f"tiger epoch {epoch}")
         t_train = time.perf_counter() - t0
-        valid, _ = evaluate(scorer, ds, "valid", eval_cfg, progress=False)
+        valid = validate_epoch(scorer, ds, eval_cfg, state, epoch, cfg.patience, run_dir / CHECKPOINT,
+                               {**ckpt_meta, "epoch": epoch}, model)
         score = valid[SELECT_METRIC]
-        end_epoch(state, epoch, score, cfg.patience, run_dir / CHECKPOINT,
-                  {**ckpt_meta, "epoch": epoch}, model)
         record = {"epoch": epoch, "loss": loss, **{f"valid_{k}": v for k, v in valid.items()},
                   "best_epoch": state["best_epoch"], "train_samples": len(order),
                   "train_seconds": round(t_train, 3), "seconds": round(time.perf_counter() - t0, 3),

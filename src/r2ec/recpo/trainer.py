@@ -71,7 +71,7 @@ from accelerate.utils import DistributedType
 from r2ec.config import Params, to_dict
 from r2ec.errors import UserError
 from r2ec.io import Dataset, slug
-from r2ec.llm.harness import LLMHarness, num, seed_all, step_seed
+from r2ec.llm.harness import LLMHarness, step_seed
 from r2ec.recpo.advantages import advantages as compute_advantages
 from r2ec.recpo.losses import (best_trajectory_mask, catalogue_target_logprob, clipped_item_loss,
                                clipped_token_loss, in_batch_labels, in_batch_target_logprob, kl_penalty)
@@ -79,9 +79,6 @@ from r2ec.recpo.rewards import rewards_from_scores
 from r2ec.recpo.variants import Variant, get_variant
 
 log = logging.getLogger(__name__)
-
-# kept under their old names: benchmarks and tests import them from here
-_step_seed, _seed_all, _num = step_seed, seed_all, num
 
 
 def _pad_logps(logps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
