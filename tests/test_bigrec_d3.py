@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from r2ec.baselines.bigrec import _BigRec, drop_target_duplicates, embed_ids, embed_texts, train_bigrec
+from r2ec.baselines.bigrec import (_BigRec, drop_target_duplicates, embed_ids, embed_texts, grounding_distance,
+                                   popularity_weights, train_bigrec)
 from r2ec.baselines.d3 import train_d3
 from r2ec.baselines.title_trie import (TitleTrie, assistant_mass, beam_search, build_title_trie, response_ids,
                                        response_text)
@@ -155,23 +156,46 @@ def test_grounding_picks_the_nearest_item_and_the_best_rank_over_duplicate_title
                         None).tolist()[1] == 1
 
 
-def _params(**d3):
+def test_popularity_grounding_matches_a_hand_computed_example():
+    # counts of items 1..3 = 1, 3, 5 -> p = (0, .5, 1); distances of one generation: 2, 4, 6 -> (0, .5, 1)
+    p = popularity_weights([0, 1, 3, 5], 3)
+    assert p.tolist() == [0.0, 0.5, 1.0]
+    d = torch.tensor([[2.0, 4.0, 6.0]])
+    assert torch.equal(grounding_distance(d, p, 0.0), d)  # gamma 0: the plain L2 grounding
+    # gamma 2: (0, .5 / 1.5^2, 1 / 2^2) = (0, .2222, .25): the exact match stays first
+    assert torch.allclose(grounding_distance(d, p, 2.0), torch.tensor([[0.0, 0.5 / 2.25, 0.25]]))
+    # gamma 4: the popular item 3 (1/16) overtakes item 2 (.5/5.0625 = .0988)
+    assert grounding_distance(d, p, 4.0)[0].argsort().tolist() == [0, 2, 1]
+    assert popularity_weights([0, 2, 2], 2).tolist() == [0.0, 0.0]  # equal counts: no popularity signal
+
+
+def _params(bigrec=None, **d3):
     p = tiny_params()
     return dataclasses.replace(
         p, eval=EvalCfg(ks=(5, 10), max_samples=0, valid_max_samples=0, batch_size=8),
         bigrec=BigrecCfg(train_samples=0, epochs=1, batch_size=4, eval_every=2, lr=1e-2, warmup_steps=0,
-                         checkpoint_every=1, decode_batch_size=4, history_items=2),
+                         checkpoint_every=1, decode_batch_size=4, history_items=2, **(bigrec or {})),
         d3=D3Cfg(num_beams=10, decode_batch_size=4, **d3))
 
 
-def test_bigrec_and_d3_end_to_end_through_the_evaluator(tmp_path):
+def test_bigrec_and_d3_end_to_end_through_the_evaluator(tmp_path, monkeypatch):
     from r2ec.baselines.seqtrain import train_classic
     from r2ec.config import SeqModelCfg
     ds = tiny_dataset()
-    p = _params(gamma=(0.0, 0.5))
+    p = _params(bigrec={"popularity_gamma": (0.0, 3.0)}, gamma=(0.0, 0.5))
     with pytest.raises(UserError, match="bigrec"):
         train_d3(ds, p, tmp_path / "d3", None, progress=False, dvclive=False)
+    decoded = []
+    decode = _BigRec.decode
+    monkeypatch.setattr(_BigRec, "decode", lambda self, rows, *a, **k: decoded.extend(rows) or decode(self, rows, *a, **k))
     m = train_bigrec(ds, p, tmp_path / "bigrec", None, progress=False, dvclive=False)
+    n_valid = len(open(tmp_path / "bigrec" / "valid_log.jsonl").readlines())
+    assert len(decoded) == n_valid * ds.split("valid").height + ds.split("test").height  # once per sample
+    # popularity_gamma candidates are scored from one decode per validation
+    assert set(m["valid"]["valid_N@10_by_popularity_gamma"]) == {"0.0", "3.0"}
+    assert m["test"]["popularity_gamma"] == m["valid"]["popularity_gamma"] in (0.0, 3.0)
+    best = json.loads((tmp_path / "bigrec" / "best" / "valid.json").read_text())
+    assert best["popularity_gamma"] == m["test"]["popularity_gamma"]
     for split in ("valid", "test"):
         assert m[split]["n_samples"] == ds.split(split).height and 0 <= m[split]["N@10"] <= 1
         assert 0 <= m[split]["invalid_rate"] <= 1 and m[split]["decode_samples_per_s"] > 0

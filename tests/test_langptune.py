@@ -85,6 +85,11 @@ def test_info_nce_on_literal_numbers():
     # two queries sharing one key (duplicate targets are one in-batch candidate)
     one = info_nce(q, torch.tensor([[1.0, 1.0]]), torch.tensor([0, 0]), tau=0.1)
     assert one.item() == pytest.approx(0.0, abs=1e-6)
+    # logQ correction: q = (e^-1, e^-3) -> logits [[2 + 1, 0 + 3], [0 + 1, 2 + 3]]:
+    # row 0: -log(e^3 / (e^3 + e^3)) = log 2; row 1: -log(e^5 / (e^1 + e^5)) = log(1 + e^-4)
+    lq = torch.tensor([-1.0, -3.0])
+    want = (math.log(2.0) + math.log1p(math.exp(-4.0))) / 2
+    assert info_nce(q, k, torch.tensor([0, 1]), tau=0.5, log_q=lq).item() == pytest.approx(want)
 
 
 # ---------------------------------------------------------------------------------------------- the round
@@ -118,6 +123,21 @@ def test_retriever_only_round_leaves_the_adapter(ds, tmp_path, retriever_dir):
     rec = tr.train_step(tr.batch_rows(tr.train_pool()))
     assert all(torch.equal(v, _snapshot(tr.policy, only_lora=True)[n]) for n, v in lora.items())
     assert "rebel_loss" not in rec and math.isfinite(rec["retriever_loss"])
+
+
+def test_logq_correction_shifts_the_retriever_loss_by_train_popularity(ds, tmp_path, retriever_dir):
+    import numpy as np
+    recs, trs = [], []
+    for on in (False, True):
+        tr = _LangPTune(ds, _params(retriever_dir, num_lm_updates=0, logq_correction=on), tmp_path / str(on), None,
+                        False, False, None)
+        recs.append(tr.train_step(tr.batch_rows(tr.train_pool())))
+        trs.append(tr)
+    counts = np.bincount(ds.split("train")["target_item_id"].to_numpy(), minlength=ds.n_items + 1) + 1.0
+    assert trs[0].log_q is None
+    assert trs[1].log_q.tolist() == pytest.approx(np.log(counts / counts.sum()).tolist(), rel=1e-5)
+    assert trs[0].pool == trs[1].pool  # the same profiles and batches: only the loss differs
+    assert recs[0]["retriever_loss"] != pytest.approx(recs[1]["retriever_loss"])
 
 
 # ---------------------------------------------------------------------------------------------- runs

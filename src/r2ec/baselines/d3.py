@@ -28,7 +28,6 @@ from r2ec.baselines.bigrec import SFT_FILE, TitleGenHarness, drop_target_duplica
 from r2ec.config import Params
 from r2ec.errors import UserError
 from r2ec.io import Dataset
-from r2ec.llm.harness import SELECT_METRIC
 from r2ec.recpo.checkpoint import load_trainable_state
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,6 @@ class _D3(TitleGenHarness):
                  use_dvclive: bool, hook: Callable[[int, dict], None] | None):
         super().__init__("d3", ds, params, run_dir, cache_dir, progress, use_dvclive, hook)
         self.dc = params.d3
-        self.gamma = self.dc.gamma[0]
         self.load_sft(self.run_dir.parent / SFT_RUN)
         self.assistant = None
         if max(self.dc.gamma) > 0:
@@ -72,20 +70,8 @@ class _D3(TitleGenHarness):
         self.sft_step = json.loads((src / "best" / "valid.json").read_text()).get("step")
         log.info("d3: decoding the SFT adapter %s (step %s)", best, self.sft_step)
 
-    def evaluate(self, split: str) -> tuple[dict, pl.DataFrame]:
-        if split != "valid" or len(self.dc.gamma) == 1:
-            metrics, ranks = super().evaluate(split)
-            metrics["gamma"] = self.gamma
-            return metrics, ranks
-        tried = []
-        for g in self.dc.gamma:  # valid N@10 (the harness's selection metric) picks gamma; it stays set for test
-            self.gamma = g
-            metrics, ranks = super().evaluate(split)
-            score = metrics.get(SELECT_METRIC, next(v for k, v in metrics.items() if k.startswith("N@")))
-            tried.append((score, -len(tried), g, metrics, ranks))
-        _, _, self.gamma, metrics, ranks = max(tried, key=lambda x: x[:2])
-        metrics = {**metrics, "gamma": self.gamma, f"valid_{SELECT_METRIC}_by_gamma": {str(t[2]): t[0] for t in tried}}
-        return metrics, ranks
+    def sweep_values(self) -> tuple[float, ...]:
+        return self.p.d3.gamma
 
     def scorer(self, batch: pl.DataFrame) -> torch.Tensor:
         from r2ec.baselines.title_trie import assistant_mass
@@ -95,12 +81,12 @@ class _D3(TitleGenHarness):
         if self.dc.exclude_history and ev.mask_history and ev.mask_repeated_target:
             dead = [self.trie.dead_nodes(r["history_item_ids"]) for r in rows]
         mass = None
-        if self.gamma > 0:
+        if self.value > 0:
             probs = torch.softmax(self.assistant(batch).float(), dim=1)  # column 0 is -inf -> 0
             mass = assistant_mass(self.trie, probs, self.dc.aggregate)
         hyps = self.decode(rows, self.dc.decode_batch_size, num_beams=self.dc.num_beams,
                            length_penalty=self.dc.length_penalty, trie=self.trie, dead=dead, mass=mass,
-                           gamma=self.gamma)
+                           gamma=self.value)
         scores = torch.full((len(rows), self.ds.n_items + 1), float("-inf"))
         for b, hs in enumerate(hyps):
             for h in reversed(hs):  # best last: a title's items keep their best beam's score

@@ -18,7 +18,8 @@ and the scorer. Settings: ``langptune.*`` (``../shared/BASELINES.md``; official 
   reference (adapter disabled) log-ratio, whitened; ``rebel_epochs`` optimizer steps of
   :func:`r2ec.baselines.rebel.rebel_loss` per rollout batch. Every sampled profile joins a FIFO pool of
   ``profile_pool`` (profile, target) pairs; then ``num_emb_updates`` InfoNCE steps (tau, in-batch negatives over
-  unique targets) train the retriever on ``retriever_batch_size`` pairs drawn from the pool. The official code
+  unique targets; ``logq_correction``: minus log of the target's train share, a deviation) train the retriever
+  on ``retriever_batch_size`` pairs drawn from the pool. The official code
   regenerates profiles for every train user between phases; at CPU scale the pool of recent rollouts stands in.
   ``num_lm_updates = 0`` trains only the retriever (profiles of the untouched LLM); ``steps = 0`` evaluates the
   zero-shot pipeline (untrained LLM + pretrained retriever).
@@ -96,6 +97,11 @@ class _LangPTune(LLMHarness):
         self.domain = ds.name
         self.engine = make_engine("hf", self.policy, self.tok, batch_size=lc.eval_batch_size)
         self.pool: list[tuple[str, int]] = []  # (profile, target item) of recent rollouts, oldest first
+        self.log_q = None
+        if lc.logq_correction:
+            from r2ec.baselines.reference import popularity_counts
+            c = torch.as_tensor(popularity_counts(ds.split("train"), ds.n_items)) + 1.0
+            self.log_q = torch.log(c / c.sum()).float()
         self.profiles: dict[int, str] = {}  # sample_id -> greedy profile of the running evaluation
         self._train_rows: pl.DataFrame | None = None
 
@@ -262,7 +268,8 @@ class _LangPTune(LLMHarness):
             q = encode_texts(self.rtok, self.retriever, texts, lc.retriever_max_tokens, lc.pooling)
             keys = encode_texts(self.rtok, self.retriever, [self.item_text[i - 1] for i in uniq],
                                 lc.retriever_max_tokens, lc.pooling)
-            loss = info_nce(q, keys, labels.to(q.device), lc.tau)
+            loss = info_nce(q, keys, labels.to(q.device), lc.tau,
+                            None if self.log_q is None else self.log_q[torch.as_tensor(uniq)])
         loss.backward()
         torch.nn.utils.clip_grad_norm_([q for q in self.retriever.parameters() if q.requires_grad], lc.grad_clip)
         self.ropt.step()

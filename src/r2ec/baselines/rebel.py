@@ -40,6 +40,11 @@ def rank_reward(ranks: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(f"langptune.reward: unknown reward {kind!r} (use 'ndcg' or 'mrr')")
 
 
-def info_nce(queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
-    """Mean over queries of ``-log softmax(cos(query, keys) / tau)[label]`` (in-batch negatives)."""
-    return -in_batch_target_logprob(queries, keys, labels, tau).mean()
+def info_nce(queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, tau: float,
+             log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over queries of ``-log softmax_k(cos(query, key_k) / tau - log q_k)[label]`` (in-batch negatives).
+
+    ``log_q`` (``[K]``, default 0): log-probability that key ``k`` enters a batch; subtracting it is the
+    sampling-bias (logQ) correction of Yi et al. 2019: in-batch negatives are drawn in proportion to item
+    popularity, so without it the loss pushes popular items down and the retriever ranks below popularity."""
+    return -in_batch_target_logprob(queries, keys, labels, tau, key_offset=None if log_q is None else -log_q).mean()

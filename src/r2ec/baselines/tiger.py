@@ -44,6 +44,7 @@ from r2ec.config import EvalCfg, TigerCfg
 from r2ec.errors import UserError
 from r2ec.eval import Scorer, evaluate, write_run_outputs
 from r2ec.io import Dataset, append_jsonl, pad_histories, write_json
+from r2ec.llm.backbone import uses_bf16
 
 log = logging.getLogger("r2ec.tiger")
 
@@ -356,7 +357,7 @@ def load_scorer(ds: Dataset, run_dir: str | Path, eval_cfg: EvalCfg | None = Non
     model.eval()
     exclude = _excludes_history(cfg, eval_cfg)
     return make_scorer(model, vocab, Trie(vocab.codes, vocab.sizes), Inputs(vocab, ck["max_history"]), cfg.beam,
-                       cfg.beam_batch_size, exclude, cfg.autocast == "bf16")
+                       cfg.beam_batch_size, exclude, uses_bf16(cfg.autocast))
 
 
 def _next_chunk(state: dict, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
@@ -383,7 +384,7 @@ def _train_chunk(model, opt, ids: torch.Tensor, labels: torch.Tensor, order: tor
         x = x[:, :max(width, 1)]
         y = labels[idx]
         dec_in = torch.cat([torch.full((len(idx), 1), model.config.decoder_start_token_id), y[:, :-1]], dim=1)
-        with _autocast(cfg.autocast == "bf16"):  # teacher forcing: the decoder reads the shifted target codes
+        with _autocast(uses_bf16(cfg.autocast)):  # teacher forcing: the decoder reads the shifted target codes
             logits = model(input_ids=x, attention_mask=x != PAD, decoder_input_ids=dec_in).logits
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -446,7 +447,7 @@ def train_tiger(ds: Dataset, cfg: TigerCfg, eval_cfg: EvalCfg, run_dir: str | Pa
     ckpt_meta = {"method": METHOD, "cfg": cfg_dict, "n_items": ds.n_items, "codes": vocab.codes,
                  "level_sizes": list(vocab.sizes), "max_history": inputs.max_history}
     exclude = _excludes_history(cfg, eval_cfg)
-    scorer = make_scorer(model, vocab, trie, inputs, cfg.beam, cfg.beam_batch_size, exclude, cfg.autocast == "bf16")
+    scorer = make_scorer(model, vocab, trie, inputs, cfg.beam, cfg.beam_batch_size, exclude, uses_bf16(cfg.autocast))
     per_epoch = min(cfg.epoch_samples, train.height) if cfg.epoch_samples > 0 else train.height
     bar = tqdm(total=cfg.epochs, initial=min(state["epoch"], cfg.epochs), desc="tiger epochs", disable=not progress)
     while state["epoch"] < cfg.epochs and not state["stopped"]:

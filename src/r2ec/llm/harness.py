@@ -107,8 +107,11 @@ class LLMHarness:
         self.progress, self.use_dvclive, self.hook = progress, use_dvclive, hook
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
-        mp = "bf16" if params.llm.autocast == "bf16" else "no"
+        from r2ec.llm.backbone import uses_bf16
+        mp = "bf16" if uses_bf16(params.llm.autocast) else "no"
         _allow_precision(mp)
+        log.info("%s: %s matmuls (llm.autocast=%s)", method, "bf16" if mp == "bf16" else "full-precision",
+                 params.llm.autocast)
         # the schedule counts optimizer steps of this run, not samples: never step it num_processes times
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp,
                                step_scheduler_with_optimizer=False)
@@ -133,7 +136,7 @@ class LLMHarness:
         self._copy = None
         if params.llm.inference_copy:
             from r2ec.llm.inference_copy import InferenceCopy
-            self._copy = InferenceCopy(self.policy, bf16=params.llm.autocast == "bf16")
+            self._copy = InferenceCopy(self.policy, bf16=mp == "bf16")
 
         self.step = 0
         self.best_score = -math.inf

@@ -110,6 +110,8 @@ class _Trainer(LLMHarness):
         shared = {k: v for k, v in to_dict(params.contrastive).items() if k in to_dict(params.recpo)}
         self.rc = params.recpo if self.var.reasoning else dataclasses.replace(params.recpo, **shared)
         self.catalogue_w = 0.0 if self.var.reasoning else params.contrastive.catalogue_loss
+        self.logq = not self.var.reasoning and params.contrastive.logq_correction
+        self._log_q: torch.Tensor | None = None
         self.beta = self.rc.beta if self.var.beta is None else self.var.beta
         self.head: torch.nn.Linear | None = None
         super().__init__(method, ds, params, self.rc, run_dir, cache_dir, progress, use_dvclive, hook)
@@ -162,7 +164,20 @@ class _Trainer(LLMHarness):
         return self.warm_start()
 
     def fingerprint_extra(self) -> dict[str, Any]:
-        return {"catalogue_loss": self.catalogue_w}
+        return {"catalogue_loss": self.catalogue_w, "logq_correction": self.logq}
+
+    def candidate_log_q(self, cand: list[int]) -> torch.Tensor:
+        """``log q`` of each candidate of the contrastive item loss: the chance that an item is a candidate of a
+        step, ``q = 1 - (1 - p)^B + U / N`` (``p``: its share of train targets, ``B`` users per step, ``U``
+        uniform negatives over ``N`` items). In-batch targets are drawn in proportion to popularity, so without
+        this sampling-bias correction the loss learns to rank popular items down."""
+        if self._log_q is None:
+            from r2ec.baselines.reference import popularity_counts
+            c = torch.as_tensor(popularity_counts(self.ds.split("train"), self.ds.n_items))
+            p = c / c.sum()
+            q = 1.0 - (1.0 - p).pow(self.rc.batch_size) + self.rc.uniform_negatives / self.ds.n_items
+            self._log_q = torch.log(q.clamp(1e-12, 1.0)).float()
+        return self._log_q[torch.as_tensor(cand)]
 
     def extra_state(self) -> dict[str, Any]:
         return {"item_table": self.table, "item_table_step": self.table_step}
@@ -206,7 +221,9 @@ class _Trainer(LLMHarness):
         if self.cache_dir is None:
             return None
         import hashlib
-        h = hashlib.sha256(json.dumps([self.p.llm.backbone, self.p.llm.dtype, self.p.llm.autocast,
+
+        from r2ec.llm.backbone import uses_bf16
+        h = hashlib.sha256(json.dumps([self.p.llm.backbone, self.p.llm.dtype, uses_bf16(self.p.llm.autocast),
                                        self.p.llm.inference_copy, self.item_ids]).encode())
         key = slug(f"{self.ds.name}-{self.ds.n_items}-{h.hexdigest()[:16]}")
         return self.cache_dir / "item_tables" / f"{key}.pt"
@@ -494,7 +511,8 @@ class _Trainer(LLMHarness):
         with self.autocast():
             user = self._pooled([p + [self.answer_id] for p in prompts])
             logp = in_batch_target_logprob(user, self._item_vectors(cand), labels.to(self.acc.device),
-                                           self.rc.tau, self.center())
+                                           self.rc.tau, self.center(),
+                                           key_offset=-self.candidate_log_q(cand) if self.logq else None)
             loss = -logp.mean()
             if self.catalogue_w > 0:
                 # every catalogue item is a negative at the cost of one matmul: the table is a constant here,
