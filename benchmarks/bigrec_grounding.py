@@ -7,6 +7,10 @@ rows on the same samples: one decode per sample, every gamma scored from it.
 Prints a table: N@10 / H@10 / median rank per gamma on valid and test, Popularity and Random on the same test
 samples, and one-sided paired tests (t-test and Wilcoxon on per-sample N@10) of the valid-picked gamma's test
 ranks against Random and Popularity, plus the exact-match share of the generations.
+
+``--generations RUN/test_generations.jsonl`` grounds the generations a run already wrote (its test samples)
+instead of decoding them again; with ``--valid 0`` the valid split is skipped and ``--pick`` names the gamma
+(e.g. the one the run's metrics.json reports).
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ def main() -> None:
     ap.add_argument("--valid", type=int, default=300, help="valid samples that pick gamma")
     ap.add_argument("--test", type=int, default=1000, help="test samples (the shared subsample's seed)")
     ap.add_argument("--gammas", type=float, nargs="+", default=[0, 1, 2, 5, 10, 20, 50])
+    ap.add_argument("--generations", type=Path, help="test_generations.jsonl of the run: ground these, no decode")
+    ap.add_argument("--pick", type=float, help="the gamma tested against the references when --valid 0")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from r2ec.baselines.bigrec import _BigRec
     from r2ec.baselines.reference import popularity_counts, popularity_scorer, random_scorer
-    from r2ec.eval.evaluator import evaluate
+    from r2ec.eval.evaluator import evaluate, evaluation_samples
     from r2ec.eval.metrics import ndcg_at_k
     from r2ec.llm.harness import LLMHarness
     from r2ec.report.significance import paired_tests
@@ -51,8 +57,21 @@ def main() -> None:
     if tr.load_best() is None:
         raise SystemExit(f"{args.run}/best: no trained adapter")
     rows, ranks = [], {}
-    for split in ("valid", "test"):
+    given = {}
+    if args.generations is not None:
+        for line in args.generations.read_text().splitlines():
+            g = json.loads(line)
+            given[int(g["sample_id"])] = g
+    for split in ("valid", "test") if args.valid > 0 else ("test",):
         tr.generated, n_gen = {}, len(tr.generations)
+        if split == "test" and given:
+            sids = list(given)
+            tr.generated = dict(zip(sids, tr.embed([given[s]["generated"] for s in sids])))
+            tr.generations += [given[s] for s in sids]
+            missing = set(evaluation_samples(ds, "test", p.eval)["sample_id"].to_list()) - set(sids)
+            if missing:
+                raise SystemExit(f"{args.generations}: no generation for {len(missing)} test samples "
+                                 f"(run with the same eval.max_samples)")
         for g in args.gammas:
             tr.value = g
             m, r = LLMHarness.evaluate(tr, split)
@@ -71,7 +90,8 @@ def main() -> None:
         rows.append({"split": "test", "method": name, "N@10": m["N@10"], "H@10": m["H@10"],
                      "median_rank": float(np.median(ranks["test", name])), "n": m["n_samples"]})
     # the harness's rule: best valid N@10, the first candidate on ties
-    best = max(args.gammas, key=lambda g: (ndcg_at_k(ranks["valid", g], 10).mean(), -args.gammas.index(g)))
+    best = args.pick if args.valid <= 0 else max(
+        args.gammas, key=lambda g: (ndcg_at_k(ranks["valid", g], 10).mean(), -args.gammas.index(g)))
     pairs = [(best, "random"), (best, "popularity")] + ([(0.0, "random")] if 0.0 in args.gammas else [])
     for g, name in pairs:
         t = paired_tests(ranks["test", g], ranks["test", name], "N@10", "greater")

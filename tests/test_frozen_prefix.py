@@ -95,3 +95,30 @@ def test_trainer_uses_the_prefix_for_tables_and_item_losses(tmp_path, method):
     on.step = off.step = 5
     on.refresh_table(), off.refresh_table()
     torch.testing.assert_close(on.table, off.table, atol=1e-4, rtol=1e-4)
+
+
+def test_prefix_states_are_cached_on_disk_and_checked_when_loaded(tmp_path, caplog):
+    ds = tiny_dataset()
+    p = tiny_params(batch_size=3)
+    p = dataclasses.replace(p, llm=dataclasses.replace(p.llm, frozen_prefix=True),
+                            lora=dataclasses.replace(p.lora, last_layers=1))
+    cache = tmp_path / "cache"
+    first = _Trainer("r2ec_no_reasoning", ds, p, tmp_path / "a", cache, False, False, None)
+    built = first.prefix()
+    (path,) = (cache / "frozen_prefix").glob("*.pt")
+    second = _Trainer("r2ec", ds, p, tmp_path / "b", cache, False, False, None)
+    loaded = second.prefix()
+    assert loaded is not None and loaded.ok
+    assert all(torch.equal(a, b) for a, b in zip(built.states, loaded.states))
+    # another split (here: LoRA on two layers) does not take these states
+    assert FrozenPrefix.load_states(path, built.split + 1) is None
+    path.write_bytes(b"not a checkpoint")  # a corrupt cache is rebuilt, with a warning
+    third = _Trainer("r2ec", ds, p, tmp_path / "c", cache, False, False, None)
+    with caplog.at_level("WARNING"):
+        assert third.prefix() is not None
+    assert "unreadable frozen-prefix cache" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(built.states, third.prefix().states))
+    assert FrozenPrefix.load_states(path, built.split) is not None  # rewritten
+    pf = loaded
+    with pytest.raises(ValueError, match="do not match"):
+        FrozenPrefix(second.policy, pf.split, pf.prompts[:-1], pf.answer_id, pf.pad_id, states=pf.states)

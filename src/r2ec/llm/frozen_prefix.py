@@ -11,6 +11,7 @@ when the cache is built; a backbone on which it does not hold falls back to full
 from __future__ import annotations
 
 import contextlib
+import pickle
 import logging
 
 import torch
@@ -59,16 +60,47 @@ class FrozenPrefix:
     """Per-item hidden states after the frozen layers ``[0, split)`` and the adapted-layer forward on them."""
 
     def __init__(self, model, split: int, prompts: list[list[int]], answer_id: int, pad_id: int,
-                 batch_size: int = 16):
+                 batch_size: int = 16, states: list[torch.Tensor] | None = None):
         """``model`` computes the frozen layers (any model with the same bottom layers: the policy or its merged
-        copy); ``split`` = :func:`first_adapted_layer` of the policy."""
-        from r2ec.llm.encoder import decoder_of, pad_left
+        copy); ``split`` = :func:`first_adapted_layer` of the policy. ``states``: per-prompt states saved by an
+        earlier build (:meth:`save`); they are checked against a full forward like fresh ones."""
         self.split = split
         self.answer_id, self.pad_id, self.prompts = answer_id, pad_id, prompts
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        if states is not None:
+            if len(states) != len(prompts) or any(int(h.shape[0]) != len(q) for h, q in zip(states, prompts)):
+                raise ValueError("frozen prefix: the saved states do not match the item prompts")
+            self.states = list(states)
+        else:
+            self._build(model, order, batch_size)
+        self.ok = self._agrees(model, order[:min(batch_size, len(order))])
+
+    def save(self, path) -> None:
+        """Write the states (atomically) so that later runs on the same backbone and items skip the build."""
+        from pathlib import Path
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"split": self.split, "states": self.states}, tmp)
+        tmp.replace(path)
+
+    @staticmethod
+    def load_states(path, split: int) -> list[torch.Tensor] | None:
+        """States saved by :meth:`save` for layer ``split``, or None (absent, unreadable or another split)."""
+        try:
+            st = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            if path.exists():
+                log.warning("%s: unreadable frozen-prefix cache (%s); rebuilding", path, e)
+            return None
+        return st["states"] if st.get("split") == split else None
+
+    def _build(self, model, order: list[int], batch_size: int) -> None:
+        from r2ec.llm.encoder import decoder_of, pad_left
+        prompts, pad_id = self.prompts, self.pad_id
         self.states: list[torch.Tensor] = [None] * len(prompts)  # type: ignore[list-item]
         dec = decoder_of(model)
         dev = dec.embed_tokens.weight.device
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         with torch.no_grad(), layer_range(model, 0, self.split, final_norm=False):
             for s in range(0, len(order), batch_size):
                 idx = order[s:s + batch_size]
@@ -77,7 +109,6 @@ class FrozenPrefix:
                 for j, i in enumerate(idx):
                     n = len(prompts[i])
                     self.states[i] = h[j, h.shape[1] - n:].detach().cpu().clone()
-        self.ok = self._agrees(model, order[:min(batch_size, len(order))])
 
     def _agrees(self, model, idx: list[int]) -> bool:
         from r2ec.llm.encoder import hidden_at_answer

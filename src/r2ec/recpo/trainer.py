@@ -217,16 +217,21 @@ class _Trainer(LLMHarness):
         return self.engine.generate(prompts, group_size=group_size, temperature=temperature, top_k=top_k,
                                     max_new_tokens=self.rc.max_reasoning_tokens, seed=seed, **kw)
 
-    def _init_table_cache(self) -> Path | None:
+    def _cache_path(self, kind: str, *extra: Any) -> Path | None:
+        """``cache_dir/kind/<dataset>-<N>-<hash>.pt`` of what the untrained backbone computes on the item prompts
+        (the hash covers the backbone, its precision and the prompts)."""
         if self.cache_dir is None:
             return None
         import hashlib
 
         from r2ec.llm.backbone import uses_bf16
         h = hashlib.sha256(json.dumps([self.p.llm.backbone, self.p.llm.dtype, uses_bf16(self.p.llm.autocast),
-                                       self.p.llm.inference_copy, self.item_ids]).encode())
+                                       self.p.llm.inference_copy, self.item_ids, *extra]).encode())
         key = slug(f"{self.ds.name}-{self.ds.n_items}-{h.hexdigest()[:16]}")
-        return self.cache_dir / "item_tables" / f"{key}.pt"
+        return self.cache_dir / kind / f"{key}.pt"
+
+    def _init_table_cache(self) -> Path | None:
+        return self._cache_path("item_tables")
 
     def refresh_table(self) -> float:
         """Re-encode all items with the current adapter (no grad). Returns seconds (0 if already current)."""
@@ -311,13 +316,19 @@ class _Trainer(LLMHarness):
             split = first_adapted_layer(self.policy)
             if self.p.llm.frozen_prefix and split > 0:
                 t0 = time.perf_counter()
+                # the states depend only on the untrained bottom layers: one build serves every run (the item
+                # table stage builds it; on a CPU without fast bf16 a build is ~13 min at 1 thread)
+                path = self._cache_path("frozen_prefix", split)
+                states = FrozenPrefix.load_states(path, split) if path is not None else None
                 model, ctx = self.infer()
                 with ctx:
                     pf = FrozenPrefix(model, split, self.item_ids, self.answer_id, self.pad_id,
-                                      self.rc.item_batch_size)
+                                      self.rc.item_batch_size, states=states)
                 self._prefix = pf if pf.ok else False
-                log.info("frozen prefix of %d items below layer %d in %.1fs", len(self.item_ids), split,
-                         time.perf_counter() - t0)
+                if pf.ok and states is None and path is not None and self.acc.is_main_process:
+                    pf.save(path)
+                log.info("frozen prefix of %d items below layer %d %s in %.1fs", len(self.item_ids), split,
+                         "loaded" if states is not None else "built", time.perf_counter() - t0)
         return self._prefix or None
 
     def _item_vectors(self, item_ids: list[int]) -> torch.Tensor:
