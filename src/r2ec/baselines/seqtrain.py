@@ -32,6 +32,7 @@ from r2ec.config import EvalCfg, SeqModelCfg
 from r2ec.errors import UserError
 from r2ec.eval import Scorer, evaluate, write_run_outputs
 from r2ec.io import Dataset, append_jsonl, atomic_path, pad_histories, write_text
+from r2ec.seeding import seed_all
 
 METHODS = ("sasrec", "gru4rec", "caser")
 SELECT_METRIC = "N@10"
@@ -120,12 +121,6 @@ def load_scorer(method: str, ds: Dataset, run_dir: str | Path) -> Scorer:
 
 # ----------------------------------------------------------------------------------------------------------
 # training
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
 
 def _rng_state(gen: torch.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(),
@@ -240,7 +235,7 @@ def train_classic(method: str, ds: Dataset, cfg: SeqModelCfg, eval_cfg: EvalCfg,
     if int(targets.min()) < 1 or int(targets.max()) > ds.n_items:
         raise UserError(f"{ds.name}: train target ids outside 1..{ds.n_items}")
 
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(method, ds.n_items, len(users), max_len, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

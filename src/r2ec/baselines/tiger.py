@@ -38,13 +38,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from r2ec.baselines import tiger_semantic as S
-from r2ec.baselines.seqtrain import (CHECKPOINT, LAST, LOG, SELECT_METRIC, _rng_state, _save, _seed_all,
+from r2ec.baselines.seqtrain import (CHECKPOINT, LAST, LOG, SELECT_METRIC, _rng_state, _save,
                                     resume_state, validate_epoch)
 from r2ec.config import EvalCfg, TigerCfg
 from r2ec.errors import UserError
 from r2ec.eval import Scorer, evaluate, write_run_outputs
 from r2ec.io import Dataset, append_jsonl, pad_histories, write_json
 from r2ec.llm.backbone import uses_bf16
+from r2ec.seeding import seed_all
 
 log = logging.getLogger("r2ec.tiger")
 
@@ -431,7 +432,7 @@ def train_tiger(ds: Dataset, cfg: TigerCfg, eval_cfg: EvalCfg, run_dir: str | Pa
         raise UserError(f"{ds.name}: train target ids outside 1..{ds.n_items}")
     labels = vocab.item_tokens[targets]
 
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_t5(vocab.size, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

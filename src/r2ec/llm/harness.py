@@ -37,7 +37,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 import shutil
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ from r2ec.eval.evaluator import evaluate, write_run_outputs
 from r2ec.io import Dataset, append_jsonl, atomic_dir, read_jsonl, write_text
 from r2ec.recpo.checkpoint import (load_checkpoint, load_trainable_state, rng_state, save_checkpoint,
                                    set_rng_state, trainable_state)
+from r2ec.seeding import seed_all
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,6 @@ SELECT_METRIC = "N@10"
 def step_seed(seed: int, step: int, extra: int = 0) -> int:
     """A 32-bit seed derived from ``(seed, step, extra)`` (independent streams per step and purpose)."""
     return int(np.random.SeedSequence([seed, step, extra]).generate_state(1)[0])
-
-
-def seed_all(s: int) -> None:
-    random.seed(s)
-    np.random.seed(s % (2 ** 32))
-    torch.manual_seed(s)
 
 
 def num(x) -> float:
