@@ -19,6 +19,11 @@ from r2ec.report.tables import plain_name as _label
 SELECT = "N@10"
 
 
+def _mark(points) -> str | None:
+    """A marker for short curves: a line through a single step would not show at all."""
+    return "." if len(points) < 20 else None
+
+
 def learning_figure(runs: Path, datasets: list[str], methods: list[str], out: Path) -> list[Path]:
     """Draw the learning curves of ``methods`` (those with logs) for each dataset; write PNG and PDF.
 
@@ -55,10 +60,10 @@ def learning_figure(runs: Path, datasets: list[str], methods: list[str], out: Pa
                 ax[1].plot([v["elapsed_s"] / 60 for v in valid], ys, marker="o", label=_label(m))
             rew = [(t["step"], t["reward"]) for t in train if "reward" in t]
             if rew:
-                ax[2].plot(*zip(*rew), lw=1, label=_label(m))
+                ax[2].plot(*zip(*rew), lw=1, marker=_mark(rew), label=_label(m))
             loss = [(t["step"], t["item_loss"]) for t in train if "reward" not in t and "item_loss" in t]
             if loss:
-                ax[3].plot(*zip(*loss), lw=1, label=_label(m))
+                ax[3].plot(*zip(*loss), lw=1, marker=_mark(loss), label=_label(m))
         for a, (title, xl, yl) in zip(ax, [
                 (f"{name}: valid {SELECT}", "step", SELECT), (f"{name}: valid {SELECT}", "training minutes", SELECT),
                 (f"{name}: RecPO train reward", "step", "mean reward"),
@@ -135,13 +140,14 @@ def dynamics_figure(runs: Path, datasets: list[str], out: Path, methods: tuple[s
             drawn = True
             adv = _advantage(d)
             label = f"{_label(m)} ({adv})" if adv else _label(m)
-            ax[0].plot([t["step"] for t in train], [t["reward"] for t in train], lw=1, label=label)
+            ax[0].plot([t["step"] for t in train], [t["reward"] for t in train], lw=1, marker=_mark(train),
+                       label=label)
             valid = read_jsonl(d / "valid_log.jsonl")
             ax[1].plot([v["step"] for v in valid], [v.get(SELECT, float("nan")) for v in valid], marker="o",
                        label=label)
             lens = [(t["step"], t["reasoning_len"]) for t in train if "reasoning_len" in t]
             if lens:
-                ax[2].plot(*zip(*lens), lw=1, label=label)
+                ax[2].plot(*zip(*lens), lw=1, marker=_mark(lens), label=label)
         name = DATASET_NAMES.get(ds, ds)
         if not drawn:
             _empty(ax, f"{name}: no RecPO run ({', '.join(methods)}) with a train log under {runs}")
