@@ -41,6 +41,20 @@ def main() -> None:
     ap.add_argument("--generations", type=Path, help="test_generations.jsonl of the run: ground these, no decode")
     ap.add_argument("--pick", type=float, help="the gamma tested against the references when --valid 0")
     args = ap.parse_args()
+    if args.valid <= 0 and args.pick is None:
+        ap.error("--valid 0 needs --pick GAMMA (the gamma tested against the references)")
+    if args.generations is not None and not args.generations.is_file():
+        ap.error(f"--generations {args.generations}: no such file")
+    given = {}
+    if args.generations is not None:
+        for n, line in enumerate(args.generations.read_text().splitlines(), 1):
+            try:
+                g = json.loads(line)
+                given[int(g["sample_id"])] = {"generated": str(g["generated"]), "target": g["target"],
+                                              "valid": bool(g["valid"])}
+            except (ValueError, KeyError, TypeError) as e:
+                raise SystemExit(f"{args.generations}:{n}: not a generation record ({e!r}); expected sample_id, "
+                                 f"generated, target, valid")
     torch.set_num_threads(args.threads)
     from r2ec.baselines.bigrec import _BigRec
     from r2ec.baselines.reference import popularity_counts, popularity_scorer, random_scorer
@@ -57,11 +71,6 @@ def main() -> None:
     if tr.load_best() is None:
         raise SystemExit(f"{args.run}/best: no trained adapter")
     rows, ranks = [], {}
-    given = {}
-    if args.generations is not None:
-        for line in args.generations.read_text().splitlines():
-            g = json.loads(line)
-            given[int(g["sample_id"])] = g
     for split in ("valid", "test") if args.valid > 0 else ("test",):
         tr.generated, n_gen = {}, len(tr.generations)
         if split == "test" and given:

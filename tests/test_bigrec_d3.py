@@ -187,7 +187,8 @@ def test_bigrec_and_d3_end_to_end_through_the_evaluator(tmp_path, monkeypatch):
         train_d3(ds, p, tmp_path / "d3", None, progress=False, dvclive=False)
     decoded = []
     decode = _BigRec.decode
-    monkeypatch.setattr(_BigRec, "decode", lambda self, rows, *a, **k: decoded.extend(rows) or decode(self, rows, *a, **k))
+    monkeypatch.setattr(_BigRec, "decode",
+                        lambda self, rows, *a, **k: decoded.extend(rows) or decode(self, rows, *a, **k))
     m = train_bigrec(ds, p, tmp_path / "bigrec", None, progress=False, dvclive=False)
     n_valid = len(open(tmp_path / "bigrec" / "valid_log.jsonl").readlines())
     assert len(decoded) == n_valid * ds.split("valid").height + ds.split("test").height  # once per sample
@@ -260,6 +261,10 @@ def test_params_validation():
         from_dict({"d3": {"gamma": [0.5], "assistant": ""}})
     with pytest.raises(ConfigError, match="bigrec.batch_size"):
         from_dict({"bigrec": {"batch_size": 0}})
+    with pytest.raises(ConfigError, match="bigrec.popularity_gamma"):
+        from_dict({"bigrec": {"popularity_gamma": [0.0, -1.0]}})
+    with pytest.raises(ConfigError, match="bigrec.popularity_gamma"):
+        from_dict({"bigrec": {"popularity_gamma": []}})
     assert from_dict({"llm_baselines": ["bigrec", "d3"]}).bigrec.train_max_samples == 1024
     with pytest.raises(ConfigError, match="list it in llm_baselines"):
         from_dict({"baselines": ["sasrec", "bigrec"]})

@@ -17,8 +17,9 @@ the **base** model (LoRA off): the last layer's state at the last token, as the 
 by L2 distance (score = -distance), optionally re-weighted by popularity as the paper's statistical-information
 injection (official ``adjust_pda.py``, :func:`grounding_distance`; ``bigrec.popularity_gamma``, several values
 picked on valid N@10 from one decode; popularity = train-target counts, nothing from valid/test). The
-catalogue's title table is cached under ``--cache`` (``title_tables/``). Items sharing the target's title count as the target (the official evaluation takes the
-best rank over the items of the target title): the scorer drops them from the ranking of that sample.
+catalogue's title table is cached under ``--cache`` (``title_tables/``). Items sharing the target's title count
+as the target (the official evaluation takes the best rank over the items of the target title): the scorer
+drops them from the ranking of that sample.
 
 Per evaluation, ``metrics.json`` carries ``invalid_rate`` (generations that name no catalogue title exactly:
 their token sequence is no complete path of the title trie), ``mean_gen_len`` (generated tokens, EOS
@@ -222,10 +223,9 @@ class TitleGenHarness(LLMHarness):
         and stays set for test) with the generation statistics of the decodes behind it."""
         values = self.sweep_values() if split == "valid" else (self.value,)
         tried = []
-        self._reset_stats()
-        for v in values:
+        for i, v in enumerate(values):
             self.value = v
-            if self.redecodes:
+            if i == 0 or self.redecodes:
                 self._reset_stats()
             metrics, ranks = super().evaluate(split)
             metrics.update(self.decode_stats())

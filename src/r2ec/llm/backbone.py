@@ -9,7 +9,6 @@ cache directory (atomic); later loads read that copy (~0.25 s instead of ~13 s).
 from __future__ import annotations
 
 import functools
-
 import importlib.util
 import json
 import logging

@@ -11,8 +11,8 @@ when the cache is built; a backbone on which it does not hold falls back to full
 from __future__ import annotations
 
 import contextlib
-import pickle
 import logging
+import pickle
 
 import torch
 
