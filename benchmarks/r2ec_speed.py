@@ -116,13 +116,43 @@ def bench_steps(tr: _Trainer, steps: int) -> dict:
     return {k: statistics.fmean(r[k] for r in used) for k in keys} | {"steps_averaged": len(used)}
 
 
-def bench_eval(tr: _Trainer, n_samples: int) -> dict:
-    """The shared evaluator with the trainer's greedy-reasoning scorer on the first ``n_samples`` test samples."""
+def bench_shared_prefill(tr: _Trainer, repeats: int) -> dict:
+    """RecPO rollouts of one seeded batch (G samples per user) with the group's prompt prefilled once and
+    shared, against G separate prefills (the path before :func:`r2ec.llm.rollout.shared_prefill`); medians."""
+    import r2ec.llm.rollout as R
+    prompts = tr.prompts_of(tr.batch_rows(tr.ds.split("train")))
+    rc, real, out = tr.rc, R.shared_prefill, {}
+    for name, fn in (("shared", real), ("separate", lambda *a: None)):
+        R.shared_prefill, times = fn, []
+        try:
+            for _ in range(repeats):
+                ctx = tr._sync_engine()
+                t0 = time.perf_counter()
+                with ctx:
+                    tr._generate(prompts, rc.group_size, rc.temperature, rc.top_k, 1, old_logprobs=False)
+                times.append(time.perf_counter() - t0)
+        finally:
+            R.shared_prefill = real
+        out[f"rollout_{name}_s"] = statistics.median(times)
+    return out
+
+
+def bench_eval(tr: _Trainer, n_samples: int, two_pass: bool = False) -> dict:
+    """The shared evaluator with the trainer's greedy-reasoning scorer on the first ``n_samples`` test samples.
+
+    ``two_pass``: the user vector by a second forward over prompt + reasoning (the path of an engine without
+    ``answer_hidden``, and of every version before the <answer> state was read off the generation cache)."""
     samples = evaluation_samples(tr.ds, "test", tr.p.eval).head(n_samples)
-    with torch.inference_mode(), torch.random.fork_rng(devices=[]):
-        t0 = time.perf_counter()
-        evaluate(tr.scorer, tr.ds, "test", tr.p.eval, samples=samples, progress=False)
-        sec = time.perf_counter() - t0
+    kw = set(tr._gen_kw)
+    if two_pass:
+        tr._gen_kw.discard("answer_hidden")
+    try:
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            t0 = time.perf_counter()
+            evaluate(tr.scorer, tr.ds, "test", tr.p.eval, samples=samples, progress=False)
+            sec = time.perf_counter() - t0
+    finally:
+        tr._gen_kw = kw
     return {"eval_samples": samples.height, "eval_s": sec, "samples_per_s": samples.height / sec}
 
 
@@ -176,6 +206,13 @@ def table(res: dict) -> str:
         ("throughput", "item encoding", r["items_per_s"], "items/s"),
         ("throughput", f"full-ranking evaluation ({e['eval_samples']} samples)", e["samples_per_s"], "samples/s"),
     ]
+    if "eval_two_pass" in res:
+        rows.append(("throughput", "evaluation, user vector by a second forward (old path)",
+                     res["eval_two_pass"]["samples_per_s"], "samples/s"))
+    if "shared_prefill" in res:
+        for k in ("shared", "separate"):
+            rows.append(("recpo step", f"rollout of one batch, {k} prefill per user (median)",
+                         res["shared_prefill"][f"rollout_{k}_s"], "s"))
     if r.get("prefix_build_s"):
         rows.append(("recpo step", "frozen-prefix build, all items (once per run)", r["prefix_build_s"], "s"))
     if "contrastive" in res:
@@ -204,6 +241,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="repeats of each latency measurement (median)")
     ap.add_argument("--contrastive-steps", type=int, default=2, help="timed r2ec_no_reasoning steps (0 = skip)")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--shared-prefill", action="store_true",
+                    help="also time one batch of rollouts with and without the shared per-user prefill")
+    ap.add_argument("--eval-two-pass", action="store_true",
+                    help="also time the evaluation with a second forward for the user vector (the old path)")
     ap.add_argument("--before", action="append", default=[], metavar="KEY=VALUE",
                     help="first measure a 'before' configuration (these overrides on top of -S), then the given one")
     a = ap.parse_args(argv)
@@ -221,6 +262,10 @@ def main(argv: list[str] | None = None) -> dict:
             res = {"header": header(tr), "setup_s": setup_s, "refresh": bench_refresh(tr, a.items)}
             res["step"] = bench_steps(tr, a.steps)
             res["eval"] = bench_eval(tr, a.eval_samples)
+            if a.eval_two_pass:
+                res["eval_two_pass"] = bench_eval(tr, a.eval_samples, two_pass=True)
+            if a.shared_prefill:
+                res["shared_prefill"] = bench_shared_prefill(tr, a.repeats)
             res["latency"] = [bench_latency(tr, b, a.repeats) for b in (1, 8)]
             del tr
             if a.contrastive_steps:

@@ -154,3 +154,47 @@ def test_skip_old_logprobs():
     b = eng.generate(prompts, 2, 1.5, 50, 6, seed=3, old_logprobs=False)
     assert [t.completion_ids for g in a for t in g] == [t.completion_ids for g in b for t in g]
     assert all(t.old_logprobs.numel() == 0 for g in b for t in g)
+
+
+@pytest.mark.parametrize("bias", [0.0, 3.0, 30.0, -1e4])
+def test_answer_hidden_from_the_generation_cache_equals_a_fresh_forward(bias):
+    """The state at <answer> read off generation's KV cache equals a full forward over prompt + completion, for
+    rows that stop early (their stop id and trailing pads masked), run to the limit (<answer> appended: its last
+    reasoning id is not in the cache) or stop at once, at mixed prompt lengths (left pads)."""
+    from r2ec.llm.encoder import hidden_at_answer
+
+    model, tok, aid, prompts = _setup(bias_answer=bias)
+    prompts = prompts + [tok.encode("a much longer third user history here", add_special_tokens=False)]
+    eng = make_engine("hf", model, tok, batch_size=3)
+    groups = eng.generate(prompts, 3, 1.5, 0, 7, seed=11, old_logprobs=False, answer_hidden=True)
+    flat = [t for g in groups for t in g]
+    lens = {len(t.completion_ids) for t in flat}
+    with torch.no_grad():
+        ref = hidden_at_answer(model, [t.ids for t in flat], aid, tok.pad_token_id, batch_size=len(flat)).float()
+    got = torch.stack([t.answer_hidden for t in flat])
+    assert torch.allclose(got, ref, atol=1e-5), (lens, (got - ref).abs().max())
+    if bias == 3.0:
+        assert len(lens) > 1  # the mixed case really mixes stopped and unfinished rows
+    # without the option nothing extra is computed
+    assert all(t.answer_hidden is None for g in eng.generate(prompts, 1, 0.0, 0, 4, seed=0) for t in g)
+
+
+def test_group_samples_share_one_prefill_and_sample_as_without_it(monkeypatch):
+    """G samples of a prompt continue from one shared prefill: same seeded trajectories and old log-probs as G
+    separate prefills, for prompts of different lengths (left pads) and chunks of whole groups."""
+    import r2ec.llm.rollout as R
+
+    model, tok, aid, prompts = _setup(bias_answer=2.0)
+    prompts = prompts + [tok.encode("a much longer third user history here", add_special_tokens=False)]
+    calls = []
+    real = R.shared_prefill
+    monkeypatch.setattr(R, "shared_prefill", lambda *a: calls.append(len(a[1])) or real(*a))
+    eng = make_engine("hf", model, tok, batch_size=4)  # 4 sequences per call, rounded down to whole groups of 3
+    shared = eng.generate(prompts, 3, 1.5, 20, 6, seed=5)
+    assert calls == [1, 1, 1]  # batch 4 // G 3 = one user per generate call, one prefill each
+    monkeypatch.setattr(R, "shared_prefill", lambda *a: None)
+    plain = eng.generate(prompts, 3, 1.5, 20, 6, seed=5)
+    for gs, gp in zip(shared, plain):
+        for a, b in zip(gs, gp):
+            assert a.completion_ids == b.completion_ids and a.forced == b.forced
+            assert torch.allclose(a.old_logprobs, b.old_logprobs, atol=1e-5)

@@ -276,3 +276,17 @@ def test_centring_scores_ignore_a_shared_offset():
     torch.testing.assert_close(a[:, 1:], u @ v.T / 0.02)
     plain = cosine_scores(user + shift, shifted, 0.02)
     assert float(plain[:, 1:].std()) < 0.2 * float(b[:, 1:].std())  # uncentred, the offset flattens the scores
+
+
+def test_reasoning_scorer_reads_the_answer_state_off_the_generation_cache(ds, tmp_path):
+    """The evaluation scorer of a reasoning variant equals the two-pass path (generate, then a fresh forward over
+    prompt + reasoning + <answer>) that an engine without ``answer_hidden`` (vLLM) takes."""
+    tr = _trainer(ds, tmp_path)
+    tr.recpo_step(tr.batch_rows(tr.ds.split("train")))  # a trained (non-identity) adapter
+    tr.refresh_table()
+    batch = tr.ds.split("test").head(5)
+    one_pass = tr.scorer(batch)
+    tr._gen_kw.discard("answer_hidden")
+    two_pass = tr.scorer(batch)
+    assert torch.isfinite(one_pass[:, 1:]).all()
+    assert torch.allclose(one_pass, two_pass, atol=1e-3)

@@ -36,6 +36,7 @@ class Trajectory:
     completion_ids: list[int]  # reasoning tokens, ends with <answer>
     old_logprobs: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [len(completion)] float32
     forced: bool = False  # <answer> was appended / replaced EOS rather than sampled
+    answer_hidden: torch.Tensor | None = None  # [H] float32 decoder state at the final <answer> (answer_hidden=True)
 
     @property
     def ids(self) -> list[int]:
@@ -160,48 +161,61 @@ class HFRolloutEngine:
 
     def generate(self, prompts: list[list[int]], group_size: int, temperature: float, top_k: int,
                  max_new_tokens: int, seed: int, *, old_logprobs: bool = True,
-                 min_new_tokens: int = 0) -> list[list[Trajectory]]:
+                 min_new_tokens: int = 0, answer_hidden: bool = False) -> list[list[Trajectory]]:
         """``group_size`` trajectories per prompt (seeded; deterministic for equal inputs and batching).
 
         ``old_logprobs=False`` skips the extra forward pass (``Trajectory.old_logprobs`` stays empty) for
         callers that recompute them (it costs about one prefill of prompt+completion). ``min_new_tokens``
         suppresses the stop tokens until that many tokens are generated (= ``max_new_tokens``: fixed length).
+        ``answer_hidden=True`` also fills ``Trajectory.answer_hidden``, the decoder state at the final
+        ``<answer>``, from generation's own KV cache (:func:`answer_states`): evaluation then needs no second
+        pass over prompt + completion, which costs as much as the prefill.
         """
         from transformers import GenerationConfig
 
         model = self.model
         dev = next(model.parameters()).device
-        flat = [list(p) for p in prompts for _ in range(group_size)]
         sample = temperature is not None and temperature > 0
         gc = GenerationConfig(
             do_sample=sample, temperature=float(temperature) if sample else None,
             top_k=int(top_k) if sample and top_k and top_k > 0 else None, top_p=None, min_p=None,
             repetition_penalty=None, max_new_tokens=int(max_new_tokens), min_new_tokens=int(min_new_tokens) or None,
             eos_token_id=[self.answer_id] + self.eos_ids, pad_token_id=self.pad_id,
-            num_return_sequences=1)
-        bs = self.batch_size or len(flat)
+            num_return_sequences=1, return_dict_in_generate=True)
+        # whole groups per generate call (batch_size rounded down to a multiple of G): a group's prompt is
+        # prefilled once and its KV cache shared by its G samples (:func:`shared_prefill`)
+        per = max(1, self.batch_size // group_size) if self.batch_size else max(1, len(prompts))
         was_training = model.training
         model.eval()
         t0 = time.perf_counter()
-        raw: list[list[int]] = []
+        trajs: list[Trajectory] = []
         devices = [dev] if dev.type == "cuda" else []
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 torch.manual_seed(int(seed))
-                for s in range(0, len(flat), bs):
-                    chunk = flat[s:s + bs]
+                for s in range(0, len(prompts), per):
+                    users = [list(p) for p in prompts[s:s + per]]
+                    chunk = [p for p in users for _ in range(group_size)]
                     ids, mask, _ = pad_left(chunk, self.pad_id, dev)
-                    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gc)
-                    raw.extend(out[:, ids.shape[1]:].tolist())
+                    kw = {}
+                    if group_size > 1 and ids.shape[1] > 1:
+                        kw["past_key_values"] = shared_prefill(model, users, group_size, self.pad_id)
+                    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gc, **kw)
+                    part = []
+                    for p, toks in zip(chunk, out.sequences[:, ids.shape[1]:].tolist()):
+                        comp, forced = finish_completion(toks, self.answer_id, self.eos_ids)
+                        part.append(Trajectory(prompt_ids=p, completion_ids=comp, forced=forced))
+                    if answer_hidden and out.past_key_values is not None:  # else: callers fall back to a forward
+                        h = answer_states(model, out.past_key_values, out.sequences, mask,
+                                          [len(t.completion_ids) - 1 for t in part], self.answer_id, self.pad_id)
+                        for t, v in zip(part, h.float().cpu()):
+                            t.answer_hidden = v
+                    trajs.extend(part)
             gen_s = time.perf_counter() - t0
-            trajs = []
-            for p, toks in zip(flat, raw):
-                comp, forced = finish_completion(toks, self.answer_id, self.eos_ids)
-                trajs.append(Trajectory(prompt_ids=p, completion_ids=comp, forced=forced))
             if old_logprobs:
                 with torch.no_grad():
                     lps = completion_logprobs(model, trajs, temperature, pad_id=self.pad_id,
-                                              batch_size=self.logprob_batch_size or bs)
+                                              batch_size=self.logprob_batch_size or per * group_size)
                 for t, lp in zip(trajs, lps):
                     t.old_logprobs = lp.detach().float().cpu()
         finally:
@@ -211,6 +225,59 @@ class HFRolloutEngine:
                            "tokens_per_s": n_tok / max(gen_s, 1e-9),
                            "forced_frac": sum(t.forced for t in trajs) / max(len(trajs), 1)}
         return [trajs[i * group_size:(i + 1) * group_size] for i in range(len(prompts))]
+
+
+def shared_prefill(model, prompts: list[list[int]], group_size: int, pad_id: int):
+    """KV cache of every prompt but its last id, computed once per prompt and repeated ``group_size`` times.
+
+    ``generate`` continues from it (it feeds only the uncached last id), so G samples of one user cost one
+    prefill instead of G. Positions follow generate's own numbering (the mask's cumulative sum), and the prompts
+    are left-padded to a common length exactly as :func:`pad_left` pads the repeated batch.
+    """
+    from transformers import DynamicCache
+
+    from r2ec.llm.encoder import decoder_of
+
+    dev = next(model.parameters()).device
+    ids, mask, pos = pad_left(prompts, pad_id, dev)
+    cache = DynamicCache(config=model.config)
+    decoder_of(model)(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                      past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(group_size)
+    return cache
+
+
+def answer_states(model, cache, sequences: torch.Tensor, prompt_mask: torch.Tensor, n_reasoning: list[int],
+                  answer_id: int, pad_id: int) -> torch.Tensor:
+    """Decoder states ``[B, H]`` at ``<answer>`` right after each row's reasoning, from a generation's KV cache.
+
+    ``sequences`` ``[B, T + L]`` = left-padded prompts (``prompt_mask`` ``[B, T]``) + L generated ids; ``cache``
+    holds the first ``C`` positions (``C = T + L - 1`` for HF generate: the last sampled id is never fed). Row
+    ``i`` keeps its first ``n_reasoning[i]`` generated ids; the ids it does not keep (its stop id and the pads
+    of a finished row) are masked out of attention, its kept ids that the cache lacks are fed again, then
+    ``<answer>`` at the position it would have in a fresh forward (generate numbers positions by the mask's
+    cumulative sum). Equal to ``hidden_at_answer`` on prompt + reasoning + ``<answer>`` up to float rounding.
+    """
+    from r2ec.llm.encoder import decoder_of
+
+    T = prompt_mask.shape[1]
+    C = int(cache.get_seq_length())
+    dev = sequences.device
+    in_cache = [min(n, C - T) for n in n_reasoning]
+    feed = [sequences[i, T + c:T + n].tolist() + [answer_id] for i, (c, n) in enumerate(zip(in_cache, n_reasoning))]
+    M = max(len(f) for f in feed)
+    new = torch.full((len(feed), M), pad_id, dtype=torch.long, device=dev)
+    mask = torch.zeros((len(feed), C + M), dtype=torch.long, device=dev)
+    mask[:, :T] = prompt_mask
+    for i, (c, f) in enumerate(zip(in_cache, feed)):
+        new[i, :len(f)] = torch.as_tensor(f, dtype=torch.long, device=dev)
+        mask[i, T:T + c] = 1
+        mask[i, C:C + len(f)] = 1
+    start = prompt_mask.sum(1, keepdim=True) + torch.as_tensor(in_cache, device=dev)[:, None]
+    pos = start + torch.arange(M, device=dev)[None, :]
+    h = decoder_of(model)(input_ids=new, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                          use_cache=True).last_hidden_state
+    return h[torch.arange(len(feed), device=dev), torch.as_tensor([len(f) - 1 for f in feed], device=dev)]
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks

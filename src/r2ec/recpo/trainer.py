@@ -292,13 +292,18 @@ class _Trainer(LLMHarness):
         prompts = self.prompts_of(batch)
         completions = None
         if self.var.reasoning:
-            completions = []
+            completions, states = [], []
             self._sync_engine()
+            # the HF engine reads the <answer> state off its own KV cache: no second pass over prompt + reasoning
+            opt = {"old_logprobs": False, "answer_hidden": True}
             for s in range(0, len(prompts), self.rc.eval_batch_size):
                 with self.infer()[1]:  # a fresh context per chunk: autocast contexts are single-use
                     groups = self._generate(prompts[s:s + self.rc.eval_batch_size], 1, 0.0, 0,
-                                            step_seed(self.rc.seed, 0, 7), old_logprobs=False)
+                                            step_seed(self.rc.seed, 0, 7), **opt)
                 completions += [g[0].completion_ids for g in groups]
+                states += [g[0].answer_hidden for g in groups]
+            if all(v is not None for v in states):
+                return self.scores_of(torch.stack(states))
         return self.scores_of(self.user_vectors(prompts, completions))
 
     def _pooled(self, rows: list[list[int]], model=None) -> torch.Tensor:
