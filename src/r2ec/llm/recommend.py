@@ -130,18 +130,21 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
     dev = next(model.parameters()).device
     no_reasoning = method == "r2ec_no_reasoning"
     if no_reasoning:
-        completion = [aid]
-        with torch.no_grad(), autocast_ctx(params.llm, dev):
-            _, user = completion_logprobs(model, [(prompt, completion)], 1.0, pad_id=tok.pad_token_id,
-                                          return_hidden=True, answer_id=aid)
+        completion, user = [aid], None
     else:
         eng = HFRolloutEngine(model, tok, aid)
         mx = max_reasoning_tokens or params.recpo.max_reasoning_tokens
         # one sequence: decoded without autocast (re-casting weights per token made batch-1 decoding 1.9x slower);
-        # the user vector is the <answer> state off the generation's KV cache (no second pass)
+        # the user vector is the <answer> state off the generation's KV cache (no second pass) when it has one
         traj = eng.generate([prompt], 1, 0.0, 0, mx, seed=params.recpo.seed, old_logprobs=False,
                             answer_hidden=True)[0][0]
-        completion, user = traj.completion_ids, traj.answer_hidden[None]
+        completion, user = traj.completion_ids, traj.answer_hidden
+    if user is None:
+        with torch.no_grad(), autocast_ctx(params.llm, dev):
+            _, user = completion_logprobs(model, [(prompt, completion)], 1.0, pad_id=tok.pad_token_id,
+                                          return_hidden=True, answer_id=aid)
+    else:
+        user = user[None]
     user = user.float()
     head_file = run_dir / "best" / "head.pt"
     if head_file.exists():
