@@ -63,6 +63,25 @@ def test_recommend_with_adapter_and_table(tmp_path):
     assert len(out["items"]) == 3
 
 
+def test_recommend_adds_the_runs_popularity_prior(tmp_path):
+    from r2ec.llm.encoder import save_item_table
+    from r2ec.llm.tiny import tiny_model_and_tokenizer
+
+    run = _run(tmp_path, "r2ec_no_reasoning")
+    raw = json.loads((run / "config.json").read_text())
+    raw["recpo"]["popularity_prior"] = 1.0
+    (run / "config.json").write_text(json.dumps(raw))
+    model, _ = tiny_model_and_tokenizer()
+    save_item_table(run / "best" / "item_table.pt", torch.zeros(6, model.config.hidden_size), {})
+    with pytest.raises(C.ConfigError, match="train.parquet"):
+        recommend(run, ["Heat (1995)"], k=3)
+    data = tmp_path / "results" / "data" / "movielens-100k"
+    pl.DataFrame({"target_item_id": [5, 5, 5, 1, 1, 3, 2]}).write_parquet(data / "train.parquet")
+    out = recommend(run, ["Heat (1995)"], k=3)  # every cosine is 0: the prior alone orders the items
+    assert [i for i, _, _ in out["items"]] == [5, 1, 3]
+    assert out["items"][0][2] == pytest.approx(torch.log(torch.tensor(4 / 12)).item(), abs=1e-5)
+
+
 def test_recommend_missing_run(tmp_path):
     with pytest.raises(C.ConfigError, match="config.json"):
         recommend(tmp_path / "nope", ["a"], k=1)

@@ -217,6 +217,46 @@ def test_logq_correction_offsets_the_contrastive_candidates_by_their_sampling_ch
     assert not rp.logq  # the RecPO item loss stays the paper's
 
 
+def test_popularity_prior_adds_smoothed_log_share_to_scores_and_item_losses(ds, tmp_path):
+    import dataclasses
+
+    import numpy as np
+    p = tiny_params(batch_size=4, lr=3e-3, popularity_prior=0.5, uniform_negatives=2)
+    p = dataclasses.replace(p, contrastive=dataclasses.replace(p.contrastive, logq_correction=True, batch_size=4,
+                                                               uniform_negatives=2))
+    tr = _Trainer("r2ec_no_reasoning", ds, p, tmp_path / "on", None, False, False, None)
+    c = np.bincount(ds.split("train")["target_item_id"].to_numpy(), minlength=ds.n_items + 1).astype(float)
+    c[0] = 0.0
+    want = 0.5 * np.log((c[1:] + 1) / (c.sum() + ds.n_items))  # add-one smoothing over the N items
+    lp = tr.log_prior()
+    assert lp[0] == float("-inf") and lp[1:].tolist() == pytest.approx(want.tolist(), rel=1e-5)
+    off = _Trainer("r2ec_no_reasoning", ds, dataclasses.replace(p, recpo=dataclasses.replace(
+        p.recpo, popularity_prior=0.0)), tmp_path / "off", None, False, False, None)
+    assert off.log_prior() is None and off.fingerprint() != tr.fingerprint()
+    tr.refresh_table()
+    off.table, off.table_step = tr.table, tr.step
+    user = torch.randn(3, tr.table.shape[1])
+    diff = tr.scores_of(user) - off.scores_of(user)
+    assert diff[:, 1:].flatten().tolist() == pytest.approx(want.tolist() * 3, rel=1e-4, abs=1e-5)
+    # the item loss sees the prior minus log q (the sampling correction), candidate by candidate
+    assert tr.item_offset([2, 5]).tolist() == pytest.approx(
+        (lp[[2, 5]] - tr.candidate_log_q([2, 5])).tolist(), rel=1e-6)
+    rows = tr.batch_rows(tr.ds.split("train"))
+    a, b = tr.contrastive_step(rows), off.contrastive_step(rows)
+    assert math.isfinite(a["item_loss"]) and a["item_loss"] != pytest.approx(b["item_loss"])
+    rp = _Trainer("r2ec", ds, p, tmp_path / "rp", None, False, False, None)
+    rec = rp.recpo_step(rp.batch_rows(rp.ds.split("train")))  # rewards and the RecPO item loss see it too
+    assert math.isfinite(rec["item_loss"]) and math.isfinite(rec["reward"])
+    assert rp.item_offset([2]).tolist() == pytest.approx(lp[[2]].tolist())  # no log q in the RecPO item loss
+    ch = _Trainer("r2ec_cls_head", ds, p, tmp_path / "ch", None, False, False, None)
+    u = torch.randn(2, ch.head.in_features)
+    with torch.no_grad():
+        want_h = torch.log_softmax(ch.head(u)[:, 1:] + lp[1:], -1)[[0, 1], [2, 4]]  # targets 3 and 5
+        assert ch.head_logprob(u, torch.tensor([3, 5])).tolist() == pytest.approx(want_h.tolist(), rel=1e-5)
+        assert (ch.scores_of(u) - ch.head(u).float())[:, 1:].flatten().tolist() == pytest.approx(
+            lp[1:].tolist() * 2, rel=1e-4, abs=1e-5)
+
+
 def test_contrastive_section_sets_the_no_reasoning_budget(ds, tmp_path):
     import dataclasses
     p = tiny_params(lr=1e-3)

@@ -181,6 +181,9 @@ class RecpoCfg:
     max_minutes: float = _doc("wall-clock training budget in minutes, summed over resumes (0 = steps only)",
                               default=0.0)
     center: bool = _doc("centre user and item vectors on the item-table mean before the cosine", default=False)
+    popularity_prior: float = _doc(
+        "weight of log p(item) (train-target share, add-one smoothed) added to every item score, in training and "
+        "ranking (0 = off, the paper)", default=0.0)
     warm_start: Literal["", "r2ec_no_reasoning"] = _doc(
         "r2ec_no_reasoning: its best adapter and item table initialise the reasoning variants ('' = none, the "
         "paper)", default="")
@@ -612,6 +615,8 @@ def _check_semantics(p: Params) -> None:
             raise ConfigError(f"{k}: must be positive, got {v}")
     if p.recpo.uniform_negatives < 0:
         raise ConfigError(f"recpo.uniform_negatives: must be >= 0, got {p.recpo.uniform_negatives}")
+    if p.recpo.popularity_prior < 0:
+        raise ConfigError(f"recpo.popularity_prior: must be >= 0 (0 = off), got {p.recpo.popularity_prior}")
     if p.lora.last_layers < 0:
         raise ConfigError(f"lora.last_layers: must be >= 0 (0 = all layers), got {p.lora.last_layers}")
     if not p.eval.ks or min(p.eval.ks) <= 0:

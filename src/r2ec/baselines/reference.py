@@ -36,6 +36,17 @@ def popularity_counts(train: pl.DataFrame, n_items: int, recent_days: int = 0) -
     return np.bincount(df["target_item_id"].to_numpy(), minlength=n_items + 1).astype(np.float64)
 
 
+def log_popularity_prior(train: pl.DataFrame, n_items: int, weight: float = 1.0) -> torch.Tensor:
+    """``[N + 1]`` float32 ``weight * log p_hat(i)``, ``p_hat(i) = (c_i + 1) / (sum_j c_j + N)``: the add-one
+    smoothed share of train targets (``c`` from :func:`popularity_counts`); column 0 (no item) is -inf.
+
+    The popularity prior of R2ec's scores (``recpo.popularity_prior``), from the train split only."""
+    c = torch.as_tensor(popularity_counts(train, n_items))
+    lp = (torch.log((c + 1.0) / (c[1:].sum() + n_items)) * weight).float()
+    lp[0] = float("-inf")
+    return lp
+
+
 def popularity_scorer(counts: np.ndarray) -> Scorer:
     """The same score row (the counts) for every sample."""
     row = torch.as_tensor(counts, dtype=torch.float32).unsqueeze(0)

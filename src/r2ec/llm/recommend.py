@@ -68,8 +68,9 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
     """``{"reasoning": str, "items": [(item_id, title, score)], "matched": [(title, item_id|None)]}``.
 
     Greedy reasoning (temperature 0) from the prompt, user vector at ``<answer>``, cosine/τ against the item
-    table (or the classification head), history items masked. On a LangPTune run the greedy profile (also under
-    ``"profile"``) is embedded by the run's retriever and scored against its item table instead.
+    table (or the classification head) plus the run's popularity prior, history items masked. On a LangPTune run
+    the greedy profile (also under ``"profile"``) is embedded by the run's retriever and scored against its item
+    table instead.
     """
     import polars as pl
 
@@ -160,6 +161,13 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
             with autocast_ctx(params.llm, dev):
                 table = encode_items(model, tok, items, domain, params.llm, batch_size=16)
         scores = cosine_scores(user, table, params.recpo.tau, table_center(table) if params.recpo.center else None)
+    if params.recpo.popularity_prior > 0:  # the prior the run trained and was evaluated with
+        from r2ec.baselines.reference import log_popularity_prior
+        train_file = data_dir / "train.parquet"
+        if not train_file.exists():
+            raise C.ConfigError(f"{train_file}: not found; recpo.popularity_prior needs the run's train split")
+        scores = scores + log_popularity_prior(pl.read_parquet(train_file), items.height,
+                                               params.recpo.popularity_prior).view(1, -1)
     reasoning = tok.decode(completion[:-1], skip_special_tokens=True)
     return {"reasoning": reasoning, "items": _top_items(scores[0], hist_ids, titles, k), "matched": matched}
 

@@ -112,6 +112,7 @@ class _Trainer(LLMHarness):
         self.catalogue_w = 0.0 if self.var.reasoning else params.contrastive.catalogue_loss
         self.logq = not self.var.reasoning and params.contrastive.logq_correction
         self._log_q: torch.Tensor | None = None
+        self._log_prior: torch.Tensor | None = None
         self.beta = self.rc.beta if self.var.beta is None else self.var.beta
         self.head: torch.nn.Linear | None = None
         super().__init__(method, ds, params, self.rc, run_dir, cache_dir, progress, use_dvclive, hook)
@@ -166,18 +167,46 @@ class _Trainer(LLMHarness):
     def fingerprint_extra(self) -> dict[str, Any]:
         return {"catalogue_loss": self.catalogue_w, "logq_correction": self.logq}
 
+    def _train_share(self) -> torch.Tensor:
+        """``[N+1]`` share of train targets per item (column 0, no item, is 0)."""
+        from r2ec.baselines.reference import popularity_counts
+        c = torch.as_tensor(popularity_counts(self.ds.split("train"), self.ds.n_items))
+        return c / c.sum()
+
     def candidate_log_q(self, cand: list[int]) -> torch.Tensor:
         """``log q`` of each candidate of the contrastive item loss: the chance that an item is a candidate of a
         step, ``q = 1 - (1 - p)^B + U / N`` (``p``: its share of train targets, ``B`` users per step, ``U``
         uniform negatives over ``N`` items). In-batch targets are drawn in proportion to popularity, so without
         this sampling-bias correction the loss learns to rank popular items down."""
         if self._log_q is None:
-            from r2ec.baselines.reference import popularity_counts
-            c = torch.as_tensor(popularity_counts(self.ds.split("train"), self.ds.n_items))
-            p = c / c.sum()
-            q = 1.0 - (1.0 - p).pow(self.rc.batch_size) + self.rc.uniform_negatives / self.ds.n_items
+            p, B = self._train_share(), self.rc.batch_size
+            q = 1.0 - (1.0 - p).pow(B) + self.rc.uniform_negatives / self.ds.n_items
             self._log_q = torch.log(q.clamp(1e-12, 1.0)).float()
         return self._log_q[torch.as_tensor(cand)]
+
+    def log_prior(self) -> torch.Tensor | None:
+        """``[N+1]`` ``recpo.popularity_prior * log p_hat(i)`` (add-one smoothed share of train targets, see
+        :func:`r2ec.baselines.reference.log_popularity_prior`), or None when the prior is off.
+
+        Added to every item score, in the losses as in the ranking (logit adjustment, Menon et al. 2021): the
+        cosine then only has to learn what the user adds to an item's base rate instead of re-learning popularity
+        from the few hundred users a CPU budget shows it. A deviation from the paper (its head is the bare
+        cosine); 0 turns it off."""
+        if self.rc.popularity_prior <= 0:
+            return None
+        if self._log_prior is None:
+            from r2ec.baselines.reference import log_popularity_prior
+            self._log_prior = log_popularity_prior(self.ds.split("train"), self.ds.n_items, self.rc.popularity_prior)
+        return self._log_prior
+
+    def item_offset(self, cand: list[int]) -> torch.Tensor | None:
+        """``[K]`` offset added to the item-loss logits of the candidates ``cand``: the popularity prior, minus
+        ``log q`` when the sampling-bias correction is on; None when neither applies."""
+        lp = self.log_prior()
+        off = None if lp is None else lp[torch.as_tensor(cand)]
+        if self.logq:
+            off = -self.candidate_log_q(cand) if off is None else off - self.candidate_log_q(cand)
+        return off
 
     def extra_state(self) -> dict[str, Any]:
         return {"item_table": self.table, "item_table_step": self.table_step}
@@ -267,13 +296,25 @@ class _Trainer(LLMHarness):
         return table_center(self.table)
 
     def scores_of(self, user: torch.Tensor) -> torch.Tensor:
-        """``[B, N+1]`` scores of user vectors: cos/tau against the table, or the classification head."""
+        """``[B, N+1]`` scores of user vectors: cos/tau against the table, or the classification head; plus
+        the popularity prior when it is on (:meth:`log_prior`)."""
         if self.head is not None:
-            s = self.head(user.to(self.acc.device).float()).float()
+            s = self.head(user.to(self.acc.device).float()).float().cpu()
             s[:, 0] = float("-inf")
-            return s.cpu()
-        from r2ec.llm.encoder import cosine_scores
-        return cosine_scores(user.float().cpu(), self.table, self.rc.tau, self.center())
+        else:
+            from r2ec.llm.encoder import cosine_scores
+            s = cosine_scores(user.float().cpu(), self.table, self.rc.tau, self.center())
+        lp = self.log_prior()
+        return s if lp is None else s + lp.view(1, -1)
+
+    def head_logprob(self, user: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``[M]`` ``log softmax_j(head(user)_j + prior_j)[target]`` over the catalogue: the item loss of the
+        classification-head variant (with the popularity prior when it is on, as in its ranking)."""
+        logits = self.head(user).float()[:, 1:]
+        lp = self.log_prior()
+        if lp is not None:
+            logits = logits + lp[1:].to(logits.device).view(1, -1)
+        return torch.log_softmax(logits, -1).gather(1, (targets - 1).view(-1, 1).to(logits.device)).squeeze(1)
 
     def user_vectors(self, prompts: list[list[int]], completions: list[list[int]] | None) -> torch.Tensor:
         """Pooled user vectors (no grad, eval mode), in mini-batches of ``recpo.eval_batch_size``."""
@@ -400,14 +441,13 @@ class _Trainer(LLMHarness):
             sel_targets = tgt_rep[best_idx]
             cand = uniq
             if self.head is not None:
-                old_item_logp = torch.log_softmax(
-                    self.head(user_old[best_idx].to(self.acc.device)).float()[:, 1:], -1
-                ).gather(1, (sel_targets - 1).view(-1, 1).to(self.acc.device)).squeeze(1)
+                old_item_logp = self.head_logprob(user_old[best_idx].to(self.acc.device), sel_targets)
             else:
                 cand = uniq + self._negative_ids(uniq)  # labels index the leading in-batch targets
                 item_old = self._item_vectors(cand)
                 old_item_logp = in_batch_target_logprob(user_old[best_idx].to(self.acc.device), item_old,
-                                                        sel_labels.to(self.acc.device), rc.tau, self.center())
+                                                        sel_labels.to(self.acc.device), rc.tau, self.center(),
+                                                        key_offset=self.item_offset(cand))
             ref_logp = None
             if rc.kl_coef > 0:
                 with self.policy.disable_adapter():
@@ -494,10 +534,10 @@ class _Trainer(LLMHarness):
                     js = torch.as_tensor([best_pos[idx[k]] for k in sel], device=dev)
                     u = user_new[torch.as_tensor(sel, device=dev)].float()
                     if self.head is not None:
-                        nl = torch.log_softmax(self.head(u).float()[:, 1:], -1).gather(
-                            1, (sel_targets[js.cpu()] - 1).view(-1, 1).to(dev)).squeeze(1)
+                        nl = self.head_logprob(u, sel_targets[js.cpu()])
                     else:
-                        nl = in_batch_target_logprob(u, leaf, sel_labels[js.cpu()].to(dev), rc.tau, self.center())
+                        nl = in_batch_target_logprob(u, leaf, sel_labels[js.cpu()].to(dev), rc.tau, self.center(),
+                                                     key_offset=self.item_offset(cand))
                     il, ist = clipped_item_loss(nl, old_item_logp[js], adv_flat[best_idx][js], rc.clip_low,
                                                 rc.clip_high)
                     loss = loss + il * (len(sel) / M)
@@ -527,14 +567,15 @@ class _Trainer(LLMHarness):
         with self.autocast():
             user = self._pooled([p + [self.answer_id] for p in prompts])
             logp = in_batch_target_logprob(user, self._item_vectors(cand), labels.to(self.acc.device),
-                                           self.rc.tau, self.center(),
-                                           key_offset=-self.candidate_log_q(cand) if self.logq else None)
+                                           self.rc.tau, self.center(), key_offset=self.item_offset(cand))
             loss = -logp.mean()
             if self.catalogue_w > 0:
                 # every catalogue item is a negative at the cost of one matmul: the table is a constant here,
                 # so only the user side learns from this term (the in-batch term keeps training the items)
                 from r2ec.llm.encoder import cosine_scores
                 scores = cosine_scores(user, self.table.to(user.device), self.rc.tau, self.center())
+                if self.log_prior() is not None:
+                    scores = scores + self.log_prior().to(scores.device).view(1, -1)
                 cat = -catalogue_target_logprob(scores, torch.as_tensor(rows["target_item_id"].to_list()),
                                                 rows["history_item_ids"].to_list()).mean()
                 rec["catalogue_loss"] = cat.item()
