@@ -14,8 +14,9 @@ One RecPO step (method ``r2ec``, ``r2ec_no_rd``, ``r2ec_no_rc``, ``r2ec_cls_head
    ``recpo.max_reasoning_tokens`` tokens ending in ``<answer>``;
 4. reward forward (no grad, eval mode, still the rollout policy's parameters), one pass that yields the REAL old
    log-probs (``log_softmax(logits / temperature)``, the TRL convention) and the user vectors (hidden state at
-   the final ``<answer>``); scores cos/tau against the table (or the classification head), history masked,
-   fused reward (see :mod:`r2ec.recpo.rewards`);
+   the final ``<answer>``); scores cos/tau against the table (or the classification head), plus
+   ``recpo.popularity_prior * log p_hat(item)`` when that is on, history masked, fused reward (see
+   :mod:`r2ec.recpo.rewards`);
 5. advantages (GRPO or RLOO) per user group; best-trajectory gating (``recpo.item_topk``);
 6. ``recpo.mu`` update passes of ``token_loss + item_loss (+ kl_coef * kl)``: the token loss over all
    trajectories, the item loss over the best ones against FRESH in-batch encodings of the batch's target items
