@@ -168,20 +168,16 @@ class _Trainer(LLMHarness):
     def fingerprint_extra(self) -> dict[str, Any]:
         return {"catalogue_loss": self.catalogue_w, "logq_correction": self.logq}
 
-    def _train_share(self) -> torch.Tensor:
-        """``[N+1]`` share of train targets per item (column 0, no item, is 0)."""
-        from r2ec.baselines.reference import popularity_counts
-        c = torch.as_tensor(popularity_counts(self.ds.split("train"), self.ds.n_items))
-        return c / c.sum()
-
     def candidate_log_q(self, cand: list[int]) -> torch.Tensor:
         """``log q`` of each candidate of the contrastive item loss: the chance that an item is a candidate of a
         step, ``q = 1 - (1 - p)^B + U / N`` (``p``: its share of train targets, ``B`` users per step, ``U``
         uniform negatives over ``N`` items). In-batch targets are drawn in proportion to popularity, so without
         this sampling-bias correction the loss learns to rank popular items down."""
         if self._log_q is None:
-            p, B = self._train_share(), self.rc.batch_size
-            q = 1.0 - (1.0 - p).pow(B) + self.rc.uniform_negatives / self.ds.n_items
+            from r2ec.baselines.reference import popularity_counts
+            c = torch.as_tensor(popularity_counts(self.ds.split("train"), self.ds.n_items))
+            p = c / c.sum()
+            q = 1.0 - (1.0 - p).pow(self.rc.batch_size) + self.rc.uniform_negatives / self.ds.n_items
             self._log_q = torch.log(q.clamp(1e-12, 1.0)).float()
         return self._log_q[torch.as_tensor(cand)]
 
@@ -199,6 +195,11 @@ class _Trainer(LLMHarness):
             from r2ec.baselines.reference import log_popularity_prior
             self._log_prior = log_popularity_prior(self.ds.split("train"), self.ds.n_items, self.rc.popularity_prior)
         return self._log_prior
+
+    def with_prior(self, scores: torch.Tensor) -> torch.Tensor:
+        """``[B, N+1]`` catalogue scores plus the popularity prior (unchanged when it is off)."""
+        lp = self.log_prior()
+        return scores if lp is None else scores + lp.to(scores.device).view(1, -1)
 
     def item_offset(self, cand: list[int]) -> torch.Tensor | None:
         """``[K]`` offset added to the item-loss logits of the candidates ``cand``: the popularity prior, minus
@@ -305,16 +306,12 @@ class _Trainer(LLMHarness):
         else:
             from r2ec.llm.encoder import cosine_scores
             s = cosine_scores(user.float().cpu(), self.table, self.rc.tau, self.center())
-        lp = self.log_prior()
-        return s if lp is None else s + lp.view(1, -1)
+        return self.with_prior(s)
 
     def head_logprob(self, user: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``[M]`` ``log softmax_j(head(user)_j + prior_j)[target]`` over the catalogue: the item loss of the
         classification-head variant (with the popularity prior when it is on, as in its ranking)."""
-        logits = self.head(user).float()[:, 1:]
-        lp = self.log_prior()
-        if lp is not None:
-            logits = logits + lp[1:].to(logits.device).view(1, -1)
+        logits = self.with_prior(self.head(user).float())[:, 1:]
         return torch.log_softmax(logits, -1).gather(1, (targets - 1).view(-1, 1).to(logits.device)).squeeze(1)
 
     def user_vectors(self, prompts: list[list[int]], completions: list[list[int]] | None) -> torch.Tensor:
@@ -574,9 +571,7 @@ class _Trainer(LLMHarness):
                 # every catalogue item is a negative at the cost of one matmul: the table is a constant here,
                 # so only the user side learns from this term (the in-batch term keeps training the items)
                 from r2ec.llm.encoder import cosine_scores
-                scores = cosine_scores(user, self.table.to(user.device), self.rc.tau, self.center())
-                if self.log_prior() is not None:
-                    scores = scores + self.log_prior().to(scores.device).view(1, -1)
+                scores = self.with_prior(cosine_scores(user, self.table.to(user.device), self.rc.tau, self.center()))
                 cat = -catalogue_target_logprob(scores, torch.as_tensor(rows["target_item_id"].to_list()),
                                                 rows["history_item_ids"].to_list()).mean()
                 rec["catalogue_loss"] = cat.item()
