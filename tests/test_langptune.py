@@ -90,6 +90,12 @@ def test_info_nce_on_literal_numbers():
     lq = torch.tensor([-1.0, -3.0])
     want = (math.log(2.0) + math.log1p(math.exp(-4.0))) / 2
     assert info_nce(q, k, torch.tensor([0, 1]), tau=0.5, log_q=lq).item() == pytest.approx(want)
+    # a popularity prior (logit adjustment) adds to the logits; with log_q equal to it the two cancel
+    lp = torch.tensor([math.log(0.5), 0.0])  # logits [[2 - log 2, 0], [-log 2, 2]]
+    want = (math.log1p(2 * math.exp(-2.0)) + math.log1p(math.exp(-2.0) / 2)) / 2
+    assert info_nce(q, k, torch.tensor([0, 1]), tau=0.5, log_prior=lp).item() == pytest.approx(want)
+    assert info_nce(q, k, torch.tensor([0, 1]), tau=0.5, log_q=lp, log_prior=lp).item() == pytest.approx(
+        math.log1p(math.exp(-2.0)))
 
 
 # ---------------------------------------------------------------------------------------------- the round
@@ -189,6 +195,19 @@ def test_end_to_end_run_through_the_evaluator_and_recommend(ds, tmp_path, retrie
     ids = [i for i, _, _ in out["items"]]
     assert len(ids) == 3 and not {2, 3} & set(ids)
     assert [s for _, _, s in out["items"]] == sorted((s for _, _, s in out["items"]), reverse=True)
+    # a run trained with the popularity prior is served with it: every score moves by w log p_hat(item)
+    from r2ec.baselines.reference import log_popularity_prior
+    cfg = json.loads((run / "config.json").read_text())
+    ds.split("train").write_parquet(data / "train.parquet")
+    lp = log_popularity_prior(ds.split("train"), ds.n_items, 2.0)
+    k = ds.n_items - 2
+    plain = {i: s for i, _, s in recommend(run, [titles[1], titles[2]], k=k, data_dir=data)["items"]}
+    cfg["langptune"]["popularity_prior"] = 2.0
+    (run / "config.json").write_text(json.dumps(cfg))
+    prior = {i: s for i, _, s in recommend(run, [titles[1], titles[2]], k=k, data_dir=data)["items"]}
+    assert set(prior) == set(plain)
+    assert [prior[i] - plain[i] for i in sorted(plain)] == pytest.approx([lp[i].item() for i in sorted(plain)],
+                                                                         abs=1e-4)
 
     # Table 4 times the trained run through its evaluation scorer (best LoRA + retriever + item table)
     from r2ec.report.latency import TIMERS
@@ -210,3 +229,35 @@ def test_config_rejects_bad_values(retriever_dir):
         LangptuneCfg(tau=0.0)
     with pytest.raises(ConfigError, match="langptune.num_emb_updates"):
         LangptuneCfg(num_emb_updates=-1)
+
+
+def test_popularity_prior_adds_to_scores_rewards_and_the_retriever_loss(ds, tmp_path, retriever_dir):
+    """With ``langptune.popularity_prior`` w the scores are cosine / tau + w log p_hat(i) (the train-target share,
+    add-one smoothed), the reward ranks under the same scores, and the InfoNCE logits carry the prior too."""
+    import numpy as np
+
+    from r2ec.llm.encoder import cosine_scores
+    trs, recs = [], []
+    for w in (0.0, 0.5):
+        tr = _LangPTune(ds, _params(retriever_dir, num_lm_updates=0, popularity_prior=w), tmp_path / str(w), None,
+                        False, False, None)
+        recs.append(tr.train_step(tr.batch_rows(tr.train_pool())))
+        trs.append(tr)
+    off, on = trs
+    assert off.log_prior() is None
+    counts = np.bincount(ds.split("train")["target_item_id"].to_numpy(), minlength=ds.n_items + 1)[1:]
+    want = 0.5 * np.log((counts + 1.0) / (counts.sum() + ds.n_items))
+    assert on.log_prior()[1:].tolist() == pytest.approx(want.tolist(), rel=1e-5)
+    assert off.pool == on.pool  # the same profiles: only the losses differ
+    assert recs[0]["retriever_loss"] != pytest.approx(recs[1]["retriever_loss"])
+    rows = ds.split("test")[:3]
+    on.refresh_table()
+    got = on.scorer(rows)
+    texts = [on.profiles[int(s)] for s in rows["sample_id"].to_list()]
+    base = cosine_scores(on.embed(texts), on.table, on.lc.tau)
+    torch.testing.assert_close(got[:, 1:], base[:, 1:] + torch.as_tensor(want).float().view(1, -1))
+    # the reward's ranks are the evaluator's ranks under the same (prior-adjusted) scores
+    from r2ec.eval.ranking import rank_targets
+    hist = rows["history_item_ids"].to_list()
+    want_ranks = rank_targets(got, torch.as_tensor(rows["target_item_id"].to_list()), hist)
+    assert on.ranks_of(texts, rows, 1).tolist() == want_ranks.tolist()

@@ -330,3 +330,27 @@ def test_reasoning_scorer_reads_the_answer_state_off_the_generation_cache(ds, tm
     two_pass = tr.scorer(batch)
     assert torch.isfinite(one_pass[:, 1:]).all()
     assert torch.allclose(one_pass, two_pass, atol=1e-3)
+
+
+def test_validation_breaks_n10_ties_by_full_ranking_ndcg(ds, tmp_path):
+    """Equal valid N@10 (a handful of hits) keeps the earlier step only when its full-ranking NDCG is not lower."""
+    tr = _trainer(ds, tmp_path)
+    saved = []
+    tr.save_best = lambda metrics, ranks: saved.append(tr.step)
+    script = iter([[1, 50, 100], [1, 20, 30], [1, 60, 900], [2, 2, 2]])  # N@10 1/3, 1/3, 1/3, 0.63
+
+    def fake_evaluate(split):
+        r = next(script)
+        ranks = pl.DataFrame({"split": ["valid"] * 3, "sample_id": [0, 1, 2], "rank": r})
+        return {"N@10": float(sum(1 / math.log2(x + 1) for x in r if x <= 10) / 3), "n_samples": 3}, ranks
+
+    tr.evaluate = fake_evaluate
+    for step in range(4):
+        tr.step = step
+        tr.validate()
+    assert saved == [0, 1, 3]  # step 1 ties step 0 on N@10 and ranks its misses higher; step 2 ties, ranks lower
+    log = [json.loads(line) for line in open(tmp_path / "valid_log.jsonl")]
+    assert [r["improved"] for r in log] == [True, True, False, True]
+    want = sum(1 / math.log2(x + 1) for x in (1, 20, 30)) / 3
+    assert log[1]["N@all"] == pytest.approx(want)
+    assert tr.best_step == 3 and tr.bad_evals == 0

@@ -295,6 +295,9 @@ class LangptuneCfg:
     logq_correction: bool = _doc("InfoNCE logits minus log q (q: an item's share of train targets, +1 smoothed): "
                                  "the in-batch sampling-bias correction (Yi et al. 2019; not in the paper)",
                                  default=False)
+    popularity_prior: float = _doc(
+        "weight of log p(item) (train-target share, add-one smoothed) added to every retriever score: ranking, "
+        "reward and InfoNCE logits (0 = off, the paper)", default=0.0)
     reward: Literal["ndcg", "mrr"] = _doc("reward: NDCG or MRR of the target over the full catalogue",
                                           default="ndcg")
     kl_coef: float = _doc("reward minus kl_coef x (summed policy - reference log-ratio of the profile)",
@@ -615,8 +618,10 @@ def _check_semantics(p: Params) -> None:
             raise ConfigError(f"{k}: must be positive, got {v}")
     if p.recpo.uniform_negatives < 0:
         raise ConfigError(f"recpo.uniform_negatives: must be >= 0, got {p.recpo.uniform_negatives}")
-    if p.recpo.popularity_prior < 0:
-        raise ConfigError(f"recpo.popularity_prior: must be >= 0 (0 = off), got {p.recpo.popularity_prior}")
+    for k, v in {"recpo.popularity_prior": p.recpo.popularity_prior,
+                 "langptune.popularity_prior": p.langptune.popularity_prior}.items():
+        if v < 0:
+            raise ConfigError(f"{k}: must be >= 0 (0 = off), got {v}")
     if p.lora.last_layers < 0:
         raise ConfigError(f"lora.last_layers: must be >= 0 (0 = all layers), got {p.lora.last_layers}")
     if not p.eval.ks or min(p.eval.ks) <= 0:

@@ -171,7 +171,7 @@ class _LangPTune(LLMHarness):
         retriever, history masked as the evaluator does."""
         from r2ec.eval.ranking import rank_targets
         from r2ec.llm.encoder import cosine_scores
-        scores = cosine_scores(self.embed(profiles), self.table, 1.0)
+        scores = self.with_prior(cosine_scores(self.embed(profiles), self.table, self.lc.tau))
         targets = torch.as_tensor(rows["target_item_id"].to_list()).repeat_interleave(n)
         hist = ([h for h in rows["history_item_ids"].to_list() for _ in range(n)] if self.p.eval.mask_history
                 else None)
@@ -268,8 +268,10 @@ class _LangPTune(LLMHarness):
             q = encode_texts(self.rtok, self.retriever, texts, lc.retriever_max_tokens, lc.pooling)
             keys = encode_texts(self.rtok, self.retriever, [self.item_text[i - 1] for i in uniq],
                                 lc.retriever_max_tokens, lc.pooling)
+            lp = self.log_prior()
             loss = info_nce(q, keys, labels.to(q.device), lc.tau,
-                            None if self.log_q is None else self.log_q[torch.as_tensor(uniq)])
+                            None if self.log_q is None else self.log_q[torch.as_tensor(uniq)],
+                            None if lp is None else lp[torch.as_tensor(uniq)])
         loss.backward()
         torch.nn.utils.clip_grad_norm_([q for q in self.retriever.parameters() if q.requires_grad], lc.grad_clip)
         self.ropt.step()
@@ -284,7 +286,7 @@ class _LangPTune(LLMHarness):
         groups = self.profiles_of(self.prompts_of(batch), 1, 0.0, lc.seed)
         texts = [self.decode(g[0]) for g in groups]
         self.profiles.update(zip((int(s) for s in batch["sample_id"].to_list()), texts))
-        return cosine_scores(self.embed(texts), self.table, lc.tau)
+        return self.with_prior(cosine_scores(self.embed(texts), self.table, lc.tau))
 
     def evaluate(self, split: str) -> tuple[dict, pl.DataFrame]:
         self.profiles = {}

@@ -41,10 +41,16 @@ def rank_reward(ranks: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def info_nce(queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, tau: float,
-             log_q: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over queries of ``-log softmax_k(cos(query, key_k) / tau - log q_k)[label]`` (in-batch negatives).
+             log_q: torch.Tensor | None = None, log_prior: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over queries of ``-log softmax_k(cos(query, key_k) / tau + log_prior_k - log q_k)[label]`` (in-batch
+    negatives; both terms default to 0).
 
-    ``log_q`` (``[K]``, default 0): log-probability that key ``k`` enters a batch; subtracting it is the
-    sampling-bias (logQ) correction of Yi et al. 2019: in-batch negatives are drawn in proportion to item
-    popularity, so without it the loss pushes popular items down and the retriever ranks below popularity."""
-    return -in_batch_target_logprob(queries, keys, labels, tau, key_offset=None if log_q is None else -log_q).mean()
+    ``log_q`` (``[K]``): log-probability that key ``k`` enters a batch; subtracting it is the sampling-bias (logQ)
+    correction of Yi et al. 2019: in-batch negatives are drawn in proportion to item popularity, so without it
+    the loss pushes popular items down and the retriever ranks below popularity. ``log_prior`` (``[K]``): the
+    popularity prior the ranking adds to the same scores (logit adjustment), so the cosine learns the residual."""
+    off = None
+    for term in (log_prior, None if log_q is None else -log_q):
+        if term is not None:
+            off = term if off is None else off + term
+    return -in_batch_target_logprob(queries, keys, labels, tau, key_offset=off).mean()

@@ -123,6 +123,8 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
         from r2ec.baselines.langptune import recommend_profile
         profile, scores = recommend_profile(run_dir, params, model, tok,
                                             user_messages(history, now, domain, task="profile"), items)
+        scores = _with_prior(scores, data_dir, items.height, params.langptune.popularity_prior,
+                             "langptune.popularity_prior")
         return {"reasoning": profile, "profile": profile, "items": _top_items(scores, hist_ids, titles, k),
                 "matched": matched}
     prompt = render_prompt(tok, user_messages(history, now, domain), params.llm.system_prompt,
@@ -161,15 +163,24 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
             with autocast_ctx(params.llm, dev):
                 table = encode_items(model, tok, items, domain, params.llm, batch_size=16)
         scores = cosine_scores(user, table, params.recpo.tau, table_center(table) if params.recpo.center else None)
-    if params.recpo.popularity_prior > 0:  # the prior the run trained and was evaluated with
-        from r2ec.baselines.reference import log_popularity_prior
-        train_file = data_dir / "train.parquet"
-        if not train_file.exists():
-            raise C.ConfigError(f"{train_file}: not found; recpo.popularity_prior needs the run's train split")
-        scores = scores + log_popularity_prior(pl.read_parquet(train_file), items.height,
-                                               params.recpo.popularity_prior).view(1, -1)
+    scores = _with_prior(scores, data_dir, items.height, params.recpo.popularity_prior, "recpo.popularity_prior")
     reasoning = tok.decode(completion[:-1], skip_special_tokens=True)
     return {"reasoning": reasoning, "items": _top_items(scores[0], hist_ids, titles, k), "matched": matched}
+
+
+def _with_prior(scores: torch.Tensor, data_dir: Path, n_items: int, weight: float, key: str) -> torch.Tensor:
+    """``scores`` (``[N+1]`` or ``[B, N+1]``) plus the popularity prior the run trained and was evaluated with
+    (from ``data_dir/train.parquet``); unchanged when ``weight`` is 0."""
+    if weight <= 0:
+        return scores
+    import polars as pl
+
+    from r2ec import config as C
+    from r2ec.baselines.reference import log_popularity_prior
+    train_file = data_dir / "train.parquet"
+    if not train_file.exists():
+        raise C.ConfigError(f"{train_file}: not found; {key} needs the run's train split")
+    return scores + log_popularity_prior(pl.read_parquet(train_file), n_items, weight)
 
 
 def _top_items(scores: torch.Tensor, hist_ids: list[int], titles: list[str], k: int) -> list[tuple[int, str, float]]:

@@ -113,7 +113,6 @@ class _Trainer(LLMHarness):
         self.catalogue_w = 0.0 if self.var.reasoning else params.contrastive.catalogue_loss
         self.logq = not self.var.reasoning and params.contrastive.logq_correction
         self._log_q: torch.Tensor | None = None
-        self._log_prior: torch.Tensor | None = None
         self.beta = self.rc.beta if self.var.beta is None else self.var.beta
         self.head: torch.nn.Linear | None = None
         super().__init__(method, ds, params, self.rc, run_dir, cache_dir, progress, use_dvclive, hook)
@@ -180,26 +179,6 @@ class _Trainer(LLMHarness):
             q = 1.0 - (1.0 - p).pow(self.rc.batch_size) + self.rc.uniform_negatives / self.ds.n_items
             self._log_q = torch.log(q.clamp(1e-12, 1.0)).float()
         return self._log_q[torch.as_tensor(cand)]
-
-    def log_prior(self) -> torch.Tensor | None:
-        """``[N+1]`` ``recpo.popularity_prior * log p_hat(i)`` (add-one smoothed share of train targets, see
-        :func:`r2ec.baselines.reference.log_popularity_prior`), or None when the prior is off.
-
-        Added to every item score, in the losses as in the ranking (logit adjustment, Menon et al. 2021): the
-        cosine then only has to learn what the user adds to an item's base rate instead of re-learning popularity
-        from the few hundred users a CPU budget shows it. A deviation from the paper (its head is the bare
-        cosine); 0 turns it off."""
-        if self.rc.popularity_prior <= 0:
-            return None
-        if self._log_prior is None:
-            from r2ec.baselines.reference import log_popularity_prior
-            self._log_prior = log_popularity_prior(self.ds.split("train"), self.ds.n_items, self.rc.popularity_prior)
-        return self._log_prior
-
-    def with_prior(self, scores: torch.Tensor) -> torch.Tensor:
-        """``[B, N+1]`` catalogue scores plus the popularity prior (unchanged when it is off)."""
-        lp = self.log_prior()
-        return scores if lp is None else scores + lp.to(scores.device).view(1, -1)
 
     def item_offset(self, cand: list[int]) -> torch.Tensor | None:
         """``[K]`` offset added to the item-loss logits of the candidates ``cand``: the popularity prior, minus
