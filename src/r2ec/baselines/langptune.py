@@ -268,10 +268,9 @@ class _LangPTune(LLMHarness):
             q = encode_texts(self.rtok, self.retriever, texts, lc.retriever_max_tokens, lc.pooling)
             keys = encode_texts(self.rtok, self.retriever, [self.item_text[i - 1] for i in uniq],
                                 lc.retriever_max_tokens, lc.pooling)
-            lp = self.log_prior()
+            lp, keys_ix = self.log_prior(), torch.as_tensor(uniq)
             loss = info_nce(q, keys, labels.to(q.device), lc.tau,
-                            None if self.log_q is None else self.log_q[torch.as_tensor(uniq)],
-                            None if lp is None else lp[torch.as_tensor(uniq)])
+                            None if self.log_q is None else self.log_q[keys_ix], None if lp is None else lp[keys_ix])
         loss.backward()
         torch.nn.utils.clip_grad_norm_([q for q in self.retriever.parameters() if q.requires_grad], lc.grad_clip)
         self.ropt.step()

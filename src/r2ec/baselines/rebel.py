@@ -49,8 +49,7 @@ def info_nce(queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, ta
     correction of Yi et al. 2019: in-batch negatives are drawn in proportion to item popularity, so without it
     the loss pushes popular items down and the retriever ranks below popularity. ``log_prior`` (``[K]``): the
     popularity prior the ranking adds to the same scores (logit adjustment), so the cosine learns the residual."""
-    off = None
-    for term in (log_prior, None if log_q is None else -log_q):
-        if term is not None:
-            off = term if off is None else off + term
+    off = log_prior
+    if log_q is not None:
+        off = -log_q if off is None else off - log_q
     return -in_batch_target_logprob(queries, keys, labels, tau, key_offset=off).mean()
