@@ -139,9 +139,10 @@ def test_logq_correction_shifts_the_retriever_loss_by_train_popularity(ds, tmp_p
                         False, False, None)
         recs.append(tr.train_step(tr.batch_rows(tr.train_pool())))
         trs.append(tr)
-    counts = np.bincount(ds.split("train")["target_item_id"].to_numpy(), minlength=ds.n_items + 1) + 1.0
+    # log q = the add-one smoothed train-target share over the N items (column 0, no item, never a key)
+    counts = np.bincount(ds.split("train")["target_item_id"].to_numpy(), minlength=ds.n_items + 1)[1:] + 1.0
     assert trs[0].log_q is None
-    assert trs[1].log_q.tolist() == pytest.approx(np.log(counts / counts.sum()).tolist(), rel=1e-5)
+    assert trs[1].log_q[1:].tolist() == pytest.approx(np.log(counts / counts.sum()).tolist(), rel=1e-5)
     assert trs[0].pool == trs[1].pool  # the same profiles and batches: only the loss differs
     assert recs[0]["retriever_loss"] != pytest.approx(recs[1]["retriever_loss"])
 

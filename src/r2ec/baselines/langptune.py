@@ -99,9 +99,9 @@ class _LangPTune(LLMHarness):
         self.pool: list[tuple[str, int]] = []  # (profile, target item) of recent rollouts, oldest first
         self.log_q = None
         if lc.logq_correction:
-            from r2ec.baselines.reference import popularity_counts
-            c = torch.as_tensor(popularity_counts(ds.split("train"), ds.n_items)) + 1.0
-            self.log_q = torch.log(c / c.sum()).float()
+            # the add-one smoothed train share of the prior (weight 1): in-batch keys enter a batch as targets
+            from r2ec.baselines.reference import log_popularity_prior
+            self.log_q = log_popularity_prior(ds.split("train"), ds.n_items)
         self.profiles: dict[int, str] = {}  # sample_id -> greedy profile of the running evaluation
         self._train_rows: pl.DataFrame | None = None
 
