@@ -12,6 +12,8 @@ def d3_assistant_input(wc):
 
 
 rule train_bigrec:
+    # bigrec -> d3 is the longest chain of the main job: start it first
+    priority: 20
     input:
         data="results/data/{dataset}",
         backbone="results/cache/backbones",
@@ -30,6 +32,8 @@ rule train_bigrec:
 
 
 rule train_d3:
+    # bigrec -> d3 is the longest chain of the main job: start it first
+    priority: 20
     input:
         data="results/data/{dataset}",
         backbone="results/cache/backbones",
