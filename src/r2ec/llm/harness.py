@@ -168,7 +168,8 @@ class LLMHarness:
         """Bring derived state (an item table) up to date with the current weights before an evaluation."""
 
     def on_fresh_start(self) -> bool:
-        """Called when a run starts without a checkpoint; return True to validate at step 0 (a warm start)."""
+        """Called when a run starts without a checkpoint; return True to validate at step 0 (a warm start, or an
+        untrained model that model selection may keep)."""
         return False
 
     def extra_state(self) -> dict[str, Any]:
@@ -373,7 +374,7 @@ class LLMHarness:
                 for name in ("train_log.jsonl", "valid_log.jsonl"):
                     (self.run_dir / name).unlink(missing_ok=True)
             if self.on_fresh_start():
-                self.validate()  # step 0 = the warm start: training is selected against it
+                self.validate()  # step 0 = the starting weights: training is selected against them
         return st
 
     def run(self) -> dict[str, dict]:
