@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from r2ec.llm.backbone import ANSWER, answer_token_id
-from r2ec.llm.prompts import (category_nouns, domain_noun, humanize_delta, item_messages, render_item, render_prompt,
-                              render_text, sample_prompt_ids, user_messages)
+from r2ec.llm.prompts import (category_nouns, display_title, domain_noun, humanize_delta, item_messages, render_item,
+                              render_prompt, render_text, sample_prompt_ids, user_messages)
 from r2ec.llm.tiny import tiny_model_and_tokenizer
 
 DAY = 86400
@@ -77,3 +77,16 @@ def test_sample_prompt_drops_oldest_history_first():
     text = tok.decode(short)
     assert len(short) <= len(full) - 10 and text.startswith("<|im_start|>user\nAnalyze in depth")
     assert "[Item number 1]" not in text and "[Item number 20]" in text
+
+
+def test_history_year_shows_movielens_title_format():
+    _, tok = tiny_model_and_tokenizer()
+    items = {1: {"title": "Heat", "year": 1995}, 2: {"title": "Widget", "year": None},
+             3: {"title": "Fargo", "year": float("nan")}}
+    assert display_title(items[1]) == "Heat" and display_title(items[1], True) == "Heat (1995)"
+    assert display_title(items[2], True) == "Widget" and display_title(items[3], True) == "Fargo"
+    sample = {"history_item_ids": [1, 2], "history_ratings": [4.0, 3.0], "history_timestamps": [1000, 2000],
+              "target_timestamp": 2000 + 3 * DAY}
+    text = tok.decode(sample_prompt_ids(tok, sample, items, "movie", show_year=True))
+    assert "[Heat (1995)] (4.0)" in text and "[Widget] (3.0)" in text
+    assert "[Heat] (4.0)" in tok.decode(sample_prompt_ids(tok, sample, items, "movie"))

@@ -85,3 +85,15 @@ def test_recommend_adds_the_runs_popularity_prior(tmp_path):
 def test_recommend_missing_run(tmp_path):
     with pytest.raises(C.ConfigError, match="config.json"):
         recommend(tmp_path / "nope", ["a"], k=1)
+
+
+def test_run_center_follows_the_runs_centring():
+    from r2ec.llm.recommend import run_center
+    table = torch.cat([torch.zeros(1, 4), torch.arange(12.0).view(3, 4)])
+    rc = C.RecpoCfg()
+    assert run_center(table, {}, rc) is None
+    torch.testing.assert_close(run_center(table, {}, C.RecpoCfg(center=True)), table[1:].mean(0))
+    both = run_center(table, {"user_center": [1.0, 2.0, 3.0, 4.0]}, C.RecpoCfg(center=True, center_users=8))
+    torch.testing.assert_close(both, torch.stack([torch.tensor([1.0, 2.0, 3.0, 4.0]), table[1:].mean(0)]))
+    with pytest.raises(C.ConfigError, match="user_center"):
+        run_center(table, {}, C.RecpoCfg(center=True, center_users=8))

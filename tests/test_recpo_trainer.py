@@ -318,6 +318,44 @@ def test_centring_scores_ignore_a_shared_offset():
     assert float(plain[:, 1:].std()) < 0.2 * float(b[:, 1:].std())  # uncentred, the offset flattens the scores
 
 
+def test_separate_user_and_item_centres():
+    from r2ec.llm.encoder import cosine_scores, table_center
+    from r2ec.recpo.losses import in_batch_target_logprob
+    g = torch.Generator().manual_seed(1)
+    table = torch.cat([torch.zeros(1, 8), torch.randn(6, 8, generator=g)])
+    user = torch.randn(3, 8, generator=g)
+    cu, ci = user.mean(0), table_center(table)
+    s = cosine_scores(user, table, 0.1, torch.stack([cu, ci]))
+    u = torch.nn.functional.normalize(user - cu, dim=-1)
+    v = torch.nn.functional.normalize(table[1:] - ci, dim=-1)
+    torch.testing.assert_close(s[:, 1:], u @ v.T / 0.1)
+    assert s[:, 0].isneginf().all()
+    # the users' own shared offset cancels; the item mean would not remove it
+    shift = 50 * torch.randn(8, generator=g)
+    torch.testing.assert_close(cosine_scores(user + shift, table, 0.1, torch.stack([cu + shift, ci])), s,
+                               atol=1e-4, rtol=1e-4)
+    lp = in_batch_target_logprob(user, table[1:4], torch.tensor([0, 1, 2]), 0.1, torch.stack([cu, ci]))
+    torch.testing.assert_close(lp, torch.log_softmax(s[:, 1:4], -1).diagonal())
+
+
+def test_center_users_centres_on_the_mean_user_vector_of_seeded_train_samples(ds, tmp_path):
+    tr = _trainer(ds, tmp_path / "a", center=True, center_users=5)
+    tr.refresh_table()
+    c = tr.center()
+    assert c.shape == (2, tr.table.shape[1])
+    torch.testing.assert_close(c[1], tr.table[1:].mean(0))
+    # the user centre is the mean state of 5 seeded train samples (greedy reasoning, as evaluation computes it)
+    assert tr._user_center_step == tr.table_step
+    again = _trainer(ds, tmp_path / "b", center=True, center_users=5)
+    again.refresh_table()
+    torch.testing.assert_close(again.center(), c)
+    scores = tr.scorer(tr.ds.split("test").head(4))
+    assert torch.isfinite(scores[:, 1:]).all()
+    item_only = _trainer(ds, tmp_path / "c", center=True)
+    item_only.refresh_table()
+    assert item_only.center().dim() == 1
+
+
 def test_reasoning_scorer_reads_the_answer_state_off_the_generation_cache(ds, tmp_path):
     """The evaluation scorer of a reasoning variant equals the two-pass path (generate, then a fresh forward over
     prompt + reasoning + <answer>) that an engine without ``answer_hidden`` (vLLM) takes."""

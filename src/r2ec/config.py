@@ -181,9 +181,16 @@ class RecpoCfg:
     max_minutes: float = _doc("wall-clock training budget in minutes, summed over resumes (0 = steps only)",
                               default=0.0)
     center: bool = _doc("centre user and item vectors on the item-table mean before the cosine", default=False)
+    center_users: int = _doc(
+        "with center: user vectors are centred on the mean user vector of this many seeded train samples "
+        "(recomputed with every item table) instead of the item mean (0 = the item mean)", default=0)
     popularity_prior: float = _doc(
         "weight of log p(item) (train-target share, add-one smoothed) added to every item score, in training and "
         "ranking (0 = off, the paper)", default=0.0)
+    history_year: bool = _doc(
+        "user-prompt history lines show each item's year after its title, 'Toy Story (1995)' (MovieLens's own "
+        "title format; items without a year keep the title alone; false = the title alone, the paper's prompt)",
+        default=False)
     warm_start: Literal["", "r2ec_no_reasoning"] = _doc(
         "r2ec_no_reasoning: its best adapter and item table initialise the reasoning variants ('' = none, the "
         "paper)", default="")
@@ -616,6 +623,9 @@ def _check_semantics(p: Params) -> None:
     for k, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{k}: must be positive, got {v}")
+    if p.recpo.center_users < 0:
+        raise ConfigError(f"recpo.center_users: must be >= 0 (0 = users centred on the item mean), got "
+                          f"{p.recpo.center_users}")
     if p.recpo.uniform_negatives < 0:
         raise ConfigError(f"recpo.uniform_negatives: must be >= 0, got {p.recpo.uniform_negatives}")
     for k, v in {"recpo.popularity_prior": p.recpo.popularity_prior,

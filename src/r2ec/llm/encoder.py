@@ -133,19 +133,30 @@ def table_center(table: torch.Tensor) -> torch.Tensor:
     return table[1:].float().mean(0)
 
 
+def split_center(center: torch.Tensor | None, like: torch.Tensor) -> tuple[Any, Any]:
+    """``(c_user, c_item)`` of a centre: ``[H]`` centres both sides on one vector, ``[2, H]`` holds the user
+    centre (row 0) and the item centre (row 1); None = ``(0, 0)``."""
+    if center is None:
+        return 0.0, 0.0
+    c = center.to(like.device).float()
+    return (c[0], c[1]) if c.dim() == 2 else (c, c)
+
+
 def cosine_scores(user: torch.Tensor, items: torch.Tensor, tau: float,
                   center: torch.Tensor | None = None) -> torch.Tensor:
-    """cos(user_b − c, item_j − c) / τ → [B, N+1] float32, column 0 (pad item) = -inf. Differentiable.
+    """cos(user_b − c_u, item_j − c_i) / τ → [B, N+1] float32, column 0 (pad item) = -inf. Differentiable.
 
-    ``c`` = ``center`` ([H], e.g. :func:`table_center`) or 0. Centring is parameter-free: an untrained LM's
-    vectors share one dominant direction (SmolLM2: mean pairwise cosine 0.98), which plain cosine spends its
-    whole range on; subtracting the catalogue mean leaves the directions in which items differ.
+    ``(c_u, c_i)`` from ``center`` (:func:`split_center`: one ``[H]`` vector, e.g. :func:`table_center`, for
+    both sides, or ``[2, H]`` user and item centres) or 0. Centring is parameter-free: an untrained LM's vectors
+    share one dominant direction (SmolLM2: mean pairwise cosine 0.98), which plain cosine spends its whole range
+    on; subtracting the catalogue mean leaves the directions in which items differ, subtracting the mean user
+    vector the directions in which users differ.
     """
     from r2ec.llm.backbone import float32_scope
     with float32_scope(user):
-        c = 0.0 if center is None else center.to(user.device).float()
-        u = torch.nn.functional.normalize(user.float() - c, dim=-1)
-        it = torch.nn.functional.normalize(items.float() - c, dim=-1)
+        cu, ci = split_center(center, user)
+        u = torch.nn.functional.normalize(user.float() - cu, dim=-1)
+        it = torch.nn.functional.normalize(items.float() - ci, dim=-1)
         s = (u @ it.T) / tau
     pad = torch.zeros(s.shape[1], dtype=torch.bool, device=s.device)
     pad[0] = True

@@ -198,22 +198,32 @@ def render_item(tokenizer, messages: list[dict], system_prompt: str = "") -> lis
     return tokenizer.encode(render_text(tokenizer, messages, system_prompt) + ANSWER, add_special_tokens=False)
 
 
+def display_title(item: dict, show_year: bool = False) -> str:
+    """An item's title in a history line: ``"Toy Story (1995)"`` with ``show_year`` and a known year (MovieLens's
+    own title format, which the data stage splits into title and year), else the title alone."""
+    if show_year and _present(item.get("year")):
+        return f"{item['title']} ({int(item['year'])})"
+    return str(item["title"])
+
+
 def history_dicts(items_by_id: dict[int, dict], item_ids: list[int], ratings: list[float],
-                  timestamps: list[int]) -> list[dict]:
-    """Build the ``history`` argument of :func:`user_messages` from a sample row and an id→item-dict map."""
-    return [{"title": items_by_id[i]["title"], "rating": r, "timestamp": t}
+                  timestamps: list[int], show_year: bool = False) -> list[dict]:
+    """Build the ``history`` argument of :func:`user_messages` from a sample row and an id→item-dict map
+    (``show_year``: see :func:`display_title`)."""
+    return [{"title": display_title(items_by_id[i], show_year), "rating": r, "timestamp": t}
             for i, r, t in zip(item_ids, ratings, timestamps)]
 
 
 def sample_prompt_ids(tokenizer, sample: dict, items_by_id: dict[int, dict], domain: str,
-                      system_prompt: str = "", max_tokens: int | None = None, task: str = "recommend") -> list[int]:
+                      system_prompt: str = "", max_tokens: int | None = None, task: str = "recommend",
+                      show_year: bool = False) -> list[int]:
     """Prompt ids of one sample row (dict with history_item_ids/ratings/timestamps, target_timestamp).
 
     Over ``max_tokens``, the oldest history lines are dropped until it fits (then hard left truncation).
-    ``task``: see :func:`user_messages`.
+    ``task``: see :func:`user_messages`; ``show_year``: see :func:`display_title`.
     """
     hist = history_dicts(items_by_id, sample["history_item_ids"], sample["history_ratings"],
-                         sample["history_timestamps"])
+                         sample["history_timestamps"], show_year)
     while True:
         ids = render_prompt(tokenizer, user_messages(hist, sample["target_timestamp"], domain, task=task),
                             system_prompt)

@@ -63,13 +63,15 @@ def clipped_token_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, adv: torc
 def in_batch_target_logprob(user_vecs: torch.Tensor, item_vecs: torch.Tensor, labels: torch.Tensor,
                             tau: float, center: torch.Tensor | None = None,
                             key_offset: torch.Tensor | None = None) -> torch.Tensor:
-    """``log softmax(cos(user_vecs - c, item_vecs - c) / tau + o)[m, labels[m]]`` -- ``[M]`` from ``[M,H]``,
-    ``[K,H]``; ``c`` = ``center`` (a constant ``[H]``, see :func:`r2ec.llm.encoder.cosine_scores`) or 0; ``o`` =
-    ``key_offset`` (``[K]``, added to every row's logits, e.g. ``-log q`` of a sampling-bias correction) or 0."""
+    """``log softmax(cos(user_vecs - c_u, item_vecs - c_i) / tau + o)[m, labels[m]]`` -- ``[M]`` from ``[M,H]``,
+    ``[K,H]``; ``(c_u, c_i)`` from ``center`` (a constant ``[H]`` or ``[2, H]``, see
+    :func:`r2ec.llm.encoder.cosine_scores`) or 0; ``o`` = ``key_offset`` (``[K]``, added to every row's logits,
+    e.g. ``-log q`` of a sampling-bias correction) or 0."""
+    from r2ec.llm.encoder import split_center
     with float32_scope(user_vecs):
-        c = 0.0 if center is None else center.to(user_vecs.device).float()
-        u = F.normalize(user_vecs.float() - c, dim=-1)
-        v = F.normalize(item_vecs.float() - c, dim=-1)
+        cu, ci = split_center(center, user_vecs)
+        u = F.normalize(user_vecs.float() - cu, dim=-1)
+        v = F.normalize(item_vecs.float() - ci, dim=-1)
         logits = u @ v.T / tau
         if key_offset is not None:
             logits = logits + key_offset.to(logits).view(1, -1)

@@ -134,6 +134,8 @@ class _Trainer(LLMHarness):
         self._gen_kw = set(inspect.signature(self.engine.generate).parameters)
         self.table: torch.Tensor | None = None
         self.table_step = -1
+        self._user_center: torch.Tensor | None = None  # recpo.center_users' mean user vector ...
+        self._user_center_step = -1  # ... as of this item-table step
         self._prefix = None  # FrozenPrefix once built, False when not used
 
     # ------------------------------------------------------------------------------------------ harness hooks
@@ -200,14 +202,20 @@ class _Trainer(LLMHarness):
         if self.head is not None:
             torch.save(self.head.state_dict(), tmp / "head.pt")
         if self.table is not None:
-            save_item_table(tmp / "item_table.pt", self.table,
-                            {"step": self.table_step, "dataset": self.ds.name, "tau": self.rc.tau})
+            meta = {"step": self.table_step, "dataset": self.ds.name, "tau": self.rc.tau}
+            c = self.center()
+            if c is not None and c.dim() == 2:  # the user centre the selected step was scored with
+                meta["user_center"] = c[0].tolist()
+            save_item_table(tmp / "item_table.pt", self.table, meta)
 
     def load_best_extra(self, d: Path) -> None:
         from r2ec.llm.encoder import load_item_table
         if (d / "item_table.pt").exists():
             self.table, meta = load_item_table(d / "item_table.pt")
             self.step = self.table_step = int(meta.get("step", self.best_step))
+            if "user_center" in meta:
+                self._user_center = torch.tensor(meta["user_center"], dtype=torch.float32)
+                self._user_center_step = self.table_step
 
     # ------------------------------------------------------------------------------------------ helpers
     def _sync_engine(self):
@@ -220,7 +228,8 @@ class _Trainer(LLMHarness):
     def prompts_of(self, rows: pl.DataFrame) -> list[list[int]]:
         from r2ec.llm.prompts import sample_prompt_ids
         return [sample_prompt_ids(self.tok, r, self.items_by_id, self.domain, self.p.llm.system_prompt,
-                                  self.p.llm.max_prompt_tokens) for r in rows.iter_rows(named=True)]
+                                  self.p.llm.max_prompt_tokens, show_year=self.rc.history_year)
+                for r in rows.iter_rows(named=True)]
 
     def _generate(self, prompts, group_size, temperature, top_k, seed, **opt):
         kw = {k: v for k, v in opt.items() if k in self._gen_kw}
@@ -270,11 +279,25 @@ class _Trainer(LLMHarness):
         return time.perf_counter() - t0
 
     def center(self) -> torch.Tensor | None:
-        """The item-table mean when ``recpo.center`` (a constant: no gradient flows into it), else None."""
+        """None unless ``recpo.center``; then the item-table mean (a constant: no gradient flows into it), or
+        with ``recpo.center_users`` the ``[2, H]`` pair (mean user vector, item-table mean). The user mean is
+        taken over a fixed seeded set of train samples, computed like any user vector of this variant (with its
+        greedy reasoning), and recomputed whenever the item table is: user prompts share a template whose common
+        direction dwarfs what tells users apart, and the item mean does not remove it."""
         if not self.rc.center or self.table is None:
             return None
         from r2ec.llm.encoder import table_center
-        return table_center(self.table)
+        c = table_center(self.table)
+        if self.rc.center_users <= 0:
+            return c
+        if self._user_center is None or self._user_center_step != self.table_step:
+            train = self.ds.split("train")
+            rng = np.random.default_rng([self.rc.seed, 11])
+            rows = train[np.sort(rng.choice(train.height, size=min(self.rc.center_users, train.height),
+                                            replace=False)).tolist()]
+            self._user_center = self.user_states(rows).mean(0)
+            self._user_center_step = self.table_step
+        return torch.stack([self._user_center, c])
 
     def scores_of(self, user: torch.Tensor) -> torch.Tensor:
         """``[B, N+1]`` scores of user vectors: cos/tau against the table, or the classification head; plus
@@ -307,6 +330,11 @@ class _Trainer(LLMHarness):
 
     # ------------------------------------------------------------------------------------------ evaluation
     def scorer(self, batch: pl.DataFrame) -> torch.Tensor:
+        return self.scores_of(self.user_states(batch))
+
+    def user_states(self, batch: pl.DataFrame) -> torch.Tensor:
+        """``[B, H]`` float32 user vectors of sample rows as evaluation computes them (reasoning variants: at
+        ``<answer>`` after greedy reasoning), no grad."""
         prompts = self.prompts_of(batch)
         completions = None
         if self.var.reasoning:
@@ -321,8 +349,8 @@ class _Trainer(LLMHarness):
                 completions += [g[0].completion_ids for g in groups]
                 states += [g[0].answer_hidden for g in groups]
             if all(v is not None for v in states):
-                return self.scores_of(torch.stack(states))
-        return self.scores_of(self.user_vectors(prompts, completions))
+                return torch.stack(states).float().cpu()
+        return self.user_vectors(prompts, completions)
 
     def _pooled(self, rows: list[list[int]], model=None) -> torch.Tensor:
         """Float32 hidden state at the last ``<answer>`` of each row, one forward (grad flows if enabled)."""
