@@ -216,6 +216,10 @@ class ContrastiveCfg:
     logq_correction: bool = _doc("item-loss logits minus log q, q = the chance an item is a candidate (in-batch "
                                  "target or uniform negative; Yi et al. 2019 / Yang et al. 2020; off = the paper)",
                                  default=False)
+    train_max_samples: int = _doc("seeded subsample of train samples the steps draw from (0 = all)", default=0)
+    user_prefix: bool = _doc(
+        "the train_max_samples pool's user prompts get frozen-prefix states (computed once, like the items'): "
+        "a step then runs only the adapted layers, so the pool is revisited for many epochs", default=False)
 
 
 @dataclass(frozen=True)
@@ -623,6 +627,8 @@ def _check_semantics(p: Params) -> None:
     for k, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{k}: must be positive, got {v}")
+    if p.contrastive.user_prefix and p.contrastive.train_max_samples <= 0:
+        raise ConfigError("contrastive.user_prefix: needs a pool, contrastive.train_max_samples > 0")
     if p.recpo.center_users < 0:
         raise ConfigError(f"recpo.center_users: must be >= 0 (0 = users centred on the item mean), got "
                           f"{p.recpo.center_users}")

@@ -112,6 +112,9 @@ class _Trainer(LLMHarness):
         self.rc = params.recpo if self.var.reasoning else dataclasses.replace(params.recpo, **shared)
         self.catalogue_w = 0.0 if self.var.reasoning else params.contrastive.catalogue_loss
         self.logq = not self.var.reasoning and params.contrastive.logq_correction
+        self.user_prefix_on = not self.var.reasoning and params.contrastive.user_prefix
+        self._user_prefix = None  # FrozenPrefix of the train pool's user prompts once built, False when unusable
+        self._pool_index: dict[int, int] = {}
         self._log_q: torch.Tensor | None = None
         self.beta = self.rc.beta if self.var.beta is None else self.var.beta
         self.head: torch.nn.Linear | None = None
@@ -382,6 +385,34 @@ class _Trainer(LLMHarness):
                          "loaded" if states is not None else "built", time.perf_counter() - t0)
         return self._prefix or None
 
+    def user_prefix(self):
+        """``contrastive.user_prefix``: the frozen-prefix states of the train pool's user prompts (+ ``<answer>``),
+        built on first use (the pool is fixed, so its bottom layers are computed once per run); None when off or
+        when the check against a full forward failed."""
+        if self._user_prefix is None:
+            self._user_prefix = False
+            from r2ec.llm.frozen_prefix import FrozenPrefix, first_adapted_layer
+            split = first_adapted_layer(self.policy)
+            if self.user_prefix_on and split > 0:
+                t0 = time.perf_counter()
+                pool = self.train_pool()
+                prompts = [q + [self.answer_id] for q in self.prompts_of(pool)]
+                model, ctx = self.infer()
+                with ctx:
+                    pf = FrozenPrefix(model, split, prompts, self.answer_id, self.pad_id, self.rc.eval_batch_size)
+                self._pool_index = {int(sid): i for i, sid in enumerate(pool["sample_id"].to_list())}
+                self._user_prefix = pf if pf.ok else False
+                log.info("frozen prefix of %d train users below layer %d built in %.1fs", len(prompts), split,
+                         time.perf_counter() - t0)
+        return self._user_prefix or None
+
+    def _train_user_vectors(self, rows: pl.DataFrame) -> torch.Tensor:
+        """User vectors of a training batch, with gradient: on the pool's frozen prefix when it is on."""
+        upf = self.user_prefix()
+        if upf is not None:
+            return upf.vectors(self.policy, [self._pool_index[int(s)] for s in rows["sample_id"].to_list()]).float()
+        return self._pooled([p + [self.answer_id] for p in self.prompts_of(rows)])
+
     def _item_vectors(self, item_ids: list[int]) -> torch.Tensor:
         pf = self.prefix()
         if pf is not None:
@@ -563,14 +594,14 @@ class _Trainer(LLMHarness):
         if ((self.rc.center or self.catalogue_w > 0)
                 and (self.table is None or self.step - self.table_step >= self.rc.item_refresh_every)):
             rec["refresh_s"] = self.refresh_table()  # the centre / the catalogue term use the current table
-        prompts = self.prompts_of(rows)
+        self.user_prefix()  # built before the step's clock starts
         uniq, labels = in_batch_labels(rows["target_item_id"].to_list())
         t = time.perf_counter()
         cand = uniq + self._negative_ids(uniq)
         self.policy.train()
         self.opt.zero_grad(set_to_none=True)
         with self.autocast():
-            user = self._pooled([p + [self.answer_id] for p in prompts])
+            user = self._train_user_vectors(rows)
             logp = in_batch_target_logprob(user, self._item_vectors(cand), labels.to(self.acc.device),
                                            self.rc.tau, self.center(), key_offset=self.item_offset(cand))
             loss = -logp.mean()
