@@ -67,10 +67,7 @@ def main() -> None:
         rows = train[np.sort(rng.choice(train.height, min(args.train_users, train.height), replace=False)).tolist()]
         ecfg = dataclasses.replace(p.eval, valid_max_samples=args.valid_samples)
         valid, test = evaluation_samples(ds, "valid", ecfg), evaluation_samples(ds, "test", p.eval)
-
-        def states(df):
-            return torch.cat([tr.user_states(df.slice(s, 64)) for s in range(0, df.height, 64)])
-        users, v_users, t_users = states(rows), states(valid), states(test)
+        users, v_users, t_users = tr.user_states(rows), tr.user_states(valid), tr.user_states(test)
         prior = tr.log_prior()
     state_s = time.perf_counter() - t0
     prior = torch.zeros(items.shape[0]) if prior is None else prior.float()

@@ -627,6 +627,9 @@ def _check_semantics(p: Params) -> None:
     for k, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{k}: must be positive, got {v}")
+    if p.contrastive.train_max_samples < 0:
+        raise ConfigError(f"contrastive.train_max_samples: must be >= 0 (0 = all), got "
+                          f"{p.contrastive.train_max_samples}")
     if p.contrastive.user_prefix and p.contrastive.train_max_samples <= 0:
         raise ConfigError("contrastive.user_prefix: needs a pool, contrastive.train_max_samples > 0")
     if p.recpo.center_users < 0:

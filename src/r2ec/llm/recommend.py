@@ -117,9 +117,8 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
     now = 1_700_000_000
     n = len(history_titles)
     rs = ratings if ratings is not None else [5.0] * n
-    rows = items.to_dicts()
     show_year = method != "langptune" and params.recpo.history_year  # the trained runs' own prompt format
-    history = [{"title": display_title(rows[i], show_year) if i >= 0 else t, "rating": r,
+    history = [{"title": display_title(items.row(i, named=True), show_year) if i >= 0 else t, "rating": r,
                 "timestamp": now - (n - j) * 86400} for j, (t, i, r) in enumerate(zip(history_titles, idx, rs))]
     if method == "langptune":  # a profile instead of reasoning, scored by the run's retriever
         from r2ec.baselines.langptune import recommend_profile

@@ -170,7 +170,7 @@ class _Trainer(LLMHarness):
         return self.warm_start()
 
     def fingerprint_extra(self) -> dict[str, Any]:
-        return {"catalogue_loss": self.catalogue_w, "logq_correction": self.logq}
+        return {"catalogue_loss": self.catalogue_w, "logq_correction": self.logq, "user_prefix": self.user_prefix_on}
 
     def candidate_log_q(self, cand: list[int]) -> torch.Tensor:
         """``log q`` of each candidate of the contrastive item loss: the chance that an item is a candidate of a
