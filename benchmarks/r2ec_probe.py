@@ -46,6 +46,10 @@ def main() -> None:
     ap.add_argument("--tied", action="store_true", help="one projection for users and items (A = B)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--states", type=Path, help="file caching the frozen states (read when it exists)")
+    ap.add_argument("--reasoning", type=int, default=-1,
+                    help=">= 0: also score greedy-reasoning states (r2ec_zeroshot) of valid/test, standardised "
+                         "with the stats of this many reasoning train users (0: the no-reasoning stats)")
     args = ap.parse_args()
 
     from r2ec import config as C
@@ -67,8 +71,20 @@ def main() -> None:
         rows = train[np.sort(rng.choice(train.height, min(args.train_users, train.height), replace=False)).tolist()]
         ecfg = dataclasses.replace(p.eval, valid_max_samples=args.valid_samples)
         valid, test = evaluation_samples(ds, "valid", ecfg), evaluation_samples(ds, "test", p.eval)
-        users, v_users, t_users = tr.user_states(rows), tr.user_states(valid), tr.user_states(test)
+        if args.states is not None and args.states.exists():
+            st = torch.load(args.states)
+        else:
+            st = {"users": tr.user_states(rows), "v": tr.user_states(valid), "t": tr.user_states(test)}
+        users, v_users, t_users = st["users"], st["v"], st["t"]
         prior = tr.log_prior()
+        if args.reasoning >= 0 and "rv" not in st:
+            rt = _Trainer("r2ec_zeroshot", ds, p, Path(tmp) / "zs", Path(args.cache), False, False, None)
+            rt.refresh_table()
+            st["rv"], st["rt"] = rt.user_states(valid), rt.user_states(test)
+            st["rtrain"] = rt.user_states(rows[:args.reasoning]) if args.reasoning else None
+            del rt
+        if args.states is not None:
+            torch.save(st, args.states)
     state_s = time.perf_counter() - t0
     prior = torch.zeros(items.shape[0]) if prior is None else prior.float()
     mu_u, sd_u = users.mean(0), users.std(0) + 1e-6
@@ -76,17 +92,18 @@ def main() -> None:
     z_items = (items - mu_i) / sd_i
     target = torch.as_tensor(rows["target_item_id"].to_list())
 
-    def scores(a, b, u):
-        s = (((u - mu_u) / sd_u) @ a) @ (z_items @ b).T + prior
+    def scores(a, b, u, stats=None):
+        mu, sd = stats if stats is not None else (mu_u, sd_u)
+        s = (((u - mu) / sd) @ a) @ (z_items @ b).T + prior
         s[:, 0] = float("-inf")
         return s
 
-    def run_eval(a, b, split, df, u):
+    def run_eval(a, b, split, df, u, stats=None):
         by_id = {sid: k for k, sid in enumerate(df["sample_id"].to_list())}
 
         def scorer(batch):
             idx = torch.as_tensor([by_id[s] for s in batch["sample_id"].to_list()])
-            return scores(a, b, u[idx])
+            return scores(a, b, u[idx], stats)
         return evaluate(scorer, ds, split, ecfg if split == "valid" else p.eval, samples=df, progress=False)
 
     H = items.shape[1]
@@ -115,8 +132,18 @@ def main() -> None:
                     "valid N@all": float(np.mean(1 / np.log2(vr["rank"].to_numpy() + 1))),
                     "test N@10": tm["N@10"], "test H@10": tm["H@10"], "test N@20": tm["N@20"],
                     "median test rank": float(np.median(ranks[arm["arm"]])), "fit s": round(arm["fit_s"], 1)})
+        if "rt" in st:  # the same readout on greedy-reasoning states (zero-shot R2ec's user vectors)
+            rtr = st.get("rtrain")
+            rstats = None if rtr is None else (rtr.mean(0), rtr.std(0) + 1e-6)
+            rvm, _ = run_eval(arm["a"], arm["b"], "valid", valid, st["rv"], rstats)
+            rtm, rr = run_eval(arm["a"], arm["b"], "test", test, st["rt"], rstats)
+            ranks["R " + arm["arm"]] = rr.sort("sample_id")["rank"].to_numpy()
+            out[-1].update({"reasoning valid N@10": rvm["N@10"], "reasoning test N@10": rtm["N@10"],
+                            "reasoning median rank": float(np.median(ranks["R " + arm["arm"]]))})
     for row in out:
         row["p (> prior only)"] = paired_tests(ranks[row["arm"]], ranks["prior only"], "N@10")["wilcoxon_p"]
+        if "R " + row["arm"] in ranks:
+            row["reasoning p"] = paired_tests(ranks["R " + row["arm"]], ranks["prior only"], "N@10")["wilcoxon_p"]
     best = max(out[1:], key=lambda r: (r["valid N@10"], r["valid N@all"])) if len(out) > 1 else out[0]
     print(f"frozen states of {users.shape[0]} train / {valid.height} valid / {test.height} test users in "
           f"{state_s:.0f} s; tied={args.tied}; selected on valid: {best['arm']}")

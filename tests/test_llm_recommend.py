@@ -97,3 +97,24 @@ def test_run_center_follows_the_runs_centring():
     torch.testing.assert_close(both, torch.stack([torch.tensor([1.0, 2.0, 3.0, 4.0]), table[1:].mean(0)]))
     with pytest.raises(C.ConfigError, match="user_center"):
         run_center(table, {}, C.RecpoCfg(center=True, center_users=8))
+
+
+def test_recommend_scores_with_the_runs_readout(tmp_path):
+    from r2ec.llm.encoder import save_item_table
+    from r2ec.llm.readout import Readout
+    from r2ec.llm.tiny import tiny_model_and_tokenizer
+
+    run = _run(tmp_path, "r2ec_no_reasoning")
+    model, _ = tiny_model_and_tokenizer()
+    H = model.config.hidden_size
+    table = torch.zeros(6, H)
+    table[1:, 0] = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])  # the items differ along dimension 0 only
+    save_item_table(run / "best" / "item_table.pt", table, {})
+    ro = Readout(H, 1, seed=0)
+    with torch.no_grad():
+        ro.proj.zero_()
+        ro.proj[0, 0] = 1.0
+        ro.user_mean.fill_(-1e3)  # every standardised user state is positive along dimension 0 ...
+    torch.save(ro.state_dict(), run / "best" / "readout.pt")
+    out = recommend(run, ["Heat (1995)"], k=4)  # ... so the readout orders items by their dimension 0
+    assert [i for i, _, _ in out["items"]] == [5, 4, 3, 1]

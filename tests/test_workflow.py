@@ -85,7 +85,7 @@ def test_further_seeds_get_their_own_run_tree(tmp_path):
     assert "results/logs/train/seeds/7/movielens-100k/sasrec.log" in sasrec
     # the warm start and D3's SFT adapter come from the same seed's runs
     r2ec = _job(out, "train_r2ec", "tree=seeds/7/, dataset=movielens-100k, method=r2ec")
-    assert f"{tree}/r2ec_no_reasoning/metrics.json" in r2ec and "-S seed=7 -S recpo.seed=7 2> " in r2ec
+    assert f"{tree}/r2ec_no_reasoning/metrics.json" in r2ec and "-S seed=7 -S recpo.seed=7 -S readout.seed=7 2> " in r2ec
     d3 = _job(out, "train_d3", "tree=seeds/7/, dataset=movielens-100k")
     assert f"{tree}/bigrec/metrics.json" in d3 and " -S seed=7 2> results/logs/train/seeds/7/" in d3  # no d3.seed
     assert "eval.seed" not in out  # every seed's runs are evaluated on the same test samples

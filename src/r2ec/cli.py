@@ -81,7 +81,7 @@ def _sections_of(method: str) -> tuple[str, ...]:
         return ("seed", "eval", method)
     if method in C.LLM_BASELINES:
         return ("seed", "eval", "llm", "lora", method)
-    return ("seed", "eval", method) if method in C.CLASSIC_METHODS else ("seed", "eval", "llm", "lora", "recpo", "contrastive")
+    return ("seed", "eval", method) if method in C.CLASSIC_METHODS else ("seed", "eval", "llm", "lora", "recpo", "contrastive", "readout")
 
 
 def _apply_threads(n: int) -> None:

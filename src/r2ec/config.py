@@ -223,6 +223,23 @@ class ContrastiveCfg:
 
 
 @dataclass(frozen=True)
+class ReadoutCfg:
+    """R2ec's learned readout (:mod:`r2ec.llm.readout`): a tied low-rank map of standardised user and item states,
+    fitted on the base model's states of seeded train users by ``r2ec_no_reasoning`` and inherited by the
+    reasoning variants through ``recpo.warm_start``. A deviation from the paper's parameter-free cosine head."""
+    rank: int = _doc("rank of the projection shared by users and items (0 = off: cos/tau, the paper)", default=0)
+    train_users: int = _doc("seeded train samples whose base-model user states the readout is fitted on",
+                            default=6000)
+    epochs: int = _doc("full-batch Adam epochs of the fit", default=300)
+    lr: float = _doc("Adam learning rate of the fit", default=3e-3)
+    weight_decay: float = _doc("Adam weight decay of the fit (the projection's only regulariser)", default=0.1)
+    reasoning_stats: int = _doc(
+        "reasoning variants re-standardise users by the greedy-reasoning states of this many seeded train "
+        "samples at warm start (0 = keep the fitting users' stats)", default=0)
+    seed: int = _doc("seed of the projection's initialisation and of the fitting users", default=2025)
+
+
+@dataclass(frozen=True)
 class TigerCfg:
     """TIGER: item text embeddings -> RQ-VAE semantic IDs -> small T5 -> trie-constrained beam search.
 
@@ -517,6 +534,8 @@ class Params:
     d3: D3Cfg = _doc("D3: constrained title beam search of BigRec's SFT adapter", default_factory=D3Cfg)
     contrastive: ContrastiveCfg = _doc("budget of r2ec_no_reasoning (replaces the same recpo keys)",
                                        default_factory=ContrastiveCfg)
+    readout: ReadoutCfg = _doc("R2ec's learned readout (a deviation: the paper's head is a bare cosine)",
+                               default_factory=ReadoutCfg)
     report: ReportCfg = _doc("tables and figures", default_factory=ReportCfg)
     latency: LatencyCfg = _doc("inference latency (Table 4)", default_factory=LatencyCfg)
 
@@ -630,6 +649,14 @@ def _check_semantics(p: Params) -> None:
     if p.contrastive.train_max_samples < 0:
         raise ConfigError(f"contrastive.train_max_samples: must be >= 0 (0 = all), got "
                           f"{p.contrastive.train_max_samples}")
+    for key in ("rank", "train_users", "epochs", "reasoning_stats"):
+        if getattr(p.readout, key) < 0:
+            raise ConfigError(f"readout.{key}: must be >= 0, got {getattr(p.readout, key)}")
+    if p.readout.rank > 0 and (p.readout.train_users == 0 or p.readout.epochs == 0):
+        raise ConfigError("readout.rank > 0 needs readout.train_users > 0 and readout.epochs > 0 (the fit)")
+    if p.readout.rank > 0 and p.recpo.center:
+        raise ConfigError("recpo.center: the readout (readout.rank > 0) standardises users and items itself; turn "
+                          "one of them off")
     if p.contrastive.user_prefix and p.contrastive.train_max_samples <= 0:
         raise ConfigError("contrastive.user_prefix: needs a pool, contrastive.train_max_samples > 0")
     if p.recpo.center_users < 0:

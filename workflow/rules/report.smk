@@ -65,7 +65,7 @@ rule table4:
         md="results/table4.md",
         raw="results/table4.json",
     params:
-        S=sections("seed", "eval", "llm", "lora", "recpo", "contrastive", "latency"),
+        S=sections("seed", "eval", "llm", "lora", "recpo", "contrastive", "readout", "latency"),
     threads: workflow.cores
     shell:
         "python -m r2ec latency --runs results/runs --data-root results/data --cache results/cache "

@@ -68,7 +68,7 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
     """``{"reasoning": str, "items": [(item_id, title, score)], "matched": [(title, item_id|None)]}``.
 
     Greedy reasoning (temperature 0) from the prompt, user vector at ``<answer>``, cosine/τ against the item
-    table (or the classification head) plus the run's popularity prior, history items masked. On a LangPTune run
+    table (or the run's readout, or the classification head) plus the run's popularity prior, history items masked. On a LangPTune run
     the greedy profile (also under ``"profile"``) is embedded by the run's retriever and scored against its item
     table instead.
     """
@@ -164,7 +164,16 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
             log.info("no item table in %s: encoding %d items", run_dir / "best", items.height)
             with autocast_ctx(params.llm, dev):
                 table = encode_items(model, tok, items, domain, params.llm, batch_size=16)
-        scores = cosine_scores(user, table, params.recpo.tau, run_center(table, meta, params.recpo))
+        readout_file = run_dir / "best" / "readout.pt"
+        if readout_file.exists():  # the run's learned readout replaces the cosine (r2ec.llm.readout)
+            from r2ec.llm.readout import Readout
+            sd = torch.load(readout_file, map_location="cpu", weights_only=True)
+            ro = Readout(sd["proj"].shape[0], sd["proj"].shape[1], 0)
+            ro.load_state_dict(sd)
+            with torch.no_grad():
+                scores = ro.scores(user, table)
+        else:
+            scores = cosine_scores(user, table, params.recpo.tau, run_center(table, meta, params.recpo))
     scores = _with_prior(scores, data_dir, items.height, params.recpo.popularity_prior, "recpo.popularity_prior")
     reasoning = tok.decode(completion[:-1], skip_special_tokens=True)
     return {"reasoning": reasoning, "items": _top_items(scores[0], hist_ids, titles, k), "matched": matched}

@@ -72,10 +72,17 @@ def in_batch_target_logprob(user_vecs: torch.Tensor, item_vecs: torch.Tensor, la
         cu, ci = split_center(center, user_vecs)
         u = F.normalize(user_vecs.float() - cu, dim=-1)
         v = F.normalize(item_vecs.float() - ci, dim=-1)
-        logits = u @ v.T / tau
-        if key_offset is not None:
-            logits = logits + key_offset.to(logits).view(1, -1)
-        return torch.log_softmax(logits, dim=-1).gather(1, labels.view(-1, 1).long()).squeeze(1)
+        return target_logprob(u @ v.T / tau, labels, key_offset)
+
+
+def target_logprob(logits: torch.Tensor, labels: torch.Tensor,
+                   key_offset: torch.Tensor | None = None) -> torch.Tensor:
+    """``log softmax(logits + o)[m, labels[m]]`` -- ``[M]`` from ``[M, K]`` logits of user rows against candidate
+    columns; ``o`` = ``key_offset`` (``[K]``, added to every row) or 0. Any head's item loss (cosine, readout)."""
+    logits = logits.float()
+    if key_offset is not None:
+        logits = logits + key_offset.to(logits).view(1, -1)
+    return torch.log_softmax(logits, dim=-1).gather(1, labels.to(logits.device).view(-1, 1).long()).squeeze(1)
 
 
 def catalogue_target_logprob(scores: torch.Tensor, targets: torch.Tensor,
@@ -88,13 +95,19 @@ def catalogue_target_logprob(scores: torch.Tensor, targets: torch.Tensor,
     """
     s = scores.float()
     if histories is not None:
-        keep = torch.zeros_like(s, dtype=torch.bool)
-        for b, h in enumerate(histories):
-            if h:
-                keep[b, torch.as_tensor(h, dtype=torch.long, device=s.device)] = True
-        keep[torch.arange(s.shape[0], device=s.device), targets.to(s.device).long()] = False
-        s = s.masked_fill(keep, float("-inf"))
+        s = s.masked_fill(history_mask(s, targets, histories), float("-inf"))
     return torch.log_softmax(s, dim=-1).gather(1, targets.to(s.device).long().view(-1, 1)).squeeze(1)
+
+
+def history_mask(scores: torch.Tensor, targets: torch.Tensor, histories: list[list[int]]) -> torch.Tensor:
+    """``[B, N+1]`` bool, True at each sample's history items other than its target (shape/device of
+    ``scores``): what the evaluator leaves out of the ranking."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    for b, h in enumerate(histories):
+        if h:
+            mask[b, torch.as_tensor(h, dtype=torch.long, device=scores.device)] = True
+    mask[torch.arange(scores.shape[0], device=scores.device), targets.to(scores.device).long()] = False
+    return mask
 
 
 def in_batch_labels(target_ids: list[int]) -> tuple[list[int], torch.Tensor]:

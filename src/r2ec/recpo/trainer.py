@@ -118,6 +118,8 @@ class _Trainer(LLMHarness):
         self._log_q: torch.Tensor | None = None
         self.beta = self.rc.beta if self.var.beta is None else self.var.beta
         self.head: torch.nn.Linear | None = None
+        self.ro = params.readout
+        self.readout = None  # r2ec.llm.readout.Readout when readout.rank > 0 (trained variants, not cls_head)
         super().__init__(method, ds, params, self.rc, run_dir, cache_dir, progress, use_dvclive, hook)
         tok = self.tok
         self.answer_id = answer_token_id(tok)
@@ -143,9 +145,13 @@ class _Trainer(LLMHarness):
 
     # ------------------------------------------------------------------------------------------ harness hooks
     def setup(self, model: torch.nn.Module) -> None:
+        H = model.config.hidden_size if hasattr(model, "config") else model.get_base_model().config.hidden_size
+        if self.ro.rank > 0 and self.var.train and not self.var.cls_head:
+            from r2ec.llm.readout import Readout
+            self.readout = Readout(H, self.ro.rank, self.ro.seed).to(self.acc.device)
+            model.r2ec_readout = self.readout  # a submodule: its projection is trained and saved with the adapter
         if not self.var.cls_head:
             return
-        H = model.config.hidden_size if hasattr(model, "config") else model.get_base_model().config.hidden_size
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.rc.seed + 1)
             self.head = torch.nn.Linear(H, self.ds.n_items + 1).to(self.acc.device)
@@ -167,10 +173,14 @@ class _Trainer(LLMHarness):
         self.refresh_table()
 
     def on_fresh_start(self) -> bool:
+        if self.readout is not None and not (self.var.reasoning and self.rc.warm_start):
+            self.fit_readout()
+            return True
         return self.warm_start()
 
     def fingerprint_extra(self) -> dict[str, Any]:
-        return {"catalogue_loss": self.catalogue_w, "logq_correction": self.logq, "user_prefix": self.user_prefix_on}
+        return {"catalogue_loss": self.catalogue_w, "logq_correction": self.logq, "user_prefix": self.user_prefix_on,
+                "readout": to_dict(self.ro)}
 
     def candidate_log_q(self, cand: list[int]) -> torch.Tensor:
         """``log q`` of each candidate of the contrastive item loss: the chance that an item is a candidate of a
@@ -195,15 +205,22 @@ class _Trainer(LLMHarness):
         return off
 
     def extra_state(self) -> dict[str, Any]:
-        return {"item_table": self.table, "item_table_step": self.table_step}
+        st = {"item_table": self.table, "item_table_step": self.table_step}
+        if self.readout is not None:  # the projection is a trainable tensor; its user stats are buffers
+            st["readout"] = {k: v.cpu().clone() for k, v in self.readout.state_dict().items()}
+        return st
 
     def restore_extra(self, st: dict[str, Any]) -> None:
         self.table, self.table_step = st["item_table"], st["item_table_step"]
+        if self.readout is not None:
+            self.readout.load_state_dict(st["readout"])
 
     def save_best_extra(self, tmp: Path) -> None:
         from r2ec.llm.encoder import save_item_table
         if self.head is not None:
             torch.save(self.head.state_dict(), tmp / "head.pt")
+        if self.readout is not None:
+            torch.save({k: v.cpu() for k, v in self.readout.state_dict().items()}, tmp / "readout.pt")
         if self.table is not None:
             meta = {"step": self.table_step, "dataset": self.ds.name, "tau": self.rc.tau}
             c = self.center()
@@ -213,12 +230,76 @@ class _Trainer(LLMHarness):
 
     def load_best_extra(self, d: Path) -> None:
         from r2ec.llm.encoder import load_item_table
+        self._load_readout(d)
         if (d / "item_table.pt").exists():
             self.table, meta = load_item_table(d / "item_table.pt")
             self.step = self.table_step = int(meta.get("step", self.best_step))
             if "user_center" in meta:
                 self._user_center = torch.tensor(meta["user_center"], dtype=torch.float32)
                 self._user_center_step = self.table_step
+
+    def _load_readout(self, d: Path) -> None:
+        """Load ``d/readout.pt`` (projection + user stats) into this run's readout, when it has one."""
+        if self.readout is None:
+            return
+        f = d / "readout.pt"
+        if not f.exists():
+            raise UserError(f"{f}: not found; that run was trained without the readout (readout.rank = 0)")
+        sd = torch.load(f, map_location="cpu", weights_only=True)
+        if tuple(sd["proj"].shape) != tuple(self.readout.proj.shape):
+            raise UserError(f"{f}: projection of shape {tuple(sd['proj'].shape)}, this run's is "
+                             f"{tuple(self.readout.proj.shape)} (different readout.rank?)")
+        self.readout.load_state_dict(sd)
+
+    def _seeded_train_rows(self, n: int, salt: int) -> pl.DataFrame:
+        train = self.ds.split("train")
+        rng = np.random.default_rng([self.ro.seed, salt])
+        return train[np.sort(rng.choice(train.height, size=min(n, train.height), replace=False)).tolist()]
+
+    def fit_readout(self) -> dict[str, Any]:
+        """Fit the readout on the base model's user states of ``readout.train_users`` seeded train samples
+        (:func:`r2ec.llm.readout.fit_readout`; the states are cached like the item table: they depend only on the
+        backbone and the prompts). Called on a fresh start, before any step, so the adapter is the identity: by
+        ``r2ec_no_reasoning``, and by a reasoning variant without ``recpo.warm_start`` (on its greedy-reasoning
+        states, which cost a generation each)."""
+        from r2ec.llm.readout import fit_readout
+        self.refresh_table()
+        rows = self._seeded_train_rows(self.ro.train_users, 13)
+        t0 = time.perf_counter()
+        prompts = self.prompts_of(rows)
+        reasoning = self.rc.max_reasoning_tokens if self.var.reasoning else 0
+        cache = self._cache_path("user_states", prompts, reasoning)
+        if cache is not None and cache.exists():
+            states = torch.load(cache, map_location="cpu", weights_only=True)
+        else:
+            states = self.user_states(rows, desc=f"{self.method} readout users")
+            if cache is not None and self.acc.is_main_process:
+                from r2ec.io import atomic_path
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(cache) as tmp:
+                    torch.save(states, tmp)
+        state_s = time.perf_counter() - t0
+        info = fit_readout(self.readout, states, torch.as_tensor(rows["target_item_id"].to_list()),
+                           rows["history_item_ids"].to_list(), self.table, self.log_prior(), epochs=self.ro.epochs,
+                           lr=self.ro.lr, weight_decay=self.ro.weight_decay)
+        info = {"users": int(states.shape[0]), "states_s": round(state_s, 1), **info}
+        self.stepped()
+        log.info("%s: readout fitted on %d train users (states %.0fs, fit %.1fs, loss %.3f -> %.3f)", self.method,
+                 info["users"], state_s, info["seconds"], info["loss_first"], info["loss_last"])
+        if self.acc.is_main_process:
+            from r2ec.io import write_text
+            write_text(self.run_dir / "readout_fit.json", json.dumps(info, indent=2) + "\n")
+        return info
+
+    def readout_reasoning_stats(self) -> None:
+        """``readout.reasoning_stats``: re-standardise users by the greedy-reasoning states of seeded train samples
+        (the fitting users' stats describe states taken right after the prompt, not after reasoning)."""
+        if self.readout is None or self.ro.reasoning_stats <= 0 or not self.var.reasoning:
+            return
+        states = self.user_states(self._seeded_train_rows(self.ro.reasoning_stats, 17))
+        self.readout.set_user_stats(states)
+        log.info("%s: readout users re-standardised on %d greedy-reasoning train states", self.method,
+                 states.shape[0])
 
     # ------------------------------------------------------------------------------------------ helpers
     def _sync_engine(self):
@@ -309,9 +390,28 @@ class _Trainer(LLMHarness):
             s = self.head(user.to(self.acc.device).float()).float().cpu()
             s[:, 0] = float("-inf")
         else:
-            from r2ec.llm.encoder import cosine_scores
-            s = cosine_scores(user.float().cpu(), self.table, self.rc.tau, self.center())
+            s = self.table_scores(user.float()).cpu()
         return self.with_prior(s)
+
+    def table_scores(self, user: torch.Tensor) -> torch.Tensor:
+        """``[B, N+1]`` item-table scores (no prior), differentiable in ``user``: the readout when it is on, else
+        cos/tau (centred when ``recpo.center``)."""
+        if self.readout is not None:
+            return self.readout.scores(user, self.table)
+        from r2ec.llm.encoder import cosine_scores
+        return cosine_scores(user, self.table.to(user.device), self.rc.tau, self.center())
+
+    def item_logprob(self, user: torch.Tensor, items: torch.Tensor, labels: torch.Tensor,
+                     cand: list[int]) -> torch.Tensor:
+        """``[M]`` item-loss log-probs of each user row's label among the candidate item vectors (readout or
+        cos/tau logits, plus :meth:`item_offset`)."""
+        if self.readout is not None:
+            from r2ec.llm.readout import table_stats
+            from r2ec.recpo.losses import target_logprob
+            return target_logprob(self.readout.logits(user, items, table_stats(self.table)), labels,
+                                  self.item_offset(cand))
+        return in_batch_target_logprob(user, items, labels, self.rc.tau, self.center(),
+                                       key_offset=self.item_offset(cand))
 
     def head_logprob(self, user: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``[M]`` ``log softmax_j(head(user)_j + prior_j)[target]`` over the catalogue: the item loss of the
@@ -319,15 +419,19 @@ class _Trainer(LLMHarness):
         logits = self.with_prior(self.head(user).float())[:, 1:]
         return torch.log_softmax(logits, -1).gather(1, (targets - 1).view(-1, 1).to(logits.device)).squeeze(1)
 
-    def user_vectors(self, prompts: list[list[int]], completions: list[list[int]] | None) -> torch.Tensor:
-        """Pooled user vectors (no grad, eval mode), in mini-batches of ``recpo.eval_batch_size``."""
+    def user_vectors(self, prompts: list[list[int]], completions: list[list[int]] | None,
+                     desc: str | None = None) -> torch.Tensor:
+        """Pooled user vectors (no grad, eval mode), in mini-batches of ``recpo.eval_batch_size`` (a tqdm bar
+        named ``desc`` when given and progress is on)."""
+        from tqdm.auto import tqdm
         rows = [p + (c if completions is not None else [self.answer_id])
                 for p, c in zip(prompts, completions or [None] * len(prompts))]
         out = []
         self.policy.eval()
         model, ctx = self.infer()
         with torch.no_grad(), ctx:
-            for s in range(0, len(rows), self.rc.eval_batch_size):
+            for s in tqdm(range(0, len(rows), self.rc.eval_batch_size), desc=desc,
+                          disable=desc is None or not self.progress):
                 out.append(self._pooled(rows[s:s + self.rc.eval_batch_size], model).float().cpu())
         return torch.cat(out)
 
@@ -335,9 +439,10 @@ class _Trainer(LLMHarness):
     def scorer(self, batch: pl.DataFrame) -> torch.Tensor:
         return self.scores_of(self.user_states(batch))
 
-    def user_states(self, batch: pl.DataFrame) -> torch.Tensor:
+    def user_states(self, batch: pl.DataFrame, desc: str | None = None) -> torch.Tensor:
         """``[B, H]`` float32 user vectors of sample rows as evaluation computes them (reasoning variants: at
-        ``<answer>`` after greedy reasoning), no grad."""
+        ``<answer>`` after greedy reasoning), no grad; a tqdm bar named ``desc`` when given."""
+        from tqdm.auto import tqdm
         prompts = self.prompts_of(batch)
         completions = None
         if self.var.reasoning:
@@ -345,7 +450,8 @@ class _Trainer(LLMHarness):
             self._sync_engine()
             # the HF engine reads the <answer> state off its own KV cache: no second pass over prompt + reasoning
             opt = {"old_logprobs": False, "answer_hidden": True}
-            for s in range(0, len(prompts), self.rc.eval_batch_size):
+            for s in tqdm(range(0, len(prompts), self.rc.eval_batch_size), desc=desc,
+                          disable=desc is None or not self.progress):
                 with self.infer()[1]:  # a fresh context per chunk: autocast contexts are single-use
                     groups = self._generate(prompts[s:s + self.rc.eval_batch_size], 1, 0.0, 0,
                                             step_seed(self.rc.seed, 0, 7), **opt)
@@ -353,7 +459,7 @@ class _Trainer(LLMHarness):
                 states += [g[0].answer_hidden for g in groups]
             if all(v is not None for v in states):
                 return torch.stack(states).float().cpu()
-        return self.user_vectors(prompts, completions)
+        return self.user_vectors(prompts, completions, desc=desc if completions is None else None)
 
     def _pooled(self, rows: list[list[int]], model=None) -> torch.Tensor:
         """Float32 hidden state at the last ``<answer>`` of each row, one forward (grad flows if enabled)."""
@@ -481,9 +587,8 @@ class _Trainer(LLMHarness):
             else:
                 cand = uniq + self._negative_ids(uniq)  # labels index the leading in-batch targets
                 item_old = self._item_vectors(cand)
-                old_item_logp = in_batch_target_logprob(user_old[best_idx].to(self.acc.device), item_old,
-                                                        sel_labels.to(self.acc.device), rc.tau, self.center(),
-                                                        key_offset=self.item_offset(cand))
+                old_item_logp = self.item_logprob(user_old[best_idx].to(self.acc.device), item_old,
+                                                  sel_labels.to(self.acc.device), cand)
             ref_logp = None
             if rc.kl_coef > 0:
                 with self.policy.disable_adapter():
@@ -572,8 +677,7 @@ class _Trainer(LLMHarness):
                     if self.head is not None:
                         nl = self.head_logprob(u, sel_targets[js.cpu()])
                     else:
-                        nl = in_batch_target_logprob(u, leaf, sel_labels[js.cpu()].to(dev), rc.tau, self.center(),
-                                                     key_offset=self.item_offset(cand))
+                        nl = self.item_logprob(u, leaf, sel_labels[js.cpu()].to(dev), cand)
                     il, ist = clipped_item_loss(nl, old_item_logp[js], adv_flat[best_idx][js], rc.clip_low,
                                                 rc.clip_high)
                     loss = loss + il * (len(sel) / M)
@@ -591,7 +695,7 @@ class _Trainer(LLMHarness):
     def contrastive_step(self, rows: pl.DataFrame) -> dict[str, Any]:
         """``r2ec_no_reasoning``: in-batch InfoNCE between <answer>-right-after-prompt user vectors and targets."""
         rec: dict[str, Any] = {"refresh_s": 0.0, "rollout_s": 0.0, "reward_fwd_s": 0.0}
-        if ((self.rc.center or self.catalogue_w > 0)
+        if ((self.rc.center or self.catalogue_w > 0 or self.readout is not None)
                 and (self.table is None or self.step - self.table_step >= self.rc.item_refresh_every)):
             rec["refresh_s"] = self.refresh_table()  # the centre / the catalogue term use the current table
         self.user_prefix()  # built before the step's clock starts
@@ -602,14 +706,12 @@ class _Trainer(LLMHarness):
         self.opt.zero_grad(set_to_none=True)
         with self.autocast():
             user = self._train_user_vectors(rows)
-            logp = in_batch_target_logprob(user, self._item_vectors(cand), labels.to(self.acc.device),
-                                           self.rc.tau, self.center(), key_offset=self.item_offset(cand))
+            logp = self.item_logprob(user, self._item_vectors(cand), labels.to(self.acc.device), cand)
             loss = -logp.mean()
             if self.catalogue_w > 0:
                 # every catalogue item is a negative at the cost of one matmul: the table is a constant here,
                 # so only the user side learns from this term (the in-batch term keeps training the items)
-                from r2ec.llm.encoder import cosine_scores
-                scores = self.with_prior(cosine_scores(user, self.table.to(user.device), self.rc.tau, self.center()))
+                scores = self.with_prior(self.table_scores(user))
                 cat = -catalogue_target_logprob(scores, torch.as_tensor(rows["target_item_id"].to_list()),
                                                 rows["history_item_ids"].to_list()).mean()
                 rec["catalogue_loss"] = cat.item()
@@ -650,12 +752,14 @@ class _Trainer(LLMHarness):
                 for n, q in m.named_parameters():
                     if q.requires_grad and "lora_" in n:
                         q.copy_(state[f"{k}/{n}"].to(q.device, q.dtype))
+        self._load_readout(d)
         self.stepped()
         if (d / "item_table.pt").exists() and self.head is None:
             from r2ec.llm.encoder import load_item_table
             self.table, _ = load_item_table(d / "item_table.pt")
             self.table_step = 0
         log.info("%s: warm start from %s", self.method, d)
+        self.readout_reasoning_stats()
         return True
 
 def train_r2ec(method: str, ds: Dataset, params: Params, run_dir: Path, cache_dir: Path | None = None,

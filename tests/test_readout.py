@@ -1,0 +1,133 @@
+"""R2ec's learned readout: hand-computed scores, the fit, and its life in a run (fit, save, resume, warm start)."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from r2ec.config import ConfigError, ReadoutCfg, from_dict, to_dict
+from r2ec.llm.readout import Readout, fit_readout, table_stats
+from r2ec.recpo.trainer import _Trainer, train_r2ec
+from recpo_fixtures import Killed, kill_at, tiny_dataset, tiny_params, with_recpo
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return tiny_dataset()
+
+
+def _with_readout(p, **kw):
+    return dataclasses.replace(p, readout=ReadoutCfg(**{"rank": 2, "train_users": 6, "epochs": 30, "lr": 0.05,
+                                                        **kw}))
+
+
+def test_scores_are_the_tied_projection_of_standardised_states():
+    ro = Readout(2, 1, seed=0)
+    with torch.no_grad():
+        ro.proj.copy_(torch.tensor([[1.0], [2.0]]))
+    ro.set_user_stats(torch.tensor([[0.0, 0.0], [2.0, 4.0]]))  # mean (1, 2), std (sqrt 2, 2 sqrt 2)
+    table = torch.tensor([[9.0, 9.0], [1.0, 0.0], [3.0, 0.0], [2.0, 3.0]])  # row 0 (pad) is ignored by the stats
+    mu, sd = table_stats(table)
+    torch.testing.assert_close(mu, torch.tensor([2.0, 1.0]))
+    torch.testing.assert_close(sd, torch.tensor([1.0, 3.0 ** 0.5]) + 1e-6)
+    s = ro.scores(torch.tensor([[3.0, 6.0]]), table)
+    # z_u = ((3-1)/sqrt2, (6-2)/(2 sqrt2)) = (sqrt2, sqrt2) -> A^T z_u = 3 sqrt2
+    # item 1: z = (-1, -1/sqrt3) -> -1 - 2/sqrt3; item 2: (1, -1/sqrt3) -> 1 - 2/sqrt3; item 3: (0, 2/sqrt3) -> 4/sqrt3
+    u = 3 * 2 ** 0.5
+    expect = torch.tensor([float("-inf"), u * (-1 - 2 / 3 ** 0.5), u * (1 - 2 / 3 ** 0.5), u * 4 / 3 ** 0.5])
+    torch.testing.assert_close(s[0], expect, rtol=1e-4, atol=1e-4)
+
+
+def test_fit_lowers_the_catalogue_loss_deterministically():
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(9, 6, generator=g)
+    targets = torch.randint(1, 9, (40,), generator=g)
+    users = table[targets] + 0.3 * torch.randn(40, 6, generator=g)  # a user's state points at its target
+    hist = [[int(t) % 8 + 1] for t in targets]
+    runs = []
+    for _ in range(2):
+        ro = Readout(6, 3, seed=1)
+        info = fit_readout(ro, users, targets, hist, table, None, epochs=80, lr=0.05, weight_decay=0.0)
+        runs.append((ro.proj.detach().clone(), info))
+    (a, info), (b, _) = runs
+    assert torch.equal(a, b)  # seeded init, full batch: the same fit twice
+    assert info["loss_last"] < info["loss_first"] - 0.5
+    assert info["loss_first"] == pytest.approx(torch.log(torch.tensor(8.0)).item() - 0.0, abs=0.2)
+    assert ro.proj.grad is None
+
+
+def test_params_check_the_readout_keys():
+    raw = to_dict(tiny_params())
+    with pytest.raises(ConfigError, match="readout.rank"):
+        from_dict({**raw, "readout": {**raw["readout"], "rank": -1}}, "p.yaml")
+    with pytest.raises(ConfigError, match="readout.rank > 0 needs"):
+        from_dict({**raw, "readout": {**raw["readout"], "rank": 4, "train_users": 0}}, "p.yaml")
+    with pytest.raises(ConfigError, match="recpo.center"):
+        from_dict({**raw, "readout": {**raw["readout"], "rank": 4}, "recpo": {**raw["recpo"], "center": True}},
+                  "p.yaml")
+
+
+def test_no_reasoning_run_fits_saves_and_scores_with_the_readout(ds, tmp_path):
+    p = _with_readout(tiny_params(steps=1, eval_every=1, lr=1e-3))
+    train_r2ec("r2ec_no_reasoning", ds, p, tmp_path / "r2ec_no_reasoning", tmp_path / "cache", progress=False,
+               dvclive=False)
+    run = tmp_path / "r2ec_no_reasoning"
+    fit = json.loads((run / "readout_fit.json").read_text())
+    assert fit["users"] == 6 and fit["loss_last"] < fit["loss_first"]
+    assert list((tmp_path / "cache" / "user_states").glob("*.pt"))  # the base model's states are cached
+    assert [json.loads(x)["step"] for x in open(run / "valid_log.jsonl")][0] == 0  # the fitted head is validated
+    sd = torch.load(run / "best" / "readout.pt")
+    assert sd["proj"].shape == (64, 2) and sd["user_std"].min() > 0
+
+    tr = _Trainer("r2ec_no_reasoning", ds, p, run, tmp_path / "cache", False, False, None)
+    tr.load_best()
+    torch.testing.assert_close(tr.readout.proj.detach(), sd["proj"])
+    user = torch.randn(3, 64)
+    expect = tr.readout.scores(user, tr.table).detach()  # tiny params: no popularity prior
+    torch.testing.assert_close(tr.scores_of(user), expect)
+
+    # the reasoning variant inherits the fitted readout (projection and user stats) with the adapter
+    pw = with_recpo(p, warm_start="r2ec_no_reasoning")
+    pw = dataclasses.replace(pw, readout=p.readout)
+    rt = _Trainer("r2ec", ds, pw, tmp_path / "r2ec", tmp_path / "cache", False, False, None)
+    assert rt.on_fresh_start()
+    for k, v in sd.items():
+        torch.testing.assert_close(rt.readout.state_dict()[k], v)
+    pr = dataclasses.replace(pw, readout=dataclasses.replace(p.readout, rank=3))
+    bad = _Trainer("r2ec", ds, pr, tmp_path / "r2ec3", tmp_path / "cache", False, False, None)
+    from r2ec.errors import UserError
+    with pytest.raises(UserError, match="readout.rank"):
+        bad.warm_start()
+
+
+def test_readout_is_trained_by_the_steps_and_resumes_bit_identically(ds, tmp_path):
+    p = _with_readout(tiny_params(steps=3, eval_every=3, lr=1e-2))
+    straight = tmp_path / "straight"
+    train_r2ec("r2ec_no_reasoning", ds, p, straight, None, progress=False, dvclive=False)
+    killed = tmp_path / "killed"
+    with pytest.raises(Killed):
+        train_r2ec("r2ec_no_reasoning", ds, p, killed, None, progress=False, dvclive=False, hook=kill_at(2))
+    train_r2ec("r2ec_no_reasoning", ds, p, killed, None, progress=False, dvclive=False)
+    a = torch.load(straight / "best" / "readout.pt")
+    b = torch.load(killed / "best" / "readout.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    fit = torch.load(straight / "best" / "trainable.pt")["policy/r2ec_readout.proj"]
+    torch.testing.assert_close(fit, a["proj"])
+    st = json.loads((straight / "metrics.json").read_text())
+    assert st == json.loads((killed / "metrics.json").read_text())
+
+
+def test_reasoning_stats_restandardise_users_on_greedy_reasoning_states(ds, tmp_path):
+    p = _with_readout(tiny_params(steps=1, eval_every=1, lr=1e-3))
+    train_r2ec("r2ec_no_reasoning", ds, p, tmp_path / "r2ec_no_reasoning", None, progress=False, dvclive=False)
+    sd = torch.load(tmp_path / "r2ec_no_reasoning" / "best" / "readout.pt")
+    pw = dataclasses.replace(with_recpo(p, warm_start="r2ec_no_reasoning"),
+                             readout=dataclasses.replace(p.readout, reasoning_stats=4))
+    rt = _Trainer("r2ec", ds, pw, tmp_path / "r2ec", None, False, False, None)
+    rt.on_fresh_start()
+    torch.testing.assert_close(rt.readout.proj.detach(), sd["proj"])  # the projection is inherited ...
+    states = rt.user_states(rt._seeded_train_rows(4, 17))  # ... the user stats are the reasoning states'
+    torch.testing.assert_close(rt.readout.user_mean, states.mean(0))
+    assert not torch.allclose(rt.readout.user_mean, sd["user_mean"])
