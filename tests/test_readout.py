@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from r2ec.config import ConfigError, ReadoutCfg, from_dict, to_dict
-from r2ec.llm.readout import Readout, fit_readout, table_stats
+from r2ec.llm.readout import Readout, distill_user_map, fit_readout, table_stats
 from r2ec.recpo.trainer import _Trainer, train_r2ec
 from recpo_fixtures import Killed, kill_at, tiny_dataset, tiny_params, with_recpo
 
@@ -119,15 +119,45 @@ def test_readout_is_trained_by_the_steps_and_resumes_bit_identically(ds, tmp_pat
     assert st == json.loads((killed / "metrics.json").read_text())
 
 
-def test_reasoning_stats_restandardise_users_on_greedy_reasoning_states(ds, tmp_path):
-    p = _with_readout(tiny_params(steps=1, eval_every=1, lr=1e-3))
-    train_r2ec("r2ec_no_reasoning", ds, p, tmp_path / "r2ec_no_reasoning", None, progress=False, dvclive=False)
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_distillation_fits_a_users_only_map_from_reasoning_states_to_the_fitted_projection(ds, tmp_path, use_cache):
+    from r2ec.llm.readout import distill_user_map
+    p = _with_readout(tiny_params(steps=0))
+    cache = tmp_path / "cache" if use_cache else None
+    train_r2ec("r2ec_no_reasoning", ds, p, tmp_path / "r2ec_no_reasoning", cache, progress=False, dvclive=False)
     sd = torch.load(tmp_path / "r2ec_no_reasoning" / "best" / "readout.pt")
     pw = dataclasses.replace(with_recpo(p, warm_start="r2ec_no_reasoning"),
-                             readout=dataclasses.replace(p.readout, reasoning_stats=4))
-    rt = _Trainer("r2ec", ds, pw, tmp_path / "r2ec", None, False, False, None)
+                             readout=dataclasses.replace(p.readout, distill_users=4, distill_ridge=0.5))
+    rt = _Trainer("r2ec", ds, pw, tmp_path / "r2ec", cache, False, False, None)
     rt.on_fresh_start()
-    torch.testing.assert_close(rt.readout.proj.detach(), sd["proj"])  # the projection is inherited ...
-    states = rt.user_states(rt._seeded_train_rows(4, 17))  # ... the user stats are the reasoning states'
-    torch.testing.assert_close(rt.readout.user_mean, states.mean(0))
-    assert not torch.allclose(rt.readout.user_mean, sd["user_mean"])
+    info = json.loads((tmp_path / "r2ec" / "readout_distill.json").read_text())
+    # an adapter still at the base model reads the teachers off the fitting stage's cache, if there is one
+    assert info["users"] == 4 and info["teacher_cached"] == use_cache
+    torch.testing.assert_close(rt.readout.proj.detach(), sd["proj"])  # the items keep the fitted projection
+    assert not torch.allclose(rt.readout.user_proj, sd["proj"])
+    # the same regression by hand: the readout's users-only map is ridge of reasoning states onto teachers
+    fit_rows = rt._seeded_train_rows(6, 13)
+    rows = fit_rows[sorted(__import__("numpy").random.default_rng([2025, 17]).choice(6, 4, replace=False))]
+    teacher = rt.user_vectors(rt.prompts_of(rows), None)
+    student = rt.user_states(rows)
+    from r2ec.llm.readout import Readout
+    ref = Readout(64, 2, 0, user_map=True)
+    ref.load_state_dict(sd, strict=False)
+    distill_user_map(ref, teacher, student, 0.5)
+    torch.testing.assert_close(rt.readout.user_proj.detach(), ref.user_proj.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(rt.readout.user_mean, student.mean(0))
+    # saved with the run's best state and read back by a resumed/evaluated run
+    rt.save_best_extra(tmp_path)
+    assert "user_proj" in torch.load(tmp_path / "readout.pt")
+
+
+def test_distill_user_map_recovers_a_linear_relation():
+    g = torch.Generator().manual_seed(0)
+    ro = Readout(5, 2, seed=0, user_map=True)
+    teacher = torch.randn(200, 5, generator=g)
+    ro.set_user_stats(teacher)
+    student = teacher @ torch.randn(5, 5, generator=g) + 3.0  # an invertible linear image of the teachers
+    info = distill_user_map(ro, teacher, student, ridge=1e-6)
+    assert info["r2"] > 0.999
+    teacher_proj = ((teacher - teacher.mean(0)) / (teacher.std(0) + 1e-6)) @ ro.proj.detach()
+    torch.testing.assert_close(ro.users(student).detach(), teacher_proj, rtol=1e-3, atol=1e-3)

@@ -233,9 +233,11 @@ class ReadoutCfg:
     epochs: int = _doc("full-batch Adam epochs of the fit", default=300)
     lr: float = _doc("Adam learning rate of the fit", default=3e-3)
     weight_decay: float = _doc("Adam weight decay of the fit (the projection's only regulariser)", default=0.1)
-    reasoning_stats: int = _doc(
-        "reasoning variants re-standardise users by the greedy-reasoning states of this many seeded train "
-        "samples at warm start (0 = keep the fitting users' stats)", default=0)
+    distill_users: int = _doc(
+        "warm-started reasoning variants fit a users-only projection on this many of the fitting users: their "
+        "states after greedy reasoning regressed onto the projected states the readout was fitted on "
+        "(0 = off: reasoning states use the inherited tied projection)", default=0)
+    distill_ridge: float = _doc("ridge penalty of that regression (on standardised states)", default=100.0)
     seed: int = _doc("seed of the projection's initialisation and of the fitting users", default=2025)
 
 
@@ -649,7 +651,7 @@ def _check_semantics(p: Params) -> None:
     if p.contrastive.train_max_samples < 0:
         raise ConfigError(f"contrastive.train_max_samples: must be >= 0 (0 = all), got "
                           f"{p.contrastive.train_max_samples}")
-    for key in ("rank", "train_users", "epochs", "reasoning_stats"):
+    for key in ("rank", "train_users", "epochs", "distill_users", "distill_ridge"):
         if getattr(p.readout, key) < 0:
             raise ConfigError(f"readout.{key}: must be >= 0, got {getattr(p.readout, key)}")
     if p.readout.rank > 0 and (p.readout.train_users == 0 or p.readout.epochs == 0):

@@ -33,12 +33,17 @@ def table_stats(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Readout(torch.nn.Module):
-    """``A`` (trainable) plus the users' standardisation stats (buffers, saved with ``state_dict``)."""
+    """``A`` (trainable) plus the users' standardisation stats (buffers, saved with ``state_dict``).
 
-    def __init__(self, hidden: int, rank: int, seed: int):
+    ``user_map=True`` adds a users-only projection ``M`` (``[H, rank]``): users score as ``M^T z_u`` against the
+    items' ``A^T z_i``. The reasoning variants use it (:func:`distill_user_map`): a state read after reasoning is
+    not the state ``A`` was fitted on (per-dimension correlation with the same user's no-reasoning state ~0.2)."""
+
+    def __init__(self, hidden: int, rank: int, seed: int, user_map: bool = False):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.proj = torch.nn.Parameter(0.01 * torch.randn(hidden, rank, generator=g))
+        self.user_proj = torch.nn.Parameter(self.proj.detach().clone()) if user_map else None
         self.register_buffer("user_mean", torch.zeros(hidden))
         self.register_buffer("user_std", torch.ones(hidden))
 
@@ -50,7 +55,7 @@ class Readout(torch.nn.Module):
 
     def users(self, h: torch.Tensor) -> torch.Tensor:
         """``[B, rank]`` projected standardised user states."""
-        p = self.proj
+        p = self.proj if self.user_proj is None else self.user_proj
         return ((h.float().to(p.device) - self.user_mean) / self.user_std) @ p.float()
 
     def items(self, h: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -101,3 +106,26 @@ def fit_readout(readout: Readout, users: torch.Tensor, targets: torch.Tensor, hi
     readout.proj.grad = None
     return {"loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
             "seconds": time.perf_counter() - t0}
+
+
+def distill_user_map(readout: Readout, teacher_states: torch.Tensor, student_states: torch.Tensor,
+                     ridge: float) -> dict[str, Any]:
+    """Fit ``readout.user_proj`` so that student states (read after reasoning) project where the teacher states of
+    the same users (read right after the prompt, what ``A`` was fitted on) do: ridge regression ::
+
+        M = argmin ||Z_s M - T||^2 + ridge ||M||^2 = (Z_s^T Z_s + ridge I)^-1 Z_s^T T,    T = A^T z(teacher)
+
+    with ``Z_s`` the student states standardised by their own mean / std (which become the readout's user stats).
+    Returns ``{"users", "r2"}`` (the fit's share of explained target variance)."""
+    with torch.no_grad():
+        # the teacher's projection: A on the stats A was fitted with (whatever user_proj holds now)
+        target = ((teacher_states.float().to(readout.user_mean.device) - readout.user_mean) / readout.user_std
+                  ) @ readout.proj.float()
+        readout.set_user_stats(student_states)
+        z = ((student_states.float().to(readout.user_mean.device) - readout.user_mean) / readout.user_std)
+        eye = torch.eye(z.shape[1], device=z.device)
+        m = torch.linalg.solve(z.T @ z + ridge * eye, z.T @ target)
+        readout.user_proj.copy_(m)
+        resid = (z @ m - target).pow(2).sum()
+        r2 = 1.0 - float(resid / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12))
+    return {"users": int(z.shape[0]), "r2": r2}

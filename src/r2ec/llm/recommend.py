@@ -168,7 +168,7 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
         if readout_file.exists():  # the run's learned readout replaces the cosine (r2ec.llm.readout)
             from r2ec.llm.readout import Readout
             sd = torch.load(readout_file, map_location="cpu", weights_only=True)
-            ro = Readout(sd["proj"].shape[0], sd["proj"].shape[1], 0)
+            ro = Readout(sd["proj"].shape[0], sd["proj"].shape[1], 0, user_map="user_proj" in sd)
             ro.load_state_dict(sd)
             with torch.no_grad():
                 scores = ro.scores(user, table)

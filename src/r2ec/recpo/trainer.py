@@ -148,7 +148,8 @@ class _Trainer(LLMHarness):
         H = model.config.hidden_size if hasattr(model, "config") else model.get_base_model().config.hidden_size
         if self.ro.rank > 0 and self.var.train and not self.var.cls_head:
             from r2ec.llm.readout import Readout
-            self.readout = Readout(H, self.ro.rank, self.ro.seed).to(self.acc.device)
+            user_map = self.var.reasoning and self.ro.distill_users > 0
+            self.readout = Readout(H, self.ro.rank, self.ro.seed, user_map=user_map).to(self.acc.device)
             model.r2ec_readout = self.readout  # a submodule: its projection is trained and saved with the adapter
         if not self.var.cls_head:
             return
@@ -249,7 +250,10 @@ class _Trainer(LLMHarness):
         if tuple(sd["proj"].shape) != tuple(self.readout.proj.shape):
             raise UserError(f"{f}: projection of shape {tuple(sd['proj'].shape)}, this run's is "
                              f"{tuple(self.readout.proj.shape)} (different readout.rank?)")
-        self.readout.load_state_dict(sd)
+        # a warm start from r2ec_no_reasoning has no users-only map: :meth:`readout_distill` fits it next
+        missing, unexpected = self.readout.load_state_dict(sd, strict=False)
+        if unexpected or set(missing) - {"user_proj"}:
+            raise UserError(f"{f}: unexpected readout tensors {unexpected}, missing {missing}")
 
     def _seeded_train_rows(self, n: int, salt: int) -> pl.DataFrame:
         train = self.ds.split("train")
@@ -291,15 +295,37 @@ class _Trainer(LLMHarness):
             write_text(self.run_dir / "readout_fit.json", json.dumps(info, indent=2) + "\n")
         return info
 
-    def readout_reasoning_stats(self) -> None:
-        """``readout.reasoning_stats``: re-standardise users by the greedy-reasoning states of seeded train samples
-        (the fitting users' stats describe states taken right after the prompt, not after reasoning)."""
-        if self.readout is None or self.ro.reasoning_stats <= 0 or not self.var.reasoning:
-            return
-        states = self.user_states(self._seeded_train_rows(self.ro.reasoning_stats, 17))
-        self.readout.set_user_stats(states)
-        log.info("%s: readout users re-standardised on %d greedy-reasoning train states", self.method,
-                 states.shape[0])
+    def readout_distill(self) -> dict[str, Any] | None:
+        """``readout.distill_users``: fit the users-only projection of a warm-started reasoning variant
+        (:func:`r2ec.llm.readout.distill_user_map`) on seeded users of the readout's fitting set: teacher = their
+        state right after the prompt (the cached fitting states when the adapter is still the base model's),
+        student = their state at ``<answer>`` after greedy reasoning, as evaluation computes it."""
+        if self.readout is None or self.readout.user_proj is None:
+            return None
+        from r2ec.llm.readout import distill_user_map
+        t0 = time.perf_counter()
+        fit_rows = self._seeded_train_rows(self.ro.train_users, 13)
+        rng = np.random.default_rng([self.ro.seed, 17])
+        pick = np.sort(rng.choice(fit_rows.height, size=min(self.ro.distill_users, fit_rows.height),
+                                  replace=False))
+        rows = fit_rows[pick.tolist()]
+        identity = all(float(q.detach().abs().max()) == 0.0 for n, q in self.policy.named_parameters()
+                       if "lora_B" in n)
+        cache = self._cache_path("user_states", self.prompts_of(fit_rows), 0) if identity else None
+        if cache is not None and cache.exists():
+            teacher = torch.load(cache, map_location="cpu", weights_only=True)[torch.as_tensor(pick)]
+        else:
+            teacher = self.user_vectors(self.prompts_of(rows), None, desc=f"{self.method} distill teacher")
+        student = self.user_states(rows, desc=f"{self.method} distill reasoning")
+        info = {**distill_user_map(self.readout, teacher, student, self.ro.distill_ridge),
+                "teacher_cached": bool(cache is not None and cache.exists()),
+                "seconds": round(time.perf_counter() - t0, 1)}
+        log.info("%s: users-only readout map distilled on %d users (R^2 %.3f) in %.0fs", self.method, info["users"],
+                 info["r2"], info["seconds"])
+        if self.acc.is_main_process:
+            from r2ec.io import write_text
+            write_text(self.run_dir / "readout_distill.json", json.dumps(info, indent=2) + "\n")
+        return info
 
     # ------------------------------------------------------------------------------------------ helpers
     def _sync_engine(self):
@@ -759,7 +785,7 @@ class _Trainer(LLMHarness):
             self.table, _ = load_item_table(d / "item_table.pt")
             self.table_step = 0
         log.info("%s: warm start from %s", self.method, d)
-        self.readout_reasoning_stats()
+        self.readout_distill()
         return True
 
 def train_r2ec(method: str, ds: Dataset, params: Params, run_dir: Path, cache_dir: Path | None = None,
