@@ -20,6 +20,8 @@ def test_learning_figure_from_logs(tmp_path):
            [{"step": i, "reward": 0.2 + 0.01 * i, "item_loss": 3.0, "elapsed_s": 9.0 * (i + 1)} for i in range(4)])
     _write(runs / "ml" / "r2ec" / "valid_log.jsonl",
            [{"step": 0, "N@10": 0.02, "elapsed_s": 0.0}, {"step": 4, "N@10": 0.025, "elapsed_s": 40.0}])
+    # the readout's fit (one loss per epoch) is drawn beside the contrastive loss
+    (runs / "ml" / "r2ec_no_reasoning" / "readout_fit.json").write_text('{"losses": [7.4, 7.0, 6.8]}')
     out = learning_figure(runs, ["ml"], ["r2ec_no_reasoning", "r2ec"], tmp_path / "fig" / "learning.png")
     assert [p.name for p in out] == ["learning.png", "learning.pdf"]
     assert out[0].read_bytes()[:4] == b"\x89PNG" and out[1].read_bytes()[:4] == b"%PDF"

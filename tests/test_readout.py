@@ -63,6 +63,8 @@ def test_params_check_the_readout_keys():
         from_dict({**raw, "readout": {**raw["readout"], "rank": -1}}, "p.yaml")
     with pytest.raises(ConfigError, match="readout.rank > 0 needs"):
         from_dict({**raw, "readout": {**raw["readout"], "rank": 4, "train_users": 0}}, "p.yaml")
+    with pytest.raises(ConfigError, match="would train nothing"):
+        from_dict({**raw, "contrastive": {**raw["contrastive"], "steps": 0}}, "p.yaml")
     with pytest.raises(ConfigError, match="recpo.center"):
         from_dict({**raw, "readout": {**raw["readout"], "rank": 4}, "recpo": {**raw["recpo"], "center": True}},
                   "p.yaml")

@@ -656,6 +656,9 @@ def _check_semantics(p: Params) -> None:
             raise ConfigError(f"readout.{key}: must be >= 0, got {getattr(p.readout, key)}")
     if p.readout.rank > 0 and (p.readout.train_users == 0 or p.readout.epochs == 0):
         raise ConfigError("readout.rank > 0 needs readout.train_users > 0 and readout.epochs > 0 (the fit)")
+    if p.readout.rank == 0 and p.contrastive.steps <= 0:
+        raise ConfigError("contrastive.steps: r2ec_no_reasoning would train nothing (no readout fit with "
+                          "readout.rank = 0, no LoRA steps); set contrastive.steps > 0 for the paper's head")
     if p.readout.rank > 0 and p.recpo.center:
         raise ConfigError("recpo.center: the readout (readout.rank > 0) standardises users and items itself; turn "
                           "one of them off")

@@ -82,7 +82,7 @@ def fit_readout(readout: Readout, users: torch.Tensor, targets: torch.Tensor, hi
     """Fit ``readout.proj`` on fixed states: full-batch Adam on the full-catalogue softmax loss
     ``-mean_b log softmax_j(s(u_b, j))[target_b]`` with ``s`` as in the module docstring (prior included),
     history items other than the target excluded as the evaluator excludes them. Sets the user stats from
-    ``users`` first. Returns ``{"loss_first", "loss_last", "seconds"}``."""
+    ``users`` first. Returns ``{"loss_first", "loss_last", "seconds", "losses"}`` (one loss per epoch)."""
     from r2ec.recpo.losses import catalogue_target_logprob, history_mask
     t0 = time.perf_counter()
     readout.set_user_stats(users)
@@ -105,7 +105,7 @@ def fit_readout(readout: Readout, users: torch.Tensor, targets: torch.Tensor, hi
         losses.append(loss.item())
     readout.proj.grad = None
     return {"loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "losses": losses}
 
 
 def distill_user_map(readout: Readout, teacher_states: torch.Tensor, student_states: torch.Tensor,

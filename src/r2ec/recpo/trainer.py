@@ -448,18 +448,23 @@ class _Trainer(LLMHarness):
     def user_vectors(self, prompts: list[list[int]], completions: list[list[int]] | None,
                      desc: str | None = None) -> torch.Tensor:
         """Pooled user vectors (no grad, eval mode), in mini-batches of ``recpo.eval_batch_size`` (a tqdm bar
-        named ``desc`` when given and progress is on)."""
+        named ``desc`` when given and progress is on). Rows are batched in order of length, so a batch pads to
+        its own longest row rather than to a random one (returned in the input order)."""
         from tqdm.auto import tqdm
         rows = [p + (c if completions is not None else [self.answer_id])
                 for p, c in zip(prompts, completions or [None] * len(prompts))]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         out = []
         self.policy.eval()
         model, ctx = self.infer()
+        bs = self.rc.eval_batch_size
         with torch.no_grad(), ctx:
-            for s in tqdm(range(0, len(rows), self.rc.eval_batch_size), desc=desc,
-                          disable=desc is None or not self.progress):
-                out.append(self._pooled(rows[s:s + self.rc.eval_batch_size], model).float().cpu())
-        return torch.cat(out)
+            for s in tqdm(range(0, len(rows), bs), desc=desc, disable=desc is None or not self.progress):
+                out.append(self._pooled([rows[i] for i in order[s:s + bs]], model).float().cpu())
+        if not out:
+            return torch.zeros(0)
+        vec = torch.cat(out)
+        return vec[torch.as_tensor(sorted(range(len(order)), key=order.__getitem__))]
 
     # ------------------------------------------------------------------------------------------ evaluation
     def scorer(self, batch: pl.DataFrame) -> torch.Tensor:

@@ -10,6 +10,7 @@ its own step 0 (its first point is the warm start's quality).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from r2ec.io import atomic_path, read_jsonl
@@ -64,10 +65,14 @@ def learning_figure(runs: Path, datasets: list[str], methods: list[str], out: Pa
             loss = [(t["step"], t["item_loss"]) for t in train if "reward" not in t and "item_loss" in t]
             if loss:
                 ax[3].plot(*zip(*loss), lw=1, marker=_mark(loss), label=_label(m))
+            fit = Path(runs) / ds / m / "readout_fit.json"
+            if fit.exists():  # the readout's fit (full-catalogue softmax over fixed states), one point per epoch
+                fl = json.loads(fit.read_text()).get("losses") or []
+                ax[3].plot(range(1, len(fl) + 1), fl, lw=1, ls="--", label=f"{_label(m)}: readout fit (x = epoch)")
         for a, (title, xl, yl) in zip(ax, [
                 (f"{name}: valid {SELECT}", "step", SELECT), (f"{name}: valid {SELECT}", "training minutes", SELECT),
                 (f"{name}: RecPO train reward", "step", "mean reward"),
-                (f"{name}: contrastive train loss", "step", "InfoNCE loss")]):
+                (f"{name}: contrastive train loss", "step (readout fit: epoch)", "InfoNCE loss")]):
             a.set_title(title, fontsize=10)
             a.set_xlabel(xl)
             a.set_ylabel(yl)
