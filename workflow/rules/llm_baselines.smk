@@ -12,7 +12,7 @@ def d3_assistant_input(wc):
 
 
 rule train_bigrec:
-    # bigrec -> d3 is the longest chain of the main job: start it first
+    # bigrec -> d3 is the second-longest chain of the main job (after R2ec's): start it next
     priority: 20
     input:
         data="results/data/{dataset}",
@@ -32,7 +32,7 @@ rule train_bigrec:
 
 
 rule train_d3:
-    # bigrec -> d3 is the longest chain of the main job: start it first
+    # bigrec -> d3 is the second-longest chain of the main job (after R2ec's): start it next
     priority: 20
     input:
         data="results/data/{dataset}",

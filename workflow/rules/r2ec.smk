@@ -1,6 +1,7 @@
-# the LLM chain is the critical path of the default job: schedule it before the classic baselines
+# the R2ec chain (item table -> r2ec_no_reasoning's readout fit -> r2ec's distillation + RecPO, ~57 job-min at one
+# thread) is the longest of the default job: priority 30 starts it before BigRec -> D3 (20) and the classic baselines
 rule backbone:
-    priority: 10
+    priority: 30
     output:
         directory("results/cache/backbones"),
     params:
@@ -12,7 +13,7 @@ rule backbone:
 
 
 rule item_table:
-    priority: 10
+    priority: 30
     input:
         data="results/data/{dataset}",
         backbone="results/cache/backbones",
@@ -29,7 +30,7 @@ rule item_table:
 
 
 rule train_r2ec:
-    priority: 10
+    priority: 30
     input:
         data="results/data/{dataset}",
         backbone="results/cache/backbones",
