@@ -90,9 +90,8 @@ def fit_readout(readout: Readout, users: torch.Tensor, targets: torch.Tensor, hi
     table = table.float().to(dev)
     stats = table_stats(table)
     users, targets = users.float().to(dev), targets.to(dev)
-    offset = torch.zeros(table.shape[0], device=dev) if prior is None else prior.float().to(dev)
-    offset = offset.clone()
-    offset[0] = float("-inf")
+    offset = torch.zeros(table.shape[0], device=dev) if prior is None else prior.float().to(dev).clone()
+    offset[0] = float("-inf")  # the pad item
     mask = history_mask(torch.empty(users.shape[0], table.shape[0], device=dev), targets, histories)
     opt = torch.optim.Adam([readout.proj], lr=lr, weight_decay=weight_decay)
     losses = []

@@ -260,6 +260,12 @@ class _Trainer(LLMHarness):
         rng = np.random.default_rng([self.ro.seed, salt])
         return train[np.sort(rng.choice(train.height, size=min(n, train.height), replace=False)).tolist()]
 
+    def _fitting_rows(self, reasoning_tokens: int = 0) -> tuple[pl.DataFrame, Path | None]:
+        """The readout's fitting users (``readout.train_users`` seeded train samples) and the cache file of their
+        base-model states (keyed by backbone, prompts and reasoning length, 0 = none; None without a cache dir)."""
+        rows = self._seeded_train_rows(self.ro.train_users, 13)
+        return rows, self._cache_path("user_states", self.prompts_of(rows), reasoning_tokens)
+
     def fit_readout(self) -> dict[str, Any]:
         """Fit the readout on the base model's user states of ``readout.train_users`` seeded train samples
         (:func:`r2ec.llm.readout.fit_readout`; the states are cached like the item table: they depend only on the
@@ -268,26 +274,22 @@ class _Trainer(LLMHarness):
         states, which cost a generation each)."""
         from r2ec.llm.readout import fit_readout
         self.refresh_table()
-        rows = self._seeded_train_rows(self.ro.train_users, 13)
         t0 = time.perf_counter()
-        prompts = self.prompts_of(rows)
-        reasoning = self.rc.max_reasoning_tokens if self.var.reasoning else 0
-        cache = self._cache_path("user_states", prompts, reasoning)
+        # a reasoning variant without warm start fits on its own (greedy-reasoning) states
+        rows, cache = self._fitting_rows(self.rc.max_reasoning_tokens if self.var.reasoning else 0)
         if cache is not None and cache.exists():
             states = torch.load(cache, map_location="cpu", weights_only=True)
         else:
             states = self.user_states(rows, desc=f"{self.method} readout users")
             if cache is not None and self.acc.is_main_process:
                 from r2ec.io import atomic_path
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(cache) as tmp:
+                with atomic_path(cache) as tmp:  # creates the cache's folder
                     torch.save(states, tmp)
         state_s = time.perf_counter() - t0
         info = fit_readout(self.readout, states, torch.as_tensor(rows["target_item_id"].to_list()),
                            rows["history_item_ids"].to_list(), self.table, self.log_prior(), epochs=self.ro.epochs,
                            lr=self.ro.lr, weight_decay=self.ro.weight_decay)
         info = {"users": int(states.shape[0]), "states_s": round(state_s, 1), **info}
-        self.stepped()
         log.info("%s: readout fitted on %d train users (states %.0fs, fit %.1fs, loss %.3f -> %.3f)", self.method,
                  info["users"], state_s, info["seconds"], info["loss_first"], info["loss_last"])
         if self.acc.is_main_process:
@@ -304,14 +306,14 @@ class _Trainer(LLMHarness):
             return None
         from r2ec.llm.readout import distill_user_map
         t0 = time.perf_counter()
-        fit_rows = self._seeded_train_rows(self.ro.train_users, 13)
+        fit_rows, cache = self._fitting_rows()
         rng = np.random.default_rng([self.ro.seed, 17])
         pick = np.sort(rng.choice(fit_rows.height, size=min(self.ro.distill_users, fit_rows.height),
                                   replace=False))
         rows = fit_rows[pick.tolist()]
         identity = all(float(q.detach().abs().max()) == 0.0 for n, q in self.policy.named_parameters()
                        if "lora_B" in n)
-        cache = self._cache_path("user_states", self.prompts_of(fit_rows), 0) if identity else None
+        cache = cache if identity else None  # a trained adapter's no-reasoning states are not the cached ones
         if cache is not None and cache.exists():
             teacher = torch.load(cache, map_location="cpu", weights_only=True)[torch.as_tensor(pick)]
         else:
