@@ -44,7 +44,7 @@ def tiny_dataset(n_items: int = 12, n_users: int = 6, hist: int = 3) -> Dataset:
 def tiny_params(**recpo) -> Params:
     base = dict(group_size=4, batch_size=2, steps=2, max_reasoning_tokens=6, eval_every=2, checkpoint_every=1,
                 item_refresh_every=1, lr=1e-2, temperature=1.0, top_k=0, patience=3, item_batch_size=8,
-                eval_batch_size=8)
+                eval_batch_size=8, gen_batch_size=8)
     base.update(recpo)
     rc = RecpoCfg(**base)
     return Params(llm=LlmCfg(backbone="tiny-random", max_prompt_tokens=128),

@@ -83,7 +83,7 @@ def test_trainer_evaluates_with_the_copy_after_updates(tmp_path):
 @pytest.mark.parametrize("inference_copy", [False, True])
 def test_scorer_runs_several_chunks_under_bf16(tmp_path, inference_copy):
     ds = tiny_dataset()
-    p = tiny_params(eval_batch_size=2)
+    p = tiny_params(eval_batch_size=2, gen_batch_size=2)
     p = dataclasses.replace(p, llm=dataclasses.replace(p.llm, autocast="bf16", inference_copy=inference_copy))
     tr = _Trainer("r2ec", ds, p, tmp_path, None, False, False, None)
     tr.refresh_table()

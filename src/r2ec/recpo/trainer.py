@@ -483,10 +483,10 @@ class _Trainer(LLMHarness):
             self._sync_engine()
             # the HF engine reads the <answer> state off its own KV cache: no second pass over prompt + reasoning
             opt = {"old_logprobs": False, "answer_hidden": True}
-            for s in tqdm(range(0, len(prompts), self.rc.eval_batch_size), desc=desc,
-                          disable=desc is None or not self.progress):
+            bs = self.rc.gen_batch_size
+            for s in tqdm(range(0, len(prompts), bs), desc=desc, disable=desc is None or not self.progress):
                 with self.infer()[1]:  # a fresh context per chunk: autocast contexts are single-use
-                    groups = self._generate(prompts[s:s + self.rc.eval_batch_size], 1, 0.0, 0,
+                    groups = self._generate(prompts[s:s + bs], 1, 0.0, 0,
                                             step_seed(self.rc.seed, 0, 7), **opt)
                 completions += [g[0].completion_ids for g in groups]
                 states += [g[0].answer_hidden for g in groups]
