@@ -15,6 +15,8 @@ p-value of test N@10 against the prior alone. Example (the README's probe)::
 
     python benchmarks/r2ec_probe.py --data results/data/movielens-100k --cache results/cache --threads 2 \\
         --train-users 3000 --json benchmarks/results/r2ec_probe.json
+
+``--states F --fit-users N`` refits on a random N of the cached users (the readout's budget ablation).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def main() -> None:
     ap.add_argument("--valid-samples", type=int, default=500, help="seeded valid samples for arm selection")
     ap.add_argument("--ranks", default="8,16,32", help="comma-separated projection ranks")
     ap.add_argument("--wds", default="0.001,0.01,0.1", help="comma-separated Adam weight decays")
+    ap.add_argument("--fit-users", type=int, default=0,
+                    help="fit on a seeded random subset of this many of the train users (0 = all; with --states, "
+                         "a budget ablation on one set of cached states)")
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--tied", action="store_true", help="one projection for users and items (A = B)")
@@ -86,6 +91,9 @@ def main() -> None:
         if args.states is not None:
             torch.save(st, args.states)
     state_s = time.perf_counter() - t0
+    if 0 < args.fit_users < users.shape[0]:  # random, not the first N: the rows are in (temporal) sample order
+        keep = np.sort(np.random.default_rng([args.seed, 1]).choice(users.shape[0], args.fit_users, replace=False))
+        users, rows = users[torch.as_tensor(keep)], rows[keep.tolist()]
     prior = torch.zeros(items.shape[0]) if prior is None else prior.float()
     mu_u, sd_u = users.mean(0), users.std(0) + 1e-6
     mu_i, sd_i = items[1:].mean(0), items[1:].std(0) + 1e-6

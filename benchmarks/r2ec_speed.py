@@ -137,6 +137,19 @@ def bench_shared_prefill(tr: _Trainer, repeats: int) -> dict:
     return out
 
 
+def bench_user_states(nr: _Trainer, n: int) -> dict:
+    """``user_vectors`` (the forward-only states the readout is fitted on) of the first ``n`` fitting users."""
+    from r2ec.llm.encoder import shared_prefix_len
+    rows, _ = nr._fitting_rows()
+    prompts = nr.prompts_of(rows.head(n))
+    t0 = time.perf_counter()
+    nr.user_vectors(prompts, None)
+    sec = time.perf_counter() - t0
+    return {"users": len(prompts), "seconds": sec, "users_per_s": len(prompts) / sec,
+            "prompt_tokens": float(np.mean([len(x) for x in prompts])),
+            "shared_prefix_tokens": shared_prefix_len(prompts) if nr.p.llm.shared_prefix else 0}
+
+
 def bench_eval(tr: _Trainer, n_samples: int, two_pass: bool = False) -> dict:
     """The shared evaluator with the trainer's greedy-reasoning scorer on the first ``n_samples`` test samples.
 
@@ -187,6 +200,7 @@ def header(tr: _Trainer) -> dict:
             "max_prompt_tokens": p.llm.max_prompt_tokens, "autocast": p.llm.autocast,
             "lora_last_layers": p.lora.last_layers, "uniform_negatives": p.recpo.uniform_negatives,
             "inference_copy": p.llm.inference_copy, "frozen_prefix": p.llm.frozen_prefix,
+            "shared_prefix": p.llm.shared_prefix, "gen_batch_size": p.recpo.gen_batch_size,
             "n_items": tr.ds.n_items}
 
 
@@ -220,6 +234,10 @@ def table(res: dict) -> str:
         rows.append(("contrastive", f"step ({c['contrastive_batch']} users + {c['contrastive_negatives']} "
                      f"negatives)", c["contrastive_step_s"], "s"))
         rows.append(("contrastive", "users", c["users_per_s"], "users/s"))
+    if "user_states" in res:
+        u = res["user_states"]
+        rows.append(("throughput", f"user states, no reasoning ({u['users']} users, {u['prompt_tokens']:.0f} "
+                     f"tokens, {u['shared_prefix_tokens']} shared)", u["users_per_s"], "users/s"))
     for lat in res["latency"]:
         rows.append(("latency", f"recommend top-10, batch {lat['batch']} (median)", lat["latency_s"], "s"))
         rows.append(("latency", f"recommend top-10, batch {lat['batch']}", lat["requests_per_s"], "requests/s"))
@@ -240,6 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--eval-samples", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="repeats of each latency measurement (median)")
     ap.add_argument("--contrastive-steps", type=int, default=2, help="timed r2ec_no_reasoning steps (0 = skip)")
+    ap.add_argument("--user-states", type=int, default=0,
+                    help="also time the no-reasoning user states of this many of the readout's fitting users")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
     ap.add_argument("--shared-prefill", action="store_true",
                     help="also time one batch of rollouts with and without the shared per-user prefill")
@@ -268,9 +288,12 @@ def main(argv: list[str] | None = None) -> dict:
                 res["shared_prefill"] = bench_shared_prefill(tr, a.repeats)
             res["latency"] = [bench_latency(tr, b, a.repeats) for b in (1, 8)]
             del tr
-            if a.contrastive_steps:
+            if a.contrastive_steps or a.user_states:
                 nr, _ = make_trainer(p, Path(a.data), Path(a.cache), Path(tmp) / "nr", "r2ec_no_reasoning")
-                res["contrastive"] = bench_contrastive(nr, a.contrastive_steps)
+                if a.contrastive_steps:
+                    res["contrastive"] = bench_contrastive(nr, a.contrastive_steps)
+                if a.user_states:
+                    res["user_states"] = bench_user_states(nr, a.user_states)
                 del nr
         print(f"== {name}: {' '.join(over) or '(params as given)'}")
         print(table(res))

@@ -8,8 +8,8 @@ import torch
 
 from r2ec.config import LlmCfg
 from r2ec.llm.backbone import answer_token_id
-from r2ec.llm.encoder import (cosine_scores, decoder_of, encode_items, hidden_at_answer, load_item_table,
-                              save_item_table)
+from r2ec.llm.encoder import (cosine_scores, decoder_of, encode_items, hidden_at_answer, hidden_at_answer_shared,
+                              load_item_table, save_item_table, shared_prefix_len)
 from r2ec.llm.pooling import last_positions, pool_at_last
 from r2ec.llm.tiny import tiny_model_and_tokenizer
 
@@ -69,6 +69,31 @@ def test_hidden_at_answer_batching_invariant():
     v = hidden_at_answer(model, seqs[:1], aid, tok.pad_token_id)
     v.sum().backward()
     assert model.get_input_embeddings().weight.grad is not None
+
+
+def test_shared_prefix_len():
+    assert shared_prefix_len([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 9]]) == 2
+    assert shared_prefix_len([[1, 2, 3], [1, 2, 3, 4]]) == 2  # capped: the shortest keeps one id
+    assert shared_prefix_len([[1, 2], [3, 4]]) == 0
+    assert shared_prefix_len([]) == 0
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_hidden_at_answer_shared_equals_full_forward(batch_size):
+    model, tok = tiny_model_and_tokenizer()
+    aid = answer_token_id(tok)
+    head = tok.encode("a shared chat template and instruction:", add_special_tokens=False)
+    tails = ["one", "a much longer history of several items", "mid <answer> tail", "x"]
+    seqs = [head + tok.encode(t, add_special_tokens=False) + [aid] for t in tails]
+    assert shared_prefix_len(seqs) >= len(head)
+    with torch.no_grad():
+        full = hidden_at_answer(model, seqs, aid, tok.pad_token_id, batch_size=8)
+        shared = hidden_at_answer_shared(model, seqs, aid, tok.pad_token_id, batch_size=batch_size)
+        # no shared prefix at all: the plain path
+        fallback = hidden_at_answer_shared(model, _seqs(tok), aid, tok.pad_token_id)
+        plain = hidden_at_answer(model, _seqs(tok), aid, tok.pad_token_id)
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fallback, plain)
 
 
 def test_encode_items_shape_row0_and_order(tmp_path):

@@ -392,3 +392,20 @@ def test_validation_breaks_n10_ties_by_full_ranking_ndcg(ds, tmp_path):
     want = sum(1 / math.log2(x + 1) for x in (1, 20, 30)) / 3
     assert log[1]["N@all"] == pytest.approx(want)
     assert tr.best_step == 3 and tr.bad_evals == 0
+
+
+@pytest.mark.parametrize("inference_copy", [False, True])
+def test_shared_prefix_user_vectors_equal_the_full_forward(ds, tmp_path, inference_copy):
+    import dataclasses
+    p = tiny_params()
+    p = dataclasses.replace(p, llm=dataclasses.replace(p.llm, inference_copy=inference_copy, max_prompt_tokens=4096))
+    off = _Trainer("r2ec_no_reasoning", ds, p, tmp_path / "off", None, False, False, None)
+    on = _Trainer("r2ec_no_reasoning", ds, dataclasses.replace(p, llm=dataclasses.replace(p.llm, shared_prefix=True)),
+                  tmp_path / "on", None, False, False, None)
+    prompts = off.prompts_of(ds.split("train").head(11))  # 2 chunks of 8, rows of several lengths
+    assert len({len(x) for x in prompts}) > 1
+    from r2ec.llm.encoder import shared_prefix_len
+    assert shared_prefix_len(prompts) > 10  # the chat template and the instruction
+    with torch.no_grad():
+        torch.testing.assert_close(on.user_vectors(prompts, None), off.user_vectors(prompts, None),
+                                   atol=1e-5, rtol=1e-5)

@@ -125,6 +125,9 @@ class LlmCfg:
                                 default=False)
     frozen_prefix: bool = _doc("item prompts' hidden states below the first LoRA layer are computed once and item "
                                "encodings run only the adapted layers on them", default=False)
+    shared_prefix: bool = _doc("forward-only user states (no reasoning) compute the prompts' shared prefix (chat "
+                               "template + instruction) once per chunk and run only the suffixes on its KV cache",
+                               default=False)
     system_prompt: str = _doc("system message; empty drops the template's default one", default="")
     max_prompt_tokens: int = _doc("truncate user prompts from the left to this many tokens", default=512)
     threads: int = _doc("torch CPU threads (0 = torch default)", default=0)

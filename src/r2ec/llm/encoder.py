@@ -73,6 +73,58 @@ def hidden_at_answer(model, input_ids_list: list[list[int]], token_id: int, pad_
     return torch.cat(outs, 0)
 
 
+def shared_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the id prefix every sequence shares, capped one short of the shortest (each keeps a suffix)."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs) - 1
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def hidden_at_answer_shared(model, input_ids_list: list[list[int]], token_id: int, pad_id: int,
+                            batch_size: int = 16) -> torch.Tensor:
+    """:func:`hidden_at_answer` for sequences that share a prefix (user prompts share the chat template and the
+    instruction, ~40% of a 128-token prompt): the prefix's KV cache is computed once, then each mini-batch runs only
+    its right-padded suffixes on top of a copy of it. Causal attention makes the states at ``<answer>`` the full
+    forward's up to float rounding. No-grad use only (the cache is computed once, outside any graph)."""
+    import copy
+
+    from transformers import DynamicCache
+
+    from r2ec.llm.pooling import pool_at_last
+
+    P = shared_prefix_len(input_ids_list)
+    if P == 0:
+        return hidden_at_answer(model, input_ids_list, token_id, pad_id, batch_size)
+    dev = next(model.parameters()).device
+    dec = decoder_of(model)
+    prefix = DynamicCache(config=model.config)
+    dec(input_ids=torch.as_tensor([input_ids_list[0][:P]], device=dev), attention_mask=torch.ones((1, P), dtype=torch.long, device=dev),
+        position_ids=torch.arange(P, device=dev)[None], past_key_values=prefix, use_cache=True)
+    outs = []
+    for s in range(0, len(input_ids_list), batch_size):
+        chunk = [seq[P:] for seq in input_ids_list[s:s + batch_size]]
+        S = max(len(c) for c in chunk)
+        ids = torch.full((len(chunk), S), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), P + S), dtype=torch.long)
+        mask[:, :P] = 1
+        for i, c in enumerate(chunk):  # right-padded: a row's pads come after its <answer>, which never sees them
+            ids[i, :len(c)] = torch.as_tensor(c, dtype=torch.long)
+            mask[i, P:P + len(c)] = 1
+        cache = copy.deepcopy(prefix)
+        cache.batch_repeat_interleave(len(chunk))
+        ids, mask = ids.to(dev), mask.to(dev)
+        h = dec(input_ids=ids, attention_mask=mask, position_ids=(P + torch.arange(S, device=dev))[None].expand(len(chunk), S),
+                past_key_values=cache, use_cache=True).last_hidden_state
+        outs.append(pool_at_last(h, ids, token_id))
+    return torch.cat(outs, 0)
+
+
 def item_prompt_ids(tokenizer, items: pl.DataFrame, domain: str, system_prompt: str = "",
                     max_description_words: int = 100) -> list[list[int]]:
     """Rendered item prompts (ending in ``<answer>``) in items.parquet order."""

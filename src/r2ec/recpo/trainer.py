@@ -460,9 +460,13 @@ class _Trainer(LLMHarness):
         self.policy.eval()
         model, ctx = self.infer()
         bs = self.rc.eval_batch_size
+        from r2ec.llm.encoder import hidden_at_answer_shared
         with torch.no_grad(), ctx:
             for s in tqdm(range(0, len(rows), bs), desc=desc, disable=desc is None or not self.progress):
-                out.append(self._pooled([rows[i] for i in order[s:s + bs]], model).float().cpu())
+                chunk = [rows[i] for i in order[s:s + bs]]
+                h = (hidden_at_answer_shared(model, chunk, self.answer_id, self.pad_id, batch_size=len(chunk))
+                     if self.p.llm.shared_prefix else self._pooled(chunk, model))
+                out.append(h.float().cpu())
         if not out:
             return torch.zeros(0)
         vec = torch.cat(out)
