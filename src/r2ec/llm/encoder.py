@@ -104,7 +104,8 @@ def hidden_at_answer_shared(model, input_ids_list: list[list[int]], token_id: in
     dev = next(model.parameters()).device
     dec = decoder_of(model)
     prefix = DynamicCache(config=model.config)
-    dec(input_ids=torch.as_tensor([input_ids_list[0][:P]], device=dev), attention_mask=torch.ones((1, P), dtype=torch.long, device=dev),
+    dec(input_ids=torch.as_tensor([input_ids_list[0][:P]], device=dev),
+        attention_mask=torch.ones((1, P), dtype=torch.long, device=dev),
         position_ids=torch.arange(P, device=dev)[None], past_key_values=prefix, use_cache=True)
     outs = []
     for s in range(0, len(input_ids_list), batch_size):
@@ -119,8 +120,9 @@ def hidden_at_answer_shared(model, input_ids_list: list[list[int]], token_id: in
         cache = copy.deepcopy(prefix)
         cache.batch_repeat_interleave(len(chunk))
         ids, mask = ids.to(dev), mask.to(dev)
-        h = dec(input_ids=ids, attention_mask=mask, position_ids=(P + torch.arange(S, device=dev))[None].expand(len(chunk), S),
-                past_key_values=cache, use_cache=True).last_hidden_state
+        pos = (P + torch.arange(S, device=dev))[None].expand(len(chunk), S)
+        h = dec(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                use_cache=True).last_hidden_state
         outs.append(pool_at_last(h, ids, token_id))
     return torch.cat(outs, 0)
 
