@@ -178,7 +178,8 @@ class RecpoCfg:
     item_refresh_every: int = _doc("re-encode the item table every N steps", default=20)
     train_max_samples: int = _doc("seeded subsample of train samples (0 = all)", default=0)
     item_batch_size: int = _doc("item prompts encoded per forward when (re)building the item table", default=16)
-    eval_batch_size: int = _doc("user prompts per forward chunk in evaluation", default=16)
+    eval_batch_size: int = _doc("user prompts per no-grad forward chunk (evaluation's user states, RecPO's reward "
+                                "forward)", default=16)
     gen_batch_size: int = _doc("user prompts per greedy-reasoning generation chunk in evaluation (CPU decoding "
                                "is per-step overhead-bound: wider chunks amortise it)", default=64)
     micro_batch_size: int = _doc("trajectories per forward/backward chunk in an update pass (gradient "

@@ -1,5 +1,6 @@
-# the R2ec chain (item table -> r2ec_no_reasoning's readout fit -> r2ec's distillation + RecPO, ~57 job-min at one
-# thread) is the longest of the default job: priority 30 starts it before BigRec -> D3 (20) and the classic baselines
+# the R2ec chain (item table -> r2ec_no_reasoning's readout fit -> r2ec's distillation + RecPO; 52.5 job-min at
+# one thread in the measured main job of a34c164) is the longest of the default job: priority 30 starts it before
+# BigRec -> D3 (20) and the classic baselines
 rule backbone:
     priority: 30
     output:

@@ -453,6 +453,8 @@ class _Trainer(LLMHarness):
         named ``desc`` when given and progress is on). Rows are batched in order of length, so a batch pads to
         its own longest row rather than to a random one (returned in the input order)."""
         from tqdm.auto import tqdm
+
+        from r2ec.llm.encoder import hidden_at_answer_shared
         rows = [p + (c if completions is not None else [self.answer_id])
                 for p, c in zip(prompts, completions or [None] * len(prompts))]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
@@ -460,7 +462,6 @@ class _Trainer(LLMHarness):
         self.policy.eval()
         model, ctx = self.infer()
         bs = self.rc.eval_batch_size
-        from r2ec.llm.encoder import hidden_at_answer_shared
         with torch.no_grad(), ctx:
             for s in tqdm(range(0, len(rows), bs), desc=desc, disable=desc is None or not self.progress):
                 chunk = [rows[i] for i in order[s:s + bs]]
