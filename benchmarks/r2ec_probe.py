@@ -56,6 +56,8 @@ def main() -> None:
                     help=">= 0: also score greedy-reasoning states (r2ec_zeroshot) of valid/test, standardised "
                          "with the stats of this many reasoning train users (0: the no-reasoning stats)")
     args = ap.parse_args()
+    if args.fit_users < 0:
+        ap.error(f"--fit-users must be >= 0, got {args.fit_users}")
 
     from r2ec import config as C
     from r2ec.eval.evaluator import evaluate, evaluation_samples
