@@ -198,3 +198,39 @@ def test_group_samples_share_one_prefill_and_sample_as_without_it(monkeypatch):
         for a, b in zip(gs, gp):
             assert a.completion_ids == b.completion_ids and a.forced == b.forced
             assert torch.allclose(a.old_logprobs, b.old_logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("group_size,temperature,bias", [(1, 0.0, 0.0), (1, 0.0, 2.0), (3, 1.5, 2.0)])
+def test_shared_prefix_prefill_generates_as_the_plain_prefill(group_size, temperature, bias):
+    """``shared_prefix``: the prompts' common prefix prefilled once, each suffix left-padded after it. Same seeded
+    trajectories, old log-probs and <answer> states as the plain left-padded prefill, for suffixes of different
+    lengths (pads between prefix and suffix), rows that stop early or run to the limit, and one-id suffixes."""
+    from r2ec.llm.encoder import shared_prefix_len
+
+    model, tok, aid, _ = _setup(bias_answer=bias)
+    head = tok.encode("system: recommend the next item for this user history", add_special_tokens=False)
+    tails = ["one", "a much longer second history here", "u3 x"]
+    prompts = [head + tok.encode(t, add_special_tokens=False) for t in tails] + [head + [aid]]
+    assert shared_prefix_len(prompts) == len(head)
+    runs = []
+    for shared in (False, True):
+        eng = make_engine("hf", model, tok, shared_prefix=shared)
+        runs.append(eng.generate(prompts, group_size, temperature, 20, 6, seed=9, answer_hidden=True))
+    lens = set()
+    for gp, gs in zip(*runs):
+        for a, b in zip(gp, gs):
+            lens.add(len(a.completion_ids))
+            assert a.completion_ids == b.completion_ids and a.forced == b.forced
+            assert torch.allclose(a.old_logprobs, b.old_logprobs, atol=1e-5)
+            assert torch.allclose(a.answer_hidden, b.answer_hidden, atol=1e-5)
+    if group_size > 1:
+        assert len(lens) > 1  # early stops and full-length rows both occur
+
+
+def test_shared_prefix_prefill_without_a_common_prefix():
+    """No common prefix (and one-id prompts: nothing to prefill) still generates as the plain path does."""
+    model, tok, aid, prompts = _setup()
+    for ps in (prompts, [[5], [7]]):
+        a = make_engine("hf", model, tok).generate(ps, 2, 1.5, 20, 5, seed=4)
+        b = make_engine("hf", model, tok, shared_prefix=True).generate(ps, 2, 1.5, 20, 5, seed=4)
+        assert [t.completion_ids for g in a for t in g] == [t.completion_ids for g in b for t in g]

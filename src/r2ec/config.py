@@ -125,9 +125,12 @@ class LlmCfg:
                                 default=False)
     frozen_prefix: bool = _doc("item prompts' hidden states below the first LoRA layer are computed once and item "
                                "encodings run only the adapted layers on them", default=False)
-    shared_prefix: bool = _doc("forward-only user states (no reasoning) compute the prompts' shared prefix (chat "
-                               "template + instruction) once per chunk and run only the suffixes on its KV cache",
-                               default=False)
+    shared_prefix: bool = _doc("user prompts' shared prefix (chat template + instruction) is computed once per "
+                               "chunk and only the suffixes run on its KV cache: forward-only user states and the HF "
+                               "engine's generation prefill", default=False)
+    grouped_decode: bool = _doc("one-token decode steps of grouped-query attention stack each KV head's query heads "
+                                "instead of copying the KV cache per query head (r2ec.llm.attention; exact)",
+                                default=False)
     system_prompt: str = _doc("system message; empty drops the template's default one", default="")
     max_prompt_tokens: int = _doc("truncate user prompts from the left to this many tokens", default=512)
     threads: int = _doc("torch CPU threads (0 = torch default)", default=0)

@@ -130,7 +130,8 @@ class _Trainer(LLMHarness):
         log.info("rendered %d item prompts in %.1fs", len(self.item_ids), time.perf_counter() - t0)
         if self.head is not None:
             self.head = self.policy.r2ec_cls_head
-        engine_kw: dict[str, Any] = {}
+        # vLLM caches shared prefixes itself (automatic prefix caching)
+        engine_kw: dict[str, Any] = {"shared_prefix": params.llm.shared_prefix}
         if self.rc.engine == "vllm":  # serves the saved base model (with <answer> tokens) + LoRA adapter requests
             bb = self.backbone_cache
             engine_kw = {"model_path": str(bb) if bb is not None and bb.exists() else params.llm.backbone,
