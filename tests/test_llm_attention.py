@@ -53,3 +53,18 @@ def test_grouped_decode_skips_models_without_grouped_heads():
     model, _ = tiny_model_and_tokenizer()
     model.config.num_key_value_heads = model.config.num_attention_heads
     assert not use_grouped_decode(model) and model.config._attn_implementation == "sdpa"
+
+
+def test_grouped_decode_beam_search_as_sdpa():
+    """Beam search (BigRec / D³ decoding: the cache is reordered between steps) returns the same beams and scores."""
+    model, tok = tiny_model_and_tokenizer()
+    grouped = copy.deepcopy(model)
+    use_grouped_decode(grouped)
+    prompts = [tok.encode(t, add_special_tokens=False) for t in ("user one history", "a much longer third one")]
+    from r2ec.llm.encoder import pad_left
+    ids, mask, _ = pad_left(prompts, tok.pad_token_id)
+    outs = [m.generate(input_ids=ids, attention_mask=mask, num_beams=4, num_return_sequences=4, do_sample=False,
+                       max_new_tokens=6, output_scores=True, return_dict_in_generate=True,
+                       pad_token_id=tok.pad_token_id) for m in (model, grouped)]
+    assert torch.equal(outs[0].sequences, outs[1].sequences)
+    assert torch.allclose(outs[0].sequences_scores, outs[1].sequences_scores, atol=1e-5)
