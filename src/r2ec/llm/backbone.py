@@ -190,7 +190,7 @@ def load_backbone(cfg, cache_dir: Path | str | None = None):
         tok = AutoTokenizer.from_pretrained(src["name"])
         model = AutoModelForCausalLM.from_pretrained(src["name"], dtype=dtype)
     ensure_special_tokens(model, tok)
-    if getattr(cfg, "grouped_decode", False):
+    if cfg.grouped_decode:
         from r2ec.llm.attention import use_grouped_decode
         use_grouped_decode(model)
     model.eval()

@@ -86,6 +86,20 @@ def shared_prefix_len(seqs: list[list[int]]) -> int:
     return max(n, 0)
 
 
+def prefix_cache(model, prefix_ids: torch.Tensor):
+    """A ``DynamicCache`` holding the KV states of one id row ``prefix_ids`` ``[1, P]`` at positions ``0..P-1``
+    (empty when ``P == 0``): the shared part of user prompts, computed once and then repeated per row."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    P = prefix_ids.shape[1]
+    if P:
+        dev = prefix_ids.device
+        decoder_of(model)(input_ids=prefix_ids, attention_mask=torch.ones((1, P), dtype=torch.long, device=dev),
+                          position_ids=torch.arange(P, device=dev)[None], past_key_values=cache, use_cache=True)
+    return cache
+
+
 def hidden_at_answer_shared(model, input_ids_list: list[list[int]], token_id: int, pad_id: int,
                             batch_size: int = 16) -> torch.Tensor:
     """:func:`hidden_at_answer` for sequences that share a prefix (user prompts share the chat template and the
@@ -94,8 +108,6 @@ def hidden_at_answer_shared(model, input_ids_list: list[list[int]], token_id: in
     forward's up to float rounding. No-grad use only (the cache is computed once, outside any graph)."""
     import copy
 
-    from transformers import DynamicCache
-
     from r2ec.llm.pooling import pool_at_last
 
     P = shared_prefix_len(input_ids_list)
@@ -103,10 +115,7 @@ def hidden_at_answer_shared(model, input_ids_list: list[list[int]], token_id: in
         return hidden_at_answer(model, input_ids_list, token_id, pad_id, batch_size)
     dev = next(model.parameters()).device
     dec = decoder_of(model)
-    prefix = DynamicCache(config=model.config)
-    dec(input_ids=torch.as_tensor([input_ids_list[0][:P]], device=dev),
-        attention_mask=torch.ones((1, P), dtype=torch.long, device=dev),
-        position_ids=torch.arange(P, device=dev)[None], past_key_values=prefix, use_cache=True)
+    prefix = prefix_cache(model, torch.as_tensor([input_ids_list[0][:P]], device=dev))
     outs = []
     for s in range(0, len(input_ids_list), batch_size):
         chunk = [seq[P:] for seq in input_ids_list[s:s + batch_size]]

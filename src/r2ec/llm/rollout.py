@@ -236,24 +236,16 @@ def shared_prefill(model, prompts: list[list[int]], group_size: int, pad_id: int
 
     ``generate`` continues from it (it feeds only the uncached last id), so G samples of one user cost one
     prefill instead of G. Positions follow generate's own numbering (the mask's cumulative sum), and the prompts
-    are left-padded to a common length exactly as :func:`pad_left` pads the repeated batch.
+    are left-padded to a common length exactly as :func:`pad_left` pads the repeated batch. It is
+    :func:`prefix_prefill` without a common prefix (callers pass prompts of at least two ids in all).
     """
-    from transformers import DynamicCache
-
-    from r2ec.llm.encoder import decoder_of
-
-    dev = next(model.parameters()).device
-    ids, mask, pos = pad_left(prompts, pad_id, dev)
-    cache = DynamicCache(config=model.config)
-    decoder_of(model)(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-                      past_key_values=cache, use_cache=True)
-    cache.batch_repeat_interleave(group_size)
-    return cache
+    return prefix_prefill(model, prompts, group_size, pad_id, common=False)[2]
 
 
-def prefix_prefill(model, prompts: list[list[int]], group_size: int, pad_id: int):
+def prefix_prefill(model, prompts: list[list[int]], group_size: int, pad_id: int, common: bool = True):
     """``(input_ids, attention_mask, cache)`` for ``generate`` on ``group_size`` samples of each prompt, prefilled
-    with the prompts' common prefix (chat template + instruction, ~40% of a user prompt) computed once.
+    with the prompts' common prefix (chat template + instruction, ~40% of a user prompt) computed once
+    (``common=False``: no prefix is shared, every prompt is prefilled whole).
 
     Layout per row: the prefix, then the row's own suffix left-padded to the longest suffix (the mask zeroes
     the pads between them), then generation. The cache holds every position but the last prompt id, as
@@ -261,26 +253,21 @@ def prefix_prefill(model, prompts: list[list[int]], group_size: int, pad_id: int
     numbering, so each row's states equal a plain left-padded generation's up to float rounding. Each user's
     suffix is prefilled once and its cache repeated ``group_size`` times.
     """
-    from transformers import DynamicCache
-
-    from r2ec.llm.encoder import decoder_of, shared_prefix_len
+    from r2ec.llm.encoder import decoder_of, prefix_cache, shared_prefix_len
 
     dev = next(model.parameters()).device
-    dec = decoder_of(model)
-    P = shared_prefix_len(prompts)  # every prompt keeps at least one suffix id
+    P = shared_prefix_len(prompts) if common else 0  # every prompt keeps at least one suffix id
     suf, suf_mask, suf_pos = pad_left([p[P:] for p in prompts], pad_id, dev)
     B = len(prompts)
-    cache = DynamicCache(config=model.config)
+    head = torch.as_tensor([prompts[0][:P]], dtype=torch.long, device=dev)
+    cache = prefix_cache(model, head)
     if P:
-        dec(input_ids=torch.as_tensor([prompts[0][:P]], device=dev),
-            attention_mask=torch.ones((1, P), dtype=torch.long, device=dev),
-            position_ids=torch.arange(P, device=dev)[None], past_key_values=cache, use_cache=True)
         cache.batch_repeat_interleave(B)
-    ids = torch.cat([torch.as_tensor([prompts[0][:P]], dtype=torch.long, device=dev).expand(B, P), suf], 1)
+    ids = torch.cat([head.expand(B, P), suf], 1)
     mask = torch.cat([torch.ones((B, P), dtype=torch.long, device=dev), suf_mask], 1)
     if suf.shape[1] > 1:
-        dec(input_ids=suf[:, :-1], attention_mask=mask[:, :-1], position_ids=P + suf_pos[:, :-1],
-            past_key_values=cache, use_cache=True)
+        decoder_of(model)(input_ids=suf[:, :-1], attention_mask=mask[:, :-1], position_ids=P + suf_pos[:, :-1],
+                          past_key_values=cache, use_cache=True)
     if int(cache.get_seq_length()) == 0:  # one-id prompts: nothing to prefill, generate starts from scratch
         cache = None
     elif group_size > 1:
