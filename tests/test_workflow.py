@@ -1,4 +1,4 @@
-"""Snakemake and DVC wire the same commands and outputs from the same params."""
+"""Snakemake and DVC run one DAG: the rules are its definition, dvc.yaml is generated from them."""
 
 import re
 import shutil
@@ -19,29 +19,53 @@ def _dvc():
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def _stage_cmds():
-    return {name: (st.get("do") or st)["cmd"] for name, st in _dvc().items()}
+def test_dvc_yaml_is_generated_from_the_snakemake_rules():
+    """The one DAG: dvc.yaml is what `python -m r2ec dvc-yaml` makes of the rules and params.yaml (so the two
+    engines agree on stages, deps, params sections, outputs and threads)."""
+    from r2ec.pipeline import dvc_yaml
+    assert dvc_yaml.stale(ROOT) == [], "dvc.yaml is stale: run `python -m r2ec dvc-yaml`"
 
 
-def test_same_cli_stages():
-    smk_stages = set(re.findall(r"python -m r2ec (\w[\w-]*)", _smk_text()))
-    dvc_stages = {re.match(r"python -m r2ec (\w[\w-]*)", c).group(1) for c in _stage_cmds().values()}
-    assert smk_stages == dvc_stages
+def test_a_dvc_stage_is_its_snakemake_job():
+    from r2ec.pipeline.dag import DEFAULT_TARGET, jobs
+    stages, _ = jobs([DEFAULT_TARGET], ROOT)
+    by_name = {s.name: s for s in stages}
+    dvc = _dvc()
+    assert set(dvc) == set(by_name)
+    sasrec = by_name["train_baseline-movielens-100k-sasrec"]
+    st = dvc[sasrec.name]
+    assert st["params"] == ["seed", "eval", "sasrec"] == list(sasrec.params)  # only its own method's section
+    assert st["deps"] == ["results/data/movielens-100k"] == list(sasrec.deps)
+    assert st["outs"] == [{"results/runs/movielens-100k/sasrec": {"persist": True}}]  # the run directory
+    assert sasrec.threads == 1 and sasrec.outs == ("results/runs/movielens-100k/sasrec/metrics.json",
+                                                   "results/runs/movielens-100k/sasrec/ranks.parquet")
+    assert st["cmd"].startswith("R2EC_DVC_SYNC=0 python -m snakemake results/runs/movielens-100k/sasrec/metrics.json ")
+    assert st["cmd"].endswith("--cores all --force --allowed-rules train_baseline")
+    assert dvc["table1"]["metrics"] == [{"results/metrics.json": {"cache": False}}]  # `dvc exp show` reads it
+    # the same default work as `make table1` (rule all): no Table 2 variant, sweep or latency stage
+    assert not any(n.startswith(("table2", "table4", "sweep", "train_r2ec_sweep")) for n in dvc)
+    assert "train_r2ec-movielens-100k-r2ec_no_rd" not in dvc
+    for name, st in dvc.items():  # every recpo reader is an R2ec run (or downstream of one)
+        if "recpo" in st.get("params", []):
+            assert name.startswith("train_r2ec-"), name
 
 
-def test_same_outputs():
-    smk = _smk_text()
-    for path in ["results/raw/", "results/data/", "results/runs/", "results/table1.tex", "results/table3.tex"]:
-        assert path in smk
-        assert path in (ROOT / "dvc.yaml").read_text()
+def test_paper_pipeline_file_holds_only_the_long_targets():
+    from r2ec.pipeline import dvc_yaml
+    files = dvc_yaml.render(ROOT, paper=True)
+    paper = yaml.safe_load(files[dvc_yaml.PAPER_FILE])["stages"]
+    assert {"table2", "table4", "sweep_figure-beta", "train_r2ec-movielens-100k-r2ec_no_rd"} <= set(paper)
+    assert not set(paper) & set(_dvc()) and all(st["wdir"] == "../.." for st in paper.values())
 
 
-def test_dvc_train_stage_lists_only_its_method_params():
-    st = _dvc()["train_baseline"]
-    assert st["params"] == ["seed", "eval", "${item.method}"]
-    assert "data" not in st["params"]
-    smk = (ROOT / "workflow/rules/baselines.smk").read_text()
-    assert 'sections("seed", "eval", wc.method)' in smk
+def test_split_sections_keeps_a_further_seeds_overrides():
+    from r2ec.pipeline.dag import split_sections, stage_name
+    assert split_sections("-S seed=7 -S 'eval={\"ks\": [5]}' -S sasrec.seed=7") == (("seed", "eval"),
+                                                                                "-S sasrec.seed=7")
+    assert stage_name("train_r2ec_sweep", {"dataset": "Video_Games", "key": "beta", "value": "0.05"}) == \
+        "train_r2ec_sweep-Video_Games-beta-0_05"
+    assert stage_name("train_baseline", {"tree": "seeds/7/", "dataset": "d", "method": "m"}) == \
+        "train_baseline-seeds_7-d-m"
 
 
 def test_params_yaml_not_a_rule_input():

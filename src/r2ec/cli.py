@@ -250,6 +250,33 @@ def cmd_check_params(args: argparse.Namespace) -> None:
     print(json.dumps(C.to_dict(p), indent=2) if args.show else f"{args.params}: ok")
 
 
+def cmd_dvc_yaml(args: argparse.Namespace) -> None:
+    from r2ec.pipeline import dvc_yaml
+    from r2ec.pipeline.dag import PipelineError
+    try:
+        if args.check:
+            stale = dvc_yaml.stale(Path(args.root))
+            if stale:
+                raise C.ConfigError(f"{', '.join(map(str, stale))}: out of step with the Snakemake rules and "
+                                    "params.yaml; run `python -m r2ec dvc-yaml`")
+            print("dvc.yaml: in step with the Snakemake rules")
+            return
+        changed = dvc_yaml.write(Path(args.root), paper=args.paper)
+    except PipelineError as e:
+        raise C.ConfigError(str(e)) from e
+    print("wrote " + ", ".join(map(str, changed)) if changed else "dvc.yaml: unchanged")
+
+
+def cmd_dvc_sync(args: argparse.Namespace) -> None:
+    from r2ec.pipeline.dag import PipelineError
+    from r2ec.pipeline.sync import sync
+    try:
+        names = sync(Path(args.root))
+    except PipelineError as e:
+        raise C.ConfigError(str(e)) from e
+    print(f"dvc-sync: recorded {len(names)} stage(s) built by Snakemake in dvc.lock")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m r2ec", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="stage", required=True)
@@ -367,6 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="write the JSON schema of params.yaml")
     s.add_argument("--out", default="workflow/schemas/params.schema.json")
     s.set_defaults(func=cmd_schema)
+
+    s = sub.add_parser("dvc-yaml", help="generate dvc.yaml (+ workflow/paper/dvc.yaml) from the Snakemake rules")
+    s.add_argument("--root", default=".", help="project root (Snakefile, params.yaml)")
+    s.add_argument("--check", action="store_true", help="fail if the files are out of step instead of writing")
+    s.add_argument("--paper", action="store_true",
+                   help="also write workflow/paper/dvc.yaml, the paper's long targets (`snakemake paper`)")
+    s.set_defaults(func=cmd_dvc_yaml)
+
+    s = sub.add_parser("dvc-sync", help="record in dvc.lock the stages Snakemake has built (Snakefile's onsuccess)")
+    s.add_argument("--root", default=".", help="project root (a DVC project; anything else is left alone)")
+    s.set_defaults(func=cmd_dvc_sync)
 
     s = sub.add_parser("check-params", help="validate params (+ overrides); --show prints the resolved values")
     _common(s)

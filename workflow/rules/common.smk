@@ -22,6 +22,13 @@ with open(Path(workflow.basedir) / "workflow/schemas/params.schema.json") as f:
     SEEDED = {n for n, s in json.load(f)["properties"].items() if "seed" in s.get("properties", {})}
 
 
+# after a Snakemake run, record its finished jobs in dvc.lock (a no-op outside a DVC project and inside a DVC
+# stage, which runs its job through Snakemake with R2EC_DVC_SYNC=0; never fails the run)
+# (braces doubled: shell() formats the string)
+DVC_SYNC = ('[ "${{R2EC_DVC_SYNC:-1}}" = 0 ] || python -m r2ec dvc-sync --root . >&2 '
+            "|| echo 'dvc-sync failed: dvc.lock not updated' >&2")
+
+
 def seed_trees():
     """'' (results/runs) for the first of `seeds`, 'seeds/<s>/' for each further seed s."""
     return [""] + [f"seeds/{s}/" for s in config.get("seeds", [])[1:]]
