@@ -38,7 +38,7 @@ import torch
 from r2ec import config as C
 from r2ec.eval.evaluator import evaluate, evaluation_samples
 from r2ec.io import load_dataset
-from r2ec.llm.harness import seed_all, step_seed
+from r2ec.train.harness import seed_all, step_seed
 from r2ec.recpo.trainer import _Trainer
 
 

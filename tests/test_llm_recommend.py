@@ -101,7 +101,7 @@ def test_run_center_follows_the_runs_centring():
 
 def test_recommend_scores_with_the_runs_readout(tmp_path):
     from r2ec.llm.encoder import save_item_table
-    from r2ec.llm.readout import Readout
+    from r2ec.model.readout import Readout
     from r2ec.llm.tiny import tiny_model_and_tokenizer
 
     run = _run(tmp_path, "r2ec_no_reasoning")

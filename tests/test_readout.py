@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from r2ec.config import ConfigError, ReadoutCfg, from_dict, to_dict
-from r2ec.llm.readout import Readout, distill_user_map, fit_readout, table_stats
+from r2ec.model.readout import Readout, distill_user_map, fit_readout, table_stats
 from r2ec.recpo.trainer import _Trainer, train_r2ec
 from recpo_fixtures import Killed, kill_at, tiny_dataset, tiny_params, with_recpo
 
@@ -123,7 +123,7 @@ def test_readout_is_trained_by_the_steps_and_resumes_bit_identically(ds, tmp_pat
 
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_distillation_fits_a_users_only_map_from_reasoning_states_to_the_fitted_projection(ds, tmp_path, use_cache):
-    from r2ec.llm.readout import distill_user_map
+    from r2ec.model.readout import distill_user_map
     p = _with_readout(tiny_params(steps=0))
     cache = tmp_path / "cache" if use_cache else None
     train_r2ec("r2ec_no_reasoning", ds, p, tmp_path / "r2ec_no_reasoning", cache, progress=False, dvclive=False)
@@ -142,7 +142,7 @@ def test_distillation_fits_a_users_only_map_from_reasoning_states_to_the_fitted_
     rows = fit_rows[sorted(__import__("numpy").random.default_rng([2025, 17]).choice(6, 4, replace=False))]
     teacher = rt.user_vectors(rt.prompts_of(rows), None)
     student = rt.user_states(rows)
-    from r2ec.llm.readout import Readout
+    from r2ec.model.readout import Readout
     ref = Readout(64, 2, 0, user_map=True)
     ref.load_state_dict(sd, strict=False)
     distill_user_map(ref, teacher, student, 0.5)

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import torch
 
-from r2ec.recpo.checkpoint import load_checkpoint
+from r2ec.train.checkpoint import load_checkpoint
 from r2ec.recpo.trainer import _Trainer, train_r2ec
 from recpo_fixtures import Killed, kill_at, tiny_dataset, tiny_params, with_recpo
 
@@ -320,7 +320,7 @@ def test_centring_scores_ignore_a_shared_offset():
 
 def test_separate_user_and_item_centres():
     from r2ec.llm.encoder import cosine_scores, table_center
-    from r2ec.recpo.losses import in_batch_target_logprob
+    from r2ec.train.losses import in_batch_target_logprob
     g = torch.Generator().manual_seed(1)
     table = torch.cat([torch.zeros(1, 8), torch.randn(6, 8, generator=g)])
     user = torch.randn(3, 8, generator=g)

@@ -233,7 +233,7 @@ class ContrastiveCfg:
 
 @dataclass(frozen=True)
 class ReadoutCfg:
-    """R2ec's learned readout (:mod:`r2ec.llm.readout`): a tied low-rank map of standardised user and item states,
+    """R2ec's learned readout (:mod:`r2ec.model.readout`): a tied low-rank map of standardised user and item states,
     fitted on the base model's states of seeded train users by ``r2ec_no_reasoning`` and inherited by the
     reasoning variants through ``recpo.warm_start``. A deviation from the paper's parameter-free cosine head."""
     rank: int = _doc("rank of the projection shared by users and items (0 = off: cos/tau, the paper)", default=0)

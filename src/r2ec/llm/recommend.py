@@ -165,8 +165,8 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
             with autocast_ctx(params.llm, dev):
                 table = encode_items(model, tok, items, domain, params.llm, batch_size=16)
         readout_file = run_dir / "best" / "readout.pt"
-        if readout_file.exists():  # the run's learned readout replaces the cosine (r2ec.llm.readout)
-            from r2ec.llm.readout import Readout
+        if readout_file.exists():  # the run's learned readout replaces the cosine (r2ec.model.readout)
+            from r2ec.model.readout import Readout
             sd = torch.load(readout_file, map_location="cpu", weights_only=True)
             ro = Readout(sd["proj"].shape[0], sd["proj"].shape[1], 0, user_map="user_proj" in sd)
             ro.load_state_dict(sd)
@@ -201,7 +201,7 @@ def _with_prior(scores: torch.Tensor, data_dir: Path, n_items: int, weight: floa
     import polars as pl
 
     from r2ec import config as C
-    from r2ec.baselines.reference import log_popularity_prior
+    from r2ec.data.popularity import log_popularity_prior
     train_file = data_dir / "train.parquet"
     if not train_file.exists():
         raise C.ConfigError(f"{train_file}: not found; {key} needs the run's train split")

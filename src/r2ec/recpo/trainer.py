@@ -1,7 +1,7 @@
 """RecPO training of R2ec and its variants; evaluation through the shared evaluator.
 
 The loop, budgets, checkpoints, validation/early stopping, logging and outputs are the shared LLM harness's
-(:mod:`r2ec.llm.harness`); this module adds R2ec's steps, its item table and its scorer.
+(:mod:`r2ec.train.harness`); this module adds R2ec's steps, its item table and its scorer.
 
 One RecPO step (method ``r2ec``, ``r2ec_no_rd``, ``r2ec_no_rc``, ``r2ec_cls_head``):
 
@@ -43,7 +43,7 @@ N@10 through :func:`r2ec.eval.evaluate`; early stopping after ``recpo.patience``
 improvement; the best adapter is kept in ``run_dir/best/`` and evaluated on test. Evaluation reasoning is
 greedy (temperature 0), ``recpo.max_reasoning_tokens`` long.
 
-Resumability: ``run_dir/last/`` (see :mod:`r2ec.recpo.checkpoint`) every ``recpo.checkpoint_every`` steps and
+Resumability: ``run_dir/last/`` (see :mod:`r2ec.train.checkpoint`) every ``recpo.checkpoint_every`` steps and
 at the end; every stochastic choice of a step is seeded from ``(recpo.seed, step)``, so a killed and resumed run
 reaches bit-identical weights (on CPU).
 
@@ -72,12 +72,12 @@ from accelerate.utils import DistributedType
 from r2ec.config import Params, to_dict
 from r2ec.errors import UserError
 from r2ec.io import Dataset, slug
-from r2ec.llm.harness import LLMHarness, step_seed
 from r2ec.recpo.advantages import advantages as compute_advantages
-from r2ec.recpo.losses import (best_trajectory_mask, catalogue_target_logprob, clipped_item_loss,
-                               clipped_token_loss, in_batch_labels, in_batch_target_logprob, kl_penalty)
+from r2ec.recpo.losses import best_trajectory_mask, clipped_item_loss, clipped_token_loss, kl_penalty
 from r2ec.recpo.rewards import rewards_from_scores
 from r2ec.recpo.variants import Variant, get_variant
+from r2ec.train.harness import LLMHarness, step_seed
+from r2ec.train.losses import catalogue_target_logprob, in_batch_labels, in_batch_target_logprob
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class _Trainer(LLMHarness):
         self.beta = self.rc.beta if self.var.beta is None else self.var.beta
         self.head: torch.nn.Linear | None = None
         self.ro = params.readout
-        self.readout = None  # r2ec.llm.readout.Readout when readout.rank > 0 (trained variants, not cls_head)
+        self.readout = None  # r2ec.model.readout.Readout when readout.rank > 0 (trained variants, not cls_head)
         super().__init__(method, ds, params, self.rc, run_dir, cache_dir, progress, use_dvclive, hook)
         tok = self.tok
         self.answer_id = answer_token_id(tok)
@@ -148,7 +148,7 @@ class _Trainer(LLMHarness):
     def setup(self, model: torch.nn.Module) -> None:
         H = model.config.hidden_size if hasattr(model, "config") else model.get_base_model().config.hidden_size
         if self.ro.rank > 0 and self.var.train and not self.var.cls_head:
-            from r2ec.llm.readout import Readout
+            from r2ec.model.readout import Readout
             user_map = self.var.reasoning and self.ro.distill_users > 0
             self.readout = Readout(H, self.ro.rank, self.ro.seed, user_map=user_map).to(self.acc.device)
             model.r2ec_readout = self.readout  # a submodule: its projection is trained and saved with the adapter
@@ -190,11 +190,9 @@ class _Trainer(LLMHarness):
         uniform negatives over ``N`` items). In-batch targets are drawn in proportion to popularity, so without
         this sampling-bias correction the loss learns to rank popular items down."""
         if self._log_q is None:
-            from r2ec.baselines.reference import popularity_counts
-            c = torch.as_tensor(popularity_counts(self.ds.split("train"), self.ds.n_items))
-            p = c / c.sum()
-            q = 1.0 - (1.0 - p).pow(self.rc.batch_size) + self.rc.uniform_negatives / self.ds.n_items
-            self._log_q = torch.log(q.clamp(1e-12, 1.0)).float()
+            from r2ec.data.popularity import candidate_log_q
+            self._log_q = candidate_log_q(self.ds.split("train"), self.ds.n_items, self.rc.batch_size,
+                                          self.rc.uniform_negatives)
         return self._log_q[torch.as_tensor(cand)]
 
     def item_offset(self, cand: list[int]) -> torch.Tensor | None:
@@ -269,11 +267,11 @@ class _Trainer(LLMHarness):
 
     def fit_readout(self) -> dict[str, Any]:
         """Fit the readout on the base model's user states of ``readout.train_users`` seeded train samples
-        (:func:`r2ec.llm.readout.fit_readout`; the states are cached like the item table: they depend only on the
+        (:func:`r2ec.model.readout.fit_readout`; the states are cached like the item table: they depend only on the
         backbone and the prompts). Called on a fresh start, before any step, so the adapter is the identity: by
         ``r2ec_no_reasoning``, and by a reasoning variant without ``recpo.warm_start`` (on its greedy-reasoning
         states, which cost a generation each)."""
-        from r2ec.llm.readout import fit_readout
+        from r2ec.model.readout import fit_readout
         self.refresh_table()
         t0 = time.perf_counter()
         # a reasoning variant without warm start fits on its own (greedy-reasoning) states
@@ -300,12 +298,12 @@ class _Trainer(LLMHarness):
 
     def readout_distill(self) -> dict[str, Any] | None:
         """``readout.distill_users``: fit the users-only projection of a warm-started reasoning variant
-        (:func:`r2ec.llm.readout.distill_user_map`) on seeded users of the readout's fitting set: teacher = their
+        (:func:`r2ec.model.readout.distill_user_map`) on seeded users of the readout's fitting set: teacher = their
         state right after the prompt (the cached fitting states when the adapter is still the base model's),
         student = their state at ``<answer>`` after greedy reasoning, as evaluation computes it."""
         if self.readout is None or self.readout.user_proj is None:
             return None
-        from r2ec.llm.readout import distill_user_map
+        from r2ec.model.readout import distill_user_map
         t0 = time.perf_counter()
         fit_rows, cache = self._fitting_rows()
         rng = np.random.default_rng([self.ro.seed, 17])
@@ -435,8 +433,8 @@ class _Trainer(LLMHarness):
         """``[M]`` item-loss log-probs of each user row's label among the candidate item vectors (readout or
         cos/tau logits, plus :meth:`item_offset`)."""
         if self.readout is not None:
-            from r2ec.llm.readout import table_stats
-            from r2ec.recpo.losses import target_logprob
+            from r2ec.model.readout import table_stats
+            from r2ec.train.losses import target_logprob
             return target_logprob(self.readout.logits(user, items, table_stats(self.table)), labels,
                                   self.item_offset(cand))
         return in_batch_target_logprob(user, items, labels, self.rc.tau, self.center(),
