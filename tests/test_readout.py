@@ -65,9 +65,6 @@ def test_params_check_the_readout_keys():
         from_dict({**raw, "readout": {**raw["readout"], "rank": 4, "train_users": 0}}, "p.yaml")
     with pytest.raises(ConfigError, match="would train nothing"):
         from_dict({**raw, "contrastive": {**raw["contrastive"], "steps": 0}}, "p.yaml")
-    with pytest.raises(ConfigError, match="recpo.center"):
-        from_dict({**raw, "readout": {**raw["readout"], "rank": 4}, "recpo": {**raw["recpo"], "center": True}},
-                  "p.yaml")
 
 
 def test_no_reasoning_run_fits_saves_and_scores_with_the_readout(ds, tmp_path):

@@ -179,20 +179,6 @@ def test_contrastive_training_fits_a_fixed_batch(ds, tmp_path, uniform_negatives
     assert min(losses[-5:]) < 0.6 * losses[0], losses
 
 
-def test_catalogue_loss_trains_the_user_side_against_the_table(ds, tmp_path):
-    import dataclasses
-    p = tiny_params(batch_size=4, lr=3e-3)
-    p = dataclasses.replace(p, contrastive=dataclasses.replace(p.contrastive, catalogue_loss=1.0))
-    tr = _Trainer("r2ec_no_reasoning", ds, p, tmp_path, None, False, False, None)
-    rows = tr.batch_rows(tr.ds.split("train"))
-    recs = [tr.contrastive_step(rows) for _ in range(20)]
-    assert tr.table is not None and recs[0]["refresh_s"] > 0  # the term needs (and builds) the item table
-    assert recs[-1]["catalogue_loss"] < 0.8 * recs[0]["catalogue_loss"], [r["catalogue_loss"] for r in recs]
-    off = _Trainer("r2ec_no_reasoning", ds, tiny_params(batch_size=4, lr=3e-3), tmp_path / "off", None, False,
-                   False, None)
-    assert "catalogue_loss" not in off.contrastive_step(rows) and off.fingerprint() != tr.fingerprint()
-
-
 def test_logq_correction_offsets_the_contrastive_candidates_by_their_sampling_chance(ds, tmp_path):
     import dataclasses
 
@@ -336,24 +322,6 @@ def test_separate_user_and_item_centres():
                                atol=1e-4, rtol=1e-4)
     lp = in_batch_target_logprob(user, table[1:4], torch.tensor([0, 1, 2]), 0.1, torch.stack([cu, ci]))
     torch.testing.assert_close(lp, torch.log_softmax(s[:, 1:4], -1).diagonal())
-
-
-def test_center_users_centres_on_the_mean_user_vector_of_seeded_train_samples(ds, tmp_path):
-    tr = _trainer(ds, tmp_path / "a", center=True, center_users=5)
-    tr.refresh_table()
-    c = tr.center()
-    assert c.shape == (2, tr.table.shape[1])
-    torch.testing.assert_close(c[1], tr.table[1:].mean(0))
-    # the user centre is the mean state of 5 seeded train samples (greedy reasoning, as evaluation computes it)
-    assert tr._user_center_step == tr.table_step
-    again = _trainer(ds, tmp_path / "b", center=True, center_users=5)
-    again.refresh_table()
-    torch.testing.assert_close(again.center(), c)
-    scores = tr.scorer(tr.ds.split("test").head(4))
-    assert torch.isfinite(scores[:, 1:]).all()
-    item_only = _trainer(ds, tmp_path / "c", center=True)
-    item_only.refresh_table()
-    assert item_only.center().dim() == 1
 
 
 def test_reasoning_scorer_reads_the_answer_state_off_the_generation_cache(ds, tmp_path):

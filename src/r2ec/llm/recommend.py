@@ -117,8 +117,7 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
     now = 1_700_000_000
     n = len(history_titles)
     rs = ratings if ratings is not None else [5.0] * n
-    show_year = method != "langptune" and params.recpo.history_year  # the trained runs' own prompt format
-    history = [{"title": display_title(items.row(i, named=True), show_year) if i >= 0 else t, "rating": r,
+    history = [{"title": display_title(items.row(i, named=True)) if i >= 0 else t, "rating": r,
                 "timestamp": now - (n - j) * 86400} for j, (t, i, r) in enumerate(zip(history_titles, idx, rs))]
     if method == "langptune":  # a profile instead of reasoning, scored by the run's retriever
         from r2ec.baselines.langptune import recommend_profile
@@ -158,9 +157,8 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
     else:
         table_file = run_dir / "best" / "item_table.pt"
         if table_file.exists():
-            table, meta = load_item_table(table_file)
+            table, _ = load_item_table(table_file)
         else:
-            meta = {}
             log.info("no item table in %s: encoding %d items", run_dir / "best", items.height)
             with autocast_ctx(params.llm, dev):
                 table = encode_items(model, tok, items, domain, params.llm, batch_size=16)
@@ -173,24 +171,10 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
             with torch.no_grad():
                 scores = ro.scores(user, table)
         else:
-            scores = cosine_scores(user, table, params.recpo.tau, run_center(table, meta, params.recpo))
+            scores = cosine_scores(user, table, params.recpo.tau)
     scores = _with_prior(scores, data_dir, items.height, params.recpo.popularity_prior, "recpo.popularity_prior")
     reasoning = tok.decode(completion[:-1], skip_special_tokens=True)
     return {"reasoning": reasoning, "items": _top_items(scores[0], hist_ids, titles, k), "matched": matched}
-
-
-def run_center(table: torch.Tensor, meta: dict, rc) -> torch.Tensor | None:
-    """The centre a run scored with (see ``_Trainer.center``): None, the item-table mean, or with
-    ``recpo.center_users`` (mean user vector saved in the best table's meta, item-table mean)."""
-    from r2ec import config as C
-    from r2ec.llm.encoder import table_center
-    if not rc.center:
-        return None
-    if rc.center_users <= 0:
-        return table_center(table)
-    if "user_center" not in meta:
-        raise C.ConfigError("recpo.center_users is on but the run's best/item_table.pt holds no user_center")
-    return torch.stack([torch.tensor(meta["user_center"], dtype=torch.float32), table_center(table)])
 
 
 def _with_prior(scores: torch.Tensor, data_dir: Path, n_items: int, weight: float, key: str) -> torch.Tensor:

@@ -77,7 +77,7 @@ from r2ec.recpo.losses import best_trajectory_mask, clipped_item_loss, clipped_t
 from r2ec.recpo.rewards import rewards_from_scores
 from r2ec.recpo.variants import Variant, get_variant
 from r2ec.train.harness import LLMHarness, step_seed
-from r2ec.train.losses import catalogue_target_logprob, in_batch_labels, in_batch_target_logprob
+from r2ec.train.losses import in_batch_labels, in_batch_target_logprob
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +107,12 @@ class _Trainer(LLMHarness):
         from r2ec.llm.rollout import make_engine
 
         self.var: Variant = get_variant(method)
-        # r2ec_no_reasoning trains on its own budget (`contrastive`), every other recpo key is shared
+        # r2ec_no_reasoning trains on its own budget (`contrastive`) over all train samples; every other recpo key
+        # is shared
         shared = {k: v for k, v in to_dict(params.contrastive).items() if k in to_dict(params.recpo)}
-        self.rc = params.recpo if self.var.reasoning else dataclasses.replace(params.recpo, **shared)
-        self.catalogue_w = 0.0 if self.var.reasoning else params.contrastive.catalogue_loss
+        self.rc = (params.recpo if self.var.reasoning
+                   else dataclasses.replace(params.recpo, **shared, train_max_samples=0))
         self.logq = not self.var.reasoning and params.contrastive.logq_correction
-        self.user_prefix_on = not self.var.reasoning and params.contrastive.user_prefix
-        self._user_prefix = None  # FrozenPrefix of the train pool's user prompts once built, False when unusable
-        self._pool_index: dict[int, int] = {}
         self._log_q: torch.Tensor | None = None
         self.beta = self.rc.beta if self.var.beta is None else self.var.beta
         self.head: torch.nn.Linear | None = None
@@ -140,8 +138,6 @@ class _Trainer(LLMHarness):
         self._gen_kw = set(inspect.signature(self.engine.generate).parameters)
         self.table: torch.Tensor | None = None
         self.table_step = -1
-        self._user_center: torch.Tensor | None = None  # recpo.center_users' mean user vector ...
-        self._user_center_step = -1  # ... as of this item-table step
         self._prefix = None  # FrozenPrefix once built, False when not used
 
     # ------------------------------------------------------------------------------------------ harness hooks
@@ -181,8 +177,7 @@ class _Trainer(LLMHarness):
         return self.warm_start()
 
     def fingerprint_extra(self) -> dict[str, Any]:
-        return {"catalogue_loss": self.catalogue_w, "logq_correction": self.logq, "user_prefix": self.user_prefix_on,
-                "readout": to_dict(self.ro)}
+        return {"logq_correction": self.logq, "readout": to_dict(self.ro)}
 
     def candidate_log_q(self, cand: list[int]) -> torch.Tensor:
         """``log q`` of each candidate of the contrastive item loss: the chance that an item is a candidate of a
@@ -223,9 +218,6 @@ class _Trainer(LLMHarness):
             torch.save({k: v.cpu() for k, v in self.readout.state_dict().items()}, tmp / "readout.pt")
         if self.table is not None:
             meta = {"step": self.table_step, "dataset": self.ds.name, "tau": self.rc.tau}
-            c = self.center()
-            if c is not None and c.dim() == 2:  # the user centre the selected step was scored with
-                meta["user_center"] = c[0].tolist()
             save_item_table(tmp / "item_table.pt", self.table, meta)
 
     def load_best_extra(self, d: Path) -> None:
@@ -234,9 +226,6 @@ class _Trainer(LLMHarness):
         if (d / "item_table.pt").exists():
             self.table, meta = load_item_table(d / "item_table.pt")
             self.step = self.table_step = int(meta.get("step", self.best_step))
-            if "user_center" in meta:
-                self._user_center = torch.tensor(meta["user_center"], dtype=torch.float32)
-                self._user_center_step = self.table_step
 
     def _load_readout(self, d: Path) -> None:
         """Load ``d/readout.pt`` (projection + user stats) into this run's readout, when it has one."""
@@ -339,7 +328,7 @@ class _Trainer(LLMHarness):
     def prompts_of(self, rows: pl.DataFrame) -> list[list[int]]:
         from r2ec.llm.prompts import sample_prompt_ids
         return [sample_prompt_ids(self.tok, r, self.items_by_id, self.domain, self.p.llm.system_prompt,
-                                  self.p.llm.max_prompt_tokens, show_year=self.rc.history_year)
+                                  self.p.llm.max_prompt_tokens)
                 for r in rows.iter_rows(named=True)]
 
     def _generate(self, prompts, group_size, temperature, top_k, seed, **opt):
@@ -389,27 +378,6 @@ class _Trainer(LLMHarness):
         self.table_step = self.step
         return time.perf_counter() - t0
 
-    def center(self) -> torch.Tensor | None:
-        """None unless ``recpo.center``; then the item-table mean (a constant: no gradient flows into it), or
-        with ``recpo.center_users`` the ``[2, H]`` pair (mean user vector, item-table mean). The user mean is
-        taken over a fixed seeded set of train samples, computed like any user vector of this variant (with its
-        greedy reasoning), and recomputed whenever the item table is: user prompts share a template whose common
-        direction dwarfs what tells users apart, and the item mean does not remove it."""
-        if not self.rc.center or self.table is None:
-            return None
-        from r2ec.llm.encoder import table_center
-        c = table_center(self.table)
-        if self.rc.center_users <= 0:
-            return c
-        if self._user_center is None or self._user_center_step != self.table_step:
-            train = self.ds.split("train")
-            rng = np.random.default_rng([self.rc.seed, 11])
-            rows = train[np.sort(rng.choice(train.height, size=min(self.rc.center_users, train.height),
-                                            replace=False)).tolist()]
-            self._user_center = self.user_states(rows).mean(0)
-            self._user_center_step = self.table_step
-        return torch.stack([self._user_center, c])
-
     def scores_of(self, user: torch.Tensor) -> torch.Tensor:
         """``[B, N+1]`` scores of user vectors: cos/tau against the table, or the classification head; plus
         the popularity prior when it is on (:meth:`log_prior`)."""
@@ -422,11 +390,11 @@ class _Trainer(LLMHarness):
 
     def table_scores(self, user: torch.Tensor) -> torch.Tensor:
         """``[B, N+1]`` item-table scores (no prior), differentiable in ``user``: the readout when it is on, else
-        cos/tau (centred when ``recpo.center``)."""
+        cos/tau."""
         if self.readout is not None:
             return self.readout.scores(user, self.table)
         from r2ec.llm.encoder import cosine_scores
-        return cosine_scores(user, self.table.to(user.device), self.rc.tau, self.center())
+        return cosine_scores(user, self.table.to(user.device), self.rc.tau)
 
     def item_logprob(self, user: torch.Tensor, items: torch.Tensor, labels: torch.Tensor,
                      cand: list[int]) -> torch.Tensor:
@@ -437,8 +405,7 @@ class _Trainer(LLMHarness):
             from r2ec.train.losses import target_logprob
             return target_logprob(self.readout.logits(user, items, table_stats(self.table)), labels,
                                   self.item_offset(cand))
-        return in_batch_target_logprob(user, items, labels, self.rc.tau, self.center(),
-                                       key_offset=self.item_offset(cand))
+        return in_batch_target_logprob(user, items, labels, self.rc.tau, key_offset=self.item_offset(cand))
 
     def head_logprob(self, user: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``[M]`` ``log softmax_j(head(user)_j + prior_j)[target]`` over the catalogue: the item loss of the
@@ -528,32 +495,8 @@ class _Trainer(LLMHarness):
                          "loaded" if states is not None else "built", time.perf_counter() - t0)
         return self._prefix or None
 
-    def user_prefix(self):
-        """``contrastive.user_prefix``: the frozen-prefix states of the train pool's user prompts (+ ``<answer>``),
-        built on first use (the pool is fixed, so its bottom layers are computed once per run); None when off or
-        when the check against a full forward failed."""
-        if self._user_prefix is None:
-            self._user_prefix = False
-            from r2ec.llm.frozen_prefix import FrozenPrefix, first_adapted_layer
-            split = first_adapted_layer(self.policy)
-            if self.user_prefix_on and split > 0:
-                t0 = time.perf_counter()
-                pool = self.train_pool()
-                prompts = [q + [self.answer_id] for q in self.prompts_of(pool)]
-                model, ctx = self.infer()
-                with ctx:
-                    pf = FrozenPrefix(model, split, prompts, self.answer_id, self.pad_id, self.rc.eval_batch_size)
-                self._pool_index = {int(sid): i for i, sid in enumerate(pool["sample_id"].to_list())}
-                self._user_prefix = pf if pf.ok else False
-                log.info("frozen prefix of %d train users below layer %d built in %.1fs", len(prompts), split,
-                         time.perf_counter() - t0)
-        return self._user_prefix or None
-
     def _train_user_vectors(self, rows: pl.DataFrame) -> torch.Tensor:
-        """User vectors of a training batch, with gradient: on the pool's frozen prefix when it is on."""
-        upf = self.user_prefix()
-        if upf is not None:
-            return upf.vectors(self.policy, [self._pool_index[int(s)] for s in rows["sample_id"].to_list()]).float()
+        """User vectors of a training batch, with gradient."""
         return self._pooled([p + [self.answer_id] for p in self.prompts_of(rows)])
 
     def _item_vectors(self, item_ids: list[int]) -> torch.Tensor:
@@ -732,10 +675,9 @@ class _Trainer(LLMHarness):
     def contrastive_step(self, rows: pl.DataFrame) -> dict[str, Any]:
         """``r2ec_no_reasoning``: in-batch InfoNCE between <answer>-right-after-prompt user vectors and targets."""
         rec: dict[str, Any] = {"refresh_s": 0.0, "rollout_s": 0.0, "reward_fwd_s": 0.0}
-        if ((self.rc.center or self.catalogue_w > 0 or self.readout is not None)
-                and (self.table is None or self.step - self.table_step >= self.rc.item_refresh_every)):
-            rec["refresh_s"] = self.refresh_table()  # the centre / the catalogue term use the current table
-        self.user_prefix()  # built before the step's clock starts
+        if self.readout is not None and (self.table is None or
+                                         self.step - self.table_step >= self.rc.item_refresh_every):
+            rec["refresh_s"] = self.refresh_table()  # the readout's item statistics use the current table
         uniq, labels = in_batch_labels(rows["target_item_id"].to_list())
         t = time.perf_counter()
         cand = uniq + self._negative_ids(uniq)
@@ -745,14 +687,6 @@ class _Trainer(LLMHarness):
             user = self._train_user_vectors(rows)
             logp = self.item_logprob(user, self._item_vectors(cand), labels.to(self.acc.device), cand)
             loss = -logp.mean()
-            if self.catalogue_w > 0:
-                # every catalogue item is a negative at the cost of one matmul: the table is a constant here,
-                # so only the user side learns from this term (the in-batch term keeps training the items)
-                scores = self.with_prior(self.table_scores(user))
-                cat = -catalogue_target_logprob(scores, torch.as_tensor(rows["target_item_id"].to_list()),
-                                                rows["history_item_ids"].to_list()).mean()
-                rec["catalogue_loss"] = cat.item()
-                loss = loss + self.catalogue_w * cat
         self.acc.backward(loss)
         gnorm = self.optimizer_step()
         self.policy.eval()
