@@ -170,7 +170,7 @@ def test_kill_and_resume_equals_straight_run(ds, tmp_path, retriever_dir):
 
 
 def test_end_to_end_run_through_the_evaluator_and_recommend(ds, tmp_path, retriever_dir):
-    from r2ec.llm.recommend import recommend
+    from r2ec.serve.recommend import recommend
 
     run = tmp_path / "runs" / "tiny" / "langptune"
     m = train_langptune(ds, _params(retriever_dir, steps=2, eval_every=1), run, None, progress=False, dvclive=False)

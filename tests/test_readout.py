@@ -135,7 +135,8 @@ def test_distillation_fits_a_users_only_map_from_reasoning_states_to_the_fitted_
     torch.testing.assert_close(rt.readout.proj.detach(), sd["proj"])  # the items keep the fitted projection
     assert not torch.allclose(rt.readout.user_proj, sd["proj"])
     # the same regression by hand: the readout's users-only map is ridge of reasoning states onto teachers
-    fit_rows = rt._seeded_train_rows(6, 13)
+    from r2ec.model.readout_fit import seeded_train_rows
+    fit_rows = seeded_train_rows(rt, 6, 13)
     rows = fit_rows[sorted(__import__("numpy").random.default_rng([2025, 17]).choice(6, 4, replace=False))]
     teacher = rt.user_vectors(rt.prompts_of(rows), None)
     student = rt.user_states(rows)

@@ -145,8 +145,8 @@ def test_uniform_negatives_are_seeded_exclude_targets_and_join_the_item_loss(ds,
     tr.step += 1
     assert tr._negative_ids([1, 2]) != neg or tr.ds.n_items <= 5
     seen = []
-    encode = tr._item_vectors
-    tr._item_vectors = lambda ids: (seen.append(list(ids)), encode(ids))[1]
+    encode = tr.items.vectors
+    tr.items.vectors = lambda ids: (seen.append(list(ids)), encode(ids))[1]
     rec = tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
     assert math.isfinite(rec["item_loss"])
     assert seen and all(len(ids) == len(set(ids)) and len(ids) > 3 for ids in seen)  # targets + 3 negatives
@@ -235,11 +235,11 @@ def test_popularity_prior_adds_smoothed_log_share_to_scores_and_item_losses(ds, 
     assert math.isfinite(rec["item_loss"]) and math.isfinite(rec["reward"])
     assert rp.item_offset([2]).tolist() == pytest.approx(lp[[2]].tolist())  # no log q in the RecPO item loss
     ch = _Trainer("r2ec_cls_head", ds, p, tmp_path / "ch", None, False, False, None)
-    u = torch.randn(2, ch.head.in_features)
+    u = torch.randn(2, ch.cls.in_features)
     with torch.no_grad():
-        want_h = torch.log_softmax(ch.head(u)[:, 1:] + lp[1:], -1)[[0, 1], [2, 4]]  # targets 3 and 5
-        assert ch.head_logprob(u, torch.tensor([3, 5])).tolist() == pytest.approx(want_h.tolist(), rel=1e-5)
-        assert (ch.scores_of(u) - ch.head(u).float())[:, 1:].flatten().tolist() == pytest.approx(
+        want_h = torch.log_softmax(ch.cls(u)[:, 1:] + lp[1:], -1)[[0, 1], [2, 4]]  # targets 3 and 5
+        assert ch.rec.catalogue_logprob(u, torch.tensor([3, 5])).tolist() == pytest.approx(want_h.tolist(), rel=1e-5)
+        assert (ch.scores_of(u) - ch.cls(u).float())[:, 1:].flatten().tolist() == pytest.approx(
             lp[1:].tolist() * 2, rel=1e-4, abs=1e-5)
 
 
@@ -332,7 +332,7 @@ def test_reasoning_scorer_reads_the_answer_state_off_the_generation_cache(ds, tm
     tr.refresh_table()
     batch = tr.ds.split("test").head(5)
     one_pass = tr.scorer(batch)
-    tr._gen_kw.discard("answer_hidden")
+    tr.users.gen_kw.discard("answer_hidden")
     two_pass = tr.scorer(batch)
     assert torch.isfinite(one_pass[:, 1:]).all()
     assert torch.allclose(one_pass, two_pass, atol=1e-3)

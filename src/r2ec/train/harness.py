@@ -70,7 +70,7 @@ def num(x) -> float:
     return float("nan") if x is None else float(x)
 
 
-def _allow_precision(mp: str) -> None:
+def allow_precision(mp: str) -> None:
     """accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision;
     a single-process run (a notebook training two configs, the tests) may switch, a distributed one may not."""
     from accelerate.state import AcceleratorState
@@ -105,7 +105,7 @@ class LLMHarness:
 
         from r2ec.llm.backbone import uses_bf16
         mp = "bf16" if uses_bf16(params.llm.autocast) else "no"
-        _allow_precision(mp)
+        allow_precision(mp)
         log.info("%s: %s matmuls (llm.autocast=%s)", method, "bf16" if mp == "bf16" else "full-precision",
                  params.llm.autocast)
         # the schedule counts optimizer steps of this run, not samples: never step it num_processes times

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from r2ec import config as C
-from r2ec.llm.recommend import match_titles, recommend
+from r2ec.serve.recommend import match_titles, recommend
 
 
 def _run(tmp_path, method="r2ec"):

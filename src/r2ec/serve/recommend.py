@@ -76,9 +76,10 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
 
     from r2ec import config as C
     from r2ec.llm.backbone import answer_token_id, autocast_ctx, load_backbone
-    from r2ec.llm.encoder import cosine_scores, encode_items, load_item_table
+    from r2ec.llm.encoder import encode_items, load_item_table
     from r2ec.llm.prompts import display_title, domain_noun, render_prompt, user_messages
     from r2ec.llm.rollout import HFRolloutEngine, completion_logprobs
+    from r2ec.model.head import RecHead
 
     run_dir = Path(run_dir)
     cfg_file = run_dir / "config.json"
@@ -150,10 +151,11 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
         user = user[None]
     user = user.float()
     head_file = run_dir / "best" / "head.pt"
+    table = readout = cls = None
     if head_file.exists():
         sd = torch.load(head_file, map_location="cpu", weights_only=True)
-        scores = user @ sd["weight"].float().T + (sd["bias"].float() if "bias" in sd else 0.0)
-        scores[:, 0] = float("-inf")
+        cls = torch.nn.Linear(sd["weight"].shape[1], sd["weight"].shape[0], bias="bias" in sd)
+        cls.load_state_dict(sd)
     else:
         table_file = run_dir / "best" / "item_table.pt"
         if table_file.exists():
@@ -166,22 +168,20 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
         if readout_file.exists():  # the run's learned readout replaces the cosine (r2ec.model.readout)
             from r2ec.model.readout import Readout
             sd = torch.load(readout_file, map_location="cpu", weights_only=True)
-            ro = Readout(sd["proj"].shape[0], sd["proj"].shape[1], 0, user_map="user_proj" in sd)
-            ro.load_state_dict(sd)
-            with torch.no_grad():
-                scores = ro.scores(user, table)
-        else:
-            scores = cosine_scores(user, table, params.recpo.tau)
-    scores = _with_prior(scores, data_dir, items.height, params.recpo.popularity_prior, "recpo.popularity_prior")
+            readout = Readout(sd["proj"].shape[0], sd["proj"].shape[1], 0, user_map="user_proj" in sd)
+            readout.load_state_dict(sd)
+    prior = _prior(data_dir, items.height, params.recpo.popularity_prior, "recpo.popularity_prior")
+    with torch.no_grad():  # the one scoring head of training and evaluation (r2ec.model.head)
+        scores = RecHead(params.recpo.tau, lambda: table, readout, cls, lambda: prior).scores(user)
     reasoning = tok.decode(completion[:-1], skip_special_tokens=True)
     return {"reasoning": reasoning, "items": _top_items(scores[0], hist_ids, titles, k), "matched": matched}
 
 
-def _with_prior(scores: torch.Tensor, data_dir: Path, n_items: int, weight: float, key: str) -> torch.Tensor:
-    """``scores`` (``[N+1]`` or ``[B, N+1]``) plus the popularity prior the run trained and was evaluated with
-    (from ``data_dir/train.parquet``); unchanged when ``weight`` is 0."""
+def _prior(data_dir: Path, n_items: int, weight: float, key: str) -> torch.Tensor | None:
+    """``[N+1]`` popularity prior the run trained and was evaluated with (from ``data_dir/train.parquet``); None
+    when ``weight`` is 0."""
     if weight <= 0:
-        return scores
+        return None
     import polars as pl
 
     from r2ec import config as C
@@ -189,7 +189,13 @@ def _with_prior(scores: torch.Tensor, data_dir: Path, n_items: int, weight: floa
     train_file = data_dir / "train.parquet"
     if not train_file.exists():
         raise C.ConfigError(f"{train_file}: not found; {key} needs the run's train split")
-    return scores + log_popularity_prior(pl.read_parquet(train_file), n_items, weight)
+    return log_popularity_prior(pl.read_parquet(train_file), n_items, weight)
+
+
+def _with_prior(scores: torch.Tensor, data_dir: Path, n_items: int, weight: float, key: str) -> torch.Tensor:
+    """``scores`` (``[N+1]`` or ``[B, N+1]``) plus the popularity prior (:func:`_prior`); unchanged when it is off."""
+    lp = _prior(data_dir, n_items, weight, key)
+    return scores if lp is None else scores + lp
 
 
 def _top_items(scores: torch.Tensor, hist_ids: list[int], titles: list[str], k: int) -> list[tuple[int, str, float]]:
