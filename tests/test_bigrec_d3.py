@@ -19,7 +19,7 @@ from r2ec.errors import UserError
 from r2ec.eval.ranking import rank_targets
 from r2ec.llm.rollout import completion_logprobs
 from r2ec.llm.tiny import tiny_model_and_tokenizer
-from r2ec.recpo.checkpoint import load_checkpoint
+from r2ec.train.checkpoint import load_checkpoint
 from recpo_fixtures import Killed, kill_at, tiny_dataset, tiny_params
 
 ODD = ["", "Amélie (2001)", "Ame\u0301lie (2001)", "東京物語", "🎬 \u200b zero-width", "quote \" inside", "a",

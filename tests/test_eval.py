@@ -107,3 +107,12 @@ def test_subsample_is_seeded_and_shared():
     assert a == b and len(a) == 7 and a == sorted(a)
     assert evaluation_samples(ds, "test", EvalCfg(max_samples=7, seed=4))["sample_id"].to_list() != a
     assert evaluation_samples(ds, "test", EvalCfg(max_samples=0)).height == 50
+
+
+def test_history_mask_is_the_one_mask():
+    from r2ec.eval.ranking import history_mask
+    s = torch.zeros(2, 6)
+    m = history_mask(s, [[1, 3], []])
+    assert m.tolist() == [[False, True, False, True, False, False], [False] * 6]
+    kept = history_mask(s, [[1, 3], [2]], keep=torch.tensor([3, 5]))
+    assert kept.tolist() == [[False, True, False, False, False, False], [False, False, True, False, False, False]]

@@ -122,27 +122,3 @@ def test_prefix_states_are_cached_on_disk_and_checked_when_loaded(tmp_path, capl
     pf = loaded
     with pytest.raises(ValueError, match="do not match"):
         FrozenPrefix(second.policy, pf.split, pf.prompts[:-1], pf.answer_id, pf.pad_id, states=pf.states)
-
-
-def test_user_prefix_gives_the_contrastive_step_the_same_loss_on_the_pool(tmp_path):
-    ds = tiny_dataset()
-
-    def trainer(on, sub):
-        p = tiny_params(batch_size=3, lr=3e-3, uniform_negatives=2)
-        return _Trainer("r2ec_no_reasoning", ds, dataclasses.replace(
-            p, llm=dataclasses.replace(p.llm, frozen_prefix=True), lora=dataclasses.replace(p.lora, last_layers=1),
-            contrastive=dataclasses.replace(p.contrastive, train_max_samples=6, user_prefix=on)),
-            tmp_path / sub, None, False, False, None)
-
-    on, off = trainer(True, "on"), trainer(False, "off")
-    pool = on.train_pool()
-    assert pool.height == 6 and pool.equals(off.train_pool())
-    rows = on.batch_rows(pool)
-    rec_on, rec_off = on.train_step(rows), off.train_step(rows)
-    upf = on.user_prefix()
-    assert upf is not None and len(upf.states) == 6 and off.user_prefix() is None
-    assert rec_on["item_loss"] == pytest.approx(rec_off["item_loss"], rel=1e-4, abs=1e-5)
-    for a, b in zip(on.modules().values(), off.modules().values()):  # the same update
-        for (n, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
-            if x.requires_grad:
-                torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4, msg=n)

@@ -75,7 +75,7 @@ def test_trainer_evaluates_with_the_copy_after_updates(tmp_path):
     tr.recpo_step(tr.batch_rows(ds.split("train")))
     assert tr.version == 1  # one optimizer step
     model, _ = tr.infer()
-    ids = torch.tensor([tr.item_ids[0]])
+    ids = torch.tensor([tr.items.item_ids[0]])
     torch.testing.assert_close(_logits(model, ids), _logits(tr.policy, ids), atol=1e-4, rtol=1e-4)
     assert tr.engine.model is model  # rollouts sampled from the merged copy
 

@@ -13,7 +13,7 @@ import torch
 from r2ec.baselines.langptune import _LangPTune, train_langptune
 from r2ec.baselines.rebel import info_nce, rank_reward, rebel_loss, whiten
 from r2ec.config import LangptuneCfg, Params
-from r2ec.recpo.checkpoint import load_checkpoint
+from r2ec.train.checkpoint import load_checkpoint
 from recpo_fixtures import Killed, kill_at, tiny_dataset, tiny_params
 
 
@@ -170,7 +170,7 @@ def test_kill_and_resume_equals_straight_run(ds, tmp_path, retriever_dir):
 
 
 def test_end_to_end_run_through_the_evaluator_and_recommend(ds, tmp_path, retriever_dir):
-    from r2ec.llm.recommend import recommend
+    from r2ec.serve.recommend import recommend
 
     run = tmp_path / "runs" / "tiny" / "langptune"
     m = train_langptune(ds, _params(retriever_dir, steps=2, eval_every=1), run, None, progress=False, dvclive=False)
@@ -198,7 +198,7 @@ def test_end_to_end_run_through_the_evaluator_and_recommend(ds, tmp_path, retrie
     assert len(ids) == 3 and not {2, 3} & set(ids)
     assert [s for _, _, s in out["items"]] == sorted((s for _, _, s in out["items"]), reverse=True)
     # a run trained with the popularity prior is served with it: every score moves by w log p_hat(item)
-    from r2ec.baselines.reference import log_popularity_prior
+    from r2ec.data.popularity import log_popularity_prior
     cfg = json.loads((run / "config.json").read_text())
     ds.split("train").write_parquet(data / "train.parquet")
     lp = log_popularity_prior(ds.split("train"), ds.n_items, 2.0)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from r2ec.recpo.advantages import advantages, grpo_advantages, rloo_advantages
-from r2ec.recpo.losses import (best_trajectory_mask, catalogue_target_logprob, clipped_item_loss, clipped_surrogate, clipped_token_loss,
-                               in_batch_labels, in_batch_target_logprob, kl_penalty)
+from r2ec.recpo.losses import best_trajectory_mask, clipped_item_loss, clipped_surrogate, clipped_token_loss, kl_penalty
+from r2ec.train.losses import catalogue_target_logprob, in_batch_labels, in_batch_target_logprob
 from r2ec.recpo.rewards import fused_reward, mask_history, ndcg_reward, rewards_from_scores, softmax_prob_reward
 
 

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import torch
 
-from r2ec.recpo.checkpoint import load_checkpoint
+from r2ec.train.checkpoint import load_checkpoint
 from r2ec.recpo.trainer import _Trainer, train_r2ec
 from recpo_fixtures import Killed, kill_at, tiny_dataset, tiny_params, with_recpo
 
@@ -145,8 +145,8 @@ def test_uniform_negatives_are_seeded_exclude_targets_and_join_the_item_loss(ds,
     tr.step += 1
     assert tr._negative_ids([1, 2]) != neg or tr.ds.n_items <= 5
     seen = []
-    encode = tr._item_vectors
-    tr._item_vectors = lambda ids: (seen.append(list(ids)), encode(ids))[1]
+    encode = tr.items.vectors
+    tr.items.vectors = lambda ids: (seen.append(list(ids)), encode(ids))[1]
     rec = tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
     assert math.isfinite(rec["item_loss"])
     assert seen and all(len(ids) == len(set(ids)) and len(ids) > 3 for ids in seen)  # targets + 3 negatives
@@ -177,20 +177,6 @@ def test_contrastive_training_fits_a_fixed_batch(ds, tmp_path, uniform_negatives
     rows = tr.batch_rows(tr.ds.split("train"))
     losses = [tr.contrastive_step(rows)["item_loss"] for _ in range(30)]
     assert min(losses[-5:]) < 0.6 * losses[0], losses
-
-
-def test_catalogue_loss_trains_the_user_side_against_the_table(ds, tmp_path):
-    import dataclasses
-    p = tiny_params(batch_size=4, lr=3e-3)
-    p = dataclasses.replace(p, contrastive=dataclasses.replace(p.contrastive, catalogue_loss=1.0))
-    tr = _Trainer("r2ec_no_reasoning", ds, p, tmp_path, None, False, False, None)
-    rows = tr.batch_rows(tr.ds.split("train"))
-    recs = [tr.contrastive_step(rows) for _ in range(20)]
-    assert tr.table is not None and recs[0]["refresh_s"] > 0  # the term needs (and builds) the item table
-    assert recs[-1]["catalogue_loss"] < 0.8 * recs[0]["catalogue_loss"], [r["catalogue_loss"] for r in recs]
-    off = _Trainer("r2ec_no_reasoning", ds, tiny_params(batch_size=4, lr=3e-3), tmp_path / "off", None, False,
-                   False, None)
-    assert "catalogue_loss" not in off.contrastive_step(rows) and off.fingerprint() != tr.fingerprint()
 
 
 def test_logq_correction_offsets_the_contrastive_candidates_by_their_sampling_chance(ds, tmp_path):
@@ -249,11 +235,11 @@ def test_popularity_prior_adds_smoothed_log_share_to_scores_and_item_losses(ds, 
     assert math.isfinite(rec["item_loss"]) and math.isfinite(rec["reward"])
     assert rp.item_offset([2]).tolist() == pytest.approx(lp[[2]].tolist())  # no log q in the RecPO item loss
     ch = _Trainer("r2ec_cls_head", ds, p, tmp_path / "ch", None, False, False, None)
-    u = torch.randn(2, ch.head.in_features)
+    u = torch.randn(2, ch.cls.in_features)
     with torch.no_grad():
-        want_h = torch.log_softmax(ch.head(u)[:, 1:] + lp[1:], -1)[[0, 1], [2, 4]]  # targets 3 and 5
-        assert ch.head_logprob(u, torch.tensor([3, 5])).tolist() == pytest.approx(want_h.tolist(), rel=1e-5)
-        assert (ch.scores_of(u) - ch.head(u).float())[:, 1:].flatten().tolist() == pytest.approx(
+        want_h = torch.log_softmax(ch.cls(u)[:, 1:] + lp[1:], -1)[[0, 1], [2, 4]]  # targets 3 and 5
+        assert ch.rec.catalogue_logprob(u, torch.tensor([3, 5])).tolist() == pytest.approx(want_h.tolist(), rel=1e-5)
+        assert (ch.scores_of(u) - ch.cls(u).float())[:, 1:].flatten().tolist() == pytest.approx(
             lp[1:].tolist() * 2, rel=1e-4, abs=1e-5)
 
 
@@ -320,7 +306,7 @@ def test_centring_scores_ignore_a_shared_offset():
 
 def test_separate_user_and_item_centres():
     from r2ec.llm.encoder import cosine_scores, table_center
-    from r2ec.recpo.losses import in_batch_target_logprob
+    from r2ec.train.losses import in_batch_target_logprob
     g = torch.Generator().manual_seed(1)
     table = torch.cat([torch.zeros(1, 8), torch.randn(6, 8, generator=g)])
     user = torch.randn(3, 8, generator=g)
@@ -338,24 +324,6 @@ def test_separate_user_and_item_centres():
     torch.testing.assert_close(lp, torch.log_softmax(s[:, 1:4], -1).diagonal())
 
 
-def test_center_users_centres_on_the_mean_user_vector_of_seeded_train_samples(ds, tmp_path):
-    tr = _trainer(ds, tmp_path / "a", center=True, center_users=5)
-    tr.refresh_table()
-    c = tr.center()
-    assert c.shape == (2, tr.table.shape[1])
-    torch.testing.assert_close(c[1], tr.table[1:].mean(0))
-    # the user centre is the mean state of 5 seeded train samples (greedy reasoning, as evaluation computes it)
-    assert tr._user_center_step == tr.table_step
-    again = _trainer(ds, tmp_path / "b", center=True, center_users=5)
-    again.refresh_table()
-    torch.testing.assert_close(again.center(), c)
-    scores = tr.scorer(tr.ds.split("test").head(4))
-    assert torch.isfinite(scores[:, 1:]).all()
-    item_only = _trainer(ds, tmp_path / "c", center=True)
-    item_only.refresh_table()
-    assert item_only.center().dim() == 1
-
-
 def test_reasoning_scorer_reads_the_answer_state_off_the_generation_cache(ds, tmp_path):
     """The evaluation scorer of a reasoning variant equals the two-pass path (generate, then a fresh forward over
     prompt + reasoning + <answer>) that an engine without ``answer_hidden`` (vLLM) takes."""
@@ -364,7 +332,7 @@ def test_reasoning_scorer_reads_the_answer_state_off_the_generation_cache(ds, tm
     tr.refresh_table()
     batch = tr.ds.split("test").head(5)
     one_pass = tr.scorer(batch)
-    tr._gen_kw.discard("answer_hidden")
+    tr.users.gen_kw.discard("answer_hidden")
     two_pass = tr.scorer(batch)
     assert torch.isfinite(one_pass[:, 1:]).all()
     assert torch.allclose(one_pass, two_pass, atol=1e-3)

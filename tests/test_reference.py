@@ -8,8 +8,8 @@ import pytest
 
 from fixtures.data_fixtures import pattern_dataset
 from r2ec import config as C
-from r2ec.baselines.reference import (popularity_counts, popularity_scorer, random_scorer, reference_scorer,
-                                      train_reference)
+from r2ec.baselines.reference import popularity_scorer, random_scorer, reference_scorer, train_reference
+from r2ec.data.popularity import popularity_counts
 
 
 def _train(targets, timestamps):

@@ -150,7 +150,7 @@ def cmd_backbone(args: argparse.Namespace) -> None:
 
 def cmd_item_table(args: argparse.Namespace) -> None:
     from r2ec.io import load_dataset, write_json
-    from r2ec.recpo.trainer import build_item_table
+    from r2ec.model.item_table import build_item_table
     p = _params(args)
     _apply_threads(args.threads)
     info = build_item_table(load_dataset(args.data), p, Path(args.cache), progress=not args.quiet)
@@ -229,7 +229,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
-    from r2ec.llm.recommend import recommend
+    from r2ec.serve.recommend import recommend
     history = [t.strip() for t in args.history.split(";") if t.strip()]
     if not history:
         raise C.ConfigError("--history: give at least one title, separated by ';'")

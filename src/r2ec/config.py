@@ -189,17 +189,9 @@ class RecpoCfg:
                                  "accumulation, same loss; 0 = all at once)", default=4)
     max_minutes: float = _doc("wall-clock training budget in minutes, summed over resumes (0 = steps only)",
                               default=0.0)
-    center: bool = _doc("centre user and item vectors on the item-table mean before the cosine", default=False)
-    center_users: int = _doc(
-        "with center: user vectors are centred on the mean user vector of this many seeded train samples "
-        "(recomputed with every item table) instead of the item mean (0 = the item mean)", default=0)
     popularity_prior: float = _doc(
         "weight of log p(item) (train-target share, add-one smoothed) added to every item score, in training and "
         "ranking (0 = off, the paper)", default=0.0)
-    history_year: bool = _doc(
-        "user-prompt history lines show each item's year after its title, 'Toy Story (1995)' (MovieLens's own "
-        "title format; items without a year keep the title alone; false = the title alone, the paper's prompt)",
-        default=False)
     warm_start: Literal["", "r2ec_no_reasoning"] = _doc(
         "r2ec_no_reasoning: its best adapter and item table initialise the reasoning variants ('' = none, the "
         "paper)", default="")
@@ -220,20 +212,14 @@ class ContrastiveCfg:
     item_refresh_every: int = _doc("re-encode the item table every N steps", default=20)
     uniform_negatives: int = _doc("catalogue items drawn uniformly per step as extra negatives", default=0)
     max_minutes: float = _doc("wall-clock training budget in minutes (0 = steps only)", default=0.0)
-    catalogue_loss: float = _doc("weight of a full-catalogue InfoNCE term of the user vectors against the cached "
-                                 "item table (no grad into items; 0 = off, the paper)", default=0.0)
     logq_correction: bool = _doc("item-loss logits minus log q, q = the chance an item is a candidate (in-batch "
                                  "target or uniform negative; Yi et al. 2019 / Yang et al. 2020; off = the paper)",
                                  default=False)
-    train_max_samples: int = _doc("seeded subsample of train samples the steps draw from (0 = all)", default=0)
-    user_prefix: bool = _doc(
-        "the train_max_samples pool's user prompts get frozen-prefix states (computed once, like the items'): "
-        "a step then runs only the adapted layers, so the pool is revisited for many epochs", default=False)
 
 
 @dataclass(frozen=True)
 class ReadoutCfg:
-    """R2ec's learned readout (:mod:`r2ec.llm.readout`): a tied low-rank map of standardised user and item states,
+    """R2ec's learned readout (:mod:`r2ec.model.readout`): a tied low-rank map of standardised user and item states,
     fitted on the base model's states of seeded train users by ``r2ec_no_reasoning`` and inherited by the
     reasoning variants through ``recpo.warm_start``. A deviation from the paper's parameter-free cosine head."""
     rank: int = _doc("rank of the projection shared by users and items (0 = off: cos/tau, the paper)", default=0)
@@ -657,9 +643,6 @@ def _check_semantics(p: Params) -> None:
     for k, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{k}: must be positive, got {v}")
-    if p.contrastive.train_max_samples < 0:
-        raise ConfigError(f"contrastive.train_max_samples: must be >= 0 (0 = all), got "
-                          f"{p.contrastive.train_max_samples}")
     for key in ("rank", "train_users", "epochs", "distill_users", "distill_ridge"):
         if getattr(p.readout, key) < 0:
             raise ConfigError(f"readout.{key}: must be >= 0, got {getattr(p.readout, key)}")
@@ -668,14 +651,6 @@ def _check_semantics(p: Params) -> None:
     if p.readout.rank == 0 and p.contrastive.steps <= 0:
         raise ConfigError("contrastive.steps: r2ec_no_reasoning would train nothing (no readout fit with "
                           "readout.rank = 0, no LoRA steps); set contrastive.steps > 0 for the paper's head")
-    if p.readout.rank > 0 and p.recpo.center:
-        raise ConfigError("recpo.center: the readout (readout.rank > 0) standardises users and items itself; turn "
-                          "one of them off")
-    if p.contrastive.user_prefix and p.contrastive.train_max_samples <= 0:
-        raise ConfigError("contrastive.user_prefix: needs a pool, contrastive.train_max_samples > 0")
-    if p.recpo.center_users < 0:
-        raise ConfigError(f"recpo.center_users: must be >= 0 (0 = users centred on the item mean), got "
-                          f"{p.recpo.center_users}")
     if p.recpo.uniform_negatives < 0:
         raise ConfigError(f"recpo.uniform_negatives: must be >= 0, got {p.recpo.uniform_negatives}")
     for k, v in {"recpo.popularity_prior": p.recpo.popularity_prior,

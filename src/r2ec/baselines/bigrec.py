@@ -1,7 +1,7 @@
 """BigRec (Bao et al. 2023, "A bi-step grounding paradigm"): the LLM generates the next item's title, which is
 grounded to every catalogue item by L2 distance of base-model embeddings. Also the SFT shared with D3.
 
-Step 1, SFT (on the shared LLM harness, :mod:`r2ec.llm.harness`): LoRA fine-tuning on
+Step 1, SFT (on the shared LLM harness, :mod:`r2ec.train.harness`): LoRA fine-tuning on
 ``bigrec.train_samples`` seeded train samples (1,024 as the official run; 0 = all) to generate the target's
 response (``"title"`` + EOS, :mod:`r2ec.baselines.title_trie`) after an Alpaca prompt (the official
 instruction/input/response format; the history titles come from :func:`r2ec.llm.prompts.history_dicts`, the
@@ -43,7 +43,7 @@ import torch
 
 from r2ec.config import BigrecCfg, Params
 from r2ec.io import Dataset, slug, write_text
-from r2ec.llm.harness import SELECT_METRIC, LLMHarness
+from r2ec.train.harness import SELECT_METRIC, LLMHarness
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ class _BigRec(TitleGenHarness):
     redecodes = False  # gamma re-weights the grounding only: one decode per evaluation
 
     def __init__(self, *args, **kw):
-        from r2ec.baselines.reference import popularity_counts
+        from r2ec.data.popularity import popularity_counts
         super().__init__("bigrec", *args, **kw)
         self.table: torch.Tensor | None = None
         self.popularity = popularity_weights(popularity_counts(self.ds.split("train"), self.ds.n_items),

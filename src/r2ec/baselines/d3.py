@@ -28,7 +28,7 @@ from r2ec.baselines.bigrec import SFT_FILE, TitleGenHarness, drop_target_duplica
 from r2ec.config import Params
 from r2ec.errors import UserError
 from r2ec.io import Dataset
-from r2ec.recpo.checkpoint import load_trainable_state
+from r2ec.train.checkpoint import load_trainable_state
 
 log = logging.getLogger(__name__)
 

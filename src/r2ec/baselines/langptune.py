@@ -1,6 +1,6 @@
 """LangPTune (Gao et al. 2024): an LLM writes a language user profile, a dense retriever ranks items from it.
 
-Built on the shared LLM harness (:mod:`r2ec.llm.harness`: backbone + LoRA of ``llm.*`` / ``lora.*``, budgets,
+Built on the shared LLM harness (:mod:`r2ec.train.harness`: backbone + LoRA of ``llm.*`` / ``lora.*``, budgets,
 validation on valid N@10, early stopping, ``last/`` + ``best/``, logs, test outputs); this module adds the round
 and the scorer. Settings: ``langptune.*`` (``../shared/BASELINES.md``; official code ``ZhaolinGao/LangPTune``).
 
@@ -42,7 +42,7 @@ import torch
 
 from r2ec.config import Params
 from r2ec.io import Dataset, write_text
-from r2ec.llm.harness import LLMHarness, num, step_seed
+from r2ec.train.harness import LLMHarness, num, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class _LangPTune(LLMHarness):
         self.log_q = None
         if lc.logq_correction:
             # the add-one smoothed train share of the prior (weight 1): in-batch keys enter a batch as targets
-            from r2ec.baselines.reference import log_popularity_prior
+            from r2ec.data.popularity import log_popularity_prior
             self.log_q = log_popularity_prior(ds.split("train"), ds.n_items)
         self.profiles: dict[int, str] = {}  # sample_id -> greedy profile of the running evaluation
         self._train_rows: pl.DataFrame | None = None
@@ -261,7 +261,7 @@ class _LangPTune(LLMHarness):
     def retriever_step(self, j: int) -> float:
         """One InfoNCE step of the retriever on pairs drawn (seeded) from the profile pool."""
         from r2ec.baselines.rebel import info_nce
-        from r2ec.recpo.losses import in_batch_labels
+        from r2ec.train.losses import in_batch_labels
         from r2ec.text_encoder import encode_texts
         lc = self.lc
         rng = np.random.default_rng([lc.seed, self.step, 1000 + j])
@@ -323,7 +323,7 @@ def recommend_profile(run_dir: Path, params: Params, model, tok, messages: list[
     from r2ec.llm.encoder import cosine_scores
     from r2ec.llm.prompts import render_prompt
     from r2ec.llm.rollout import HFRolloutEngine
-    from r2ec.recpo.checkpoint import load_trainable_state
+    from r2ec.train.checkpoint import load_trainable_state
     from r2ec.text_encoder import item_texts, load_text_encoder
 
     lc = params.langptune

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from r2ec.recpo.losses import in_batch_target_logprob
+from r2ec.train.losses import in_batch_target_logprob
 
 
 def whiten(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

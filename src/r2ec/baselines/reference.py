@@ -18,33 +18,9 @@ import polars as pl
 import torch
 
 from r2ec.config import EvalCfg, PopularityCfg, RandomCfg
+from r2ec.data.popularity import popularity_counts
 from r2ec.eval.evaluator import Scorer, evaluate, write_run_outputs
 from r2ec.io import Dataset
-
-DAY_S = 86400
-
-
-def popularity_counts(train: pl.DataFrame, n_items: int, recent_days: int = 0) -> np.ndarray:
-    """``[N + 1]`` target counts of the train samples (column 0, no item, is 0).
-
-    Timestamps are in seconds; with ``recent_days`` > 0 only targets at most that many days older than the
-    last train target count."""
-    df = train
-    if recent_days > 0 and df.height:
-        last = int(df["target_timestamp"].max())
-        df = df.filter(pl.col("target_timestamp") >= last - recent_days * DAY_S)
-    return np.bincount(df["target_item_id"].to_numpy(), minlength=n_items + 1).astype(np.float64)
-
-
-def log_popularity_prior(train: pl.DataFrame, n_items: int, weight: float = 1.0) -> torch.Tensor:
-    """``[N + 1]`` float32 ``weight * log p_hat(i)``, ``p_hat(i) = (c_i + 1) / (sum_j c_j + N)``: the add-one
-    smoothed share of train targets (``c`` from :func:`popularity_counts`); column 0 (no item) is -inf.
-
-    The popularity prior of R2ec's scores (``recpo.popularity_prior``), from the train split only."""
-    c = torch.as_tensor(popularity_counts(train, n_items))
-    lp = (torch.log((c + 1.0) / (c[1:].sum() + n_items)) * weight).float()
-    lp[0] = float("-inf")
-    return lp
 
 
 def popularity_scorer(counts: np.ndarray) -> Scorer:

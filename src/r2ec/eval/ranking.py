@@ -5,6 +5,28 @@ from __future__ import annotations
 import torch
 
 
+def history_mask(scores: torch.Tensor, histories: list[list[int]],
+                 keep: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, N+1]`` bool (shape and device of ``scores``), True at the items of each sample's history window:
+    THE history mask of evaluation, rewards and losses alike.
+
+    ``keep`` (``[B]`` item ids, usually the targets): each row's own ``keep`` item stays unmasked even when it
+    repeats a history item (training keeps such a target rankable; evaluation does so only without
+    ``eval.mask_repeated_target``)."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    rows, cols = [], []
+    for i, h in enumerate(histories):
+        rows.extend([i] * len(h))
+        cols.extend(h)
+    if cols:
+        mask[torch.as_tensor(rows, device=scores.device),
+             torch.as_tensor(cols, dtype=torch.long, device=scores.device)] = True
+    if keep is not None:
+        keep = torch.as_tensor(keep).to(scores.device).long().view(-1)
+        mask[torch.arange(scores.shape[0], device=scores.device), keep] = False
+    return mask
+
+
 def rank_targets(scores: torch.Tensor, targets: torch.Tensor, histories: list[list[int]] | None,
                  mask_repeated_target: bool = True) -> torch.Tensor:
     """1-based rank of each target among all items.
@@ -31,16 +53,7 @@ def rank_targets(scores: torch.Tensor, targets: torch.Tensor, histories: list[li
     s[:, 0] = float("-inf")
     rows = torch.arange(b)
     if histories is not None:
-        idx_r, idx_c = [], []
-        for i, h in enumerate(histories):
-            idx_r.extend([i] * len(h))
-            idx_c.extend(h)
-        if idx_c:
-            hist_mask = torch.zeros_like(s, dtype=torch.bool)
-            hist_mask[torch.as_tensor(idx_r), torch.as_tensor(idx_c, dtype=torch.long)] = True
-            if not mask_repeated_target:
-                hist_mask[rows, targets] = False
-            s = s.masked_fill(hist_mask, float("-inf"))
+        s = s.masked_fill(history_mask(s, histories, None if mask_repeated_target else targets), float("-inf"))
     target_score = s[rows, targets].unsqueeze(1)
     ge = s >= target_score
     ge[:, 0] = False  # column 0 is not an item; a masked target (-inf) thus ranks last, at N

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from r2ec.eval.ranking import rank_targets
+from r2ec.eval.ranking import history_mask, rank_targets
 
 
 def ndcg_reward(ranks: torch.Tensor, k_r: int) -> torch.Tensor:
@@ -45,23 +45,16 @@ def fused_reward(ranks: torch.Tensor, scores: torch.Tensor, targets: torch.Tenso
 
 
 def mask_history(scores: torch.Tensor, targets: torch.Tensor, histories: list[list[int]]) -> torch.Tensor:
-    """Copy of ``scores`` with column 0 and each row's history items set to ``-inf``; the target stays.
+    """Copy of ``scores`` with column 0 and each row's history items set to ``-inf``; the target stays
+    (:func:`r2ec.eval.ranking.history_mask` with the target kept).
 
     Training rewards keep a target that repeats a history item rankable (else such a sample would give zero
     reward whatever the reasoning; the evaluator's ``eval.mask_repeated_target`` governs evaluation only).
     """
     s = scores.to(torch.float32).clone()
     s[:, 0] = float("-inf")
-    t = torch.as_tensor(targets, dtype=torch.long).view(-1)
-    rows, cols = [], []
-    for i, h in enumerate(histories):
-        for j in h:
-            if j != int(t[i]):
-                rows.append(i)
-                cols.append(j)
-    if rows:
-        s[torch.as_tensor(rows), torch.as_tensor(cols, dtype=torch.long)] = float("-inf")
-    return s
+    return s.masked_fill(history_mask(s, histories, torch.as_tensor(targets, dtype=torch.long).view(-1)),
+                         float("-inf"))
 
 
 def rewards_from_scores(scores: torch.Tensor, targets: torch.Tensor, histories: list[list[int]], beta: float,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
-from r2ec.config import R2EC_VARIANTS
+from r2ec.config import R2EC_VARIANTS, Params, to_dict
 from r2ec.errors import UserError
 
 
@@ -33,3 +35,13 @@ def get_variant(method: str) -> Variant:
         return VARIANTS[method]
     except KeyError:
         raise UserError(f"unknown R2ec variant {method!r}; known: {', '.join(VARIANTS)}") from None
+
+
+def resolve(params: Params, method: str) -> tuple[Variant, Any]:
+    """``(variant, training section)`` of ``method``: ``recpo``, or for ``r2ec_no_reasoning`` its contrastive overlay
+    (its own budget, ``contrastive``, over all train samples; every other ``recpo`` key is shared)."""
+    var = get_variant(method)
+    if var.reasoning:
+        return var, params.recpo
+    shared = {k: v for k, v in to_dict(params.contrastive).items() if k in to_dict(params.recpo)}
+    return var, dataclasses.replace(params.recpo, **shared, train_max_samples=0)

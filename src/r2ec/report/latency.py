@@ -43,12 +43,11 @@ def _tiger(method: str, run_dir: Path, ds: Dataset, p: Params, cache: Path) -> S
 
 
 def _r2ec(method: str, run_dir: Path, ds: Dataset, p: Params, cache: Path) -> Scorer:
-    # the trainer's own evaluation path (best adapter + item table), so the timed work is what evaluation does
-    from r2ec.recpo.trainer import _Trainer
-    t = _Trainer(method, ds, p, run_dir, cache, progress=False, use_dvclive=False, hook=None)
-    t.load_best()
-    t.before_evaluate()
-    return t.scorer
+    # the run loaded as evaluation scores it (best adapter + item table + the one head), no trainer or optimizer
+    from r2ec.model.run import load_run
+    from r2ec.recpo.variants import resolve
+    var, rc = resolve(p, method)
+    return load_run(method, var, rc, ds, p, run_dir, cache).scorer
 
 
 def _llm_baseline(method: str, run_dir: Path, ds: Dataset, p: Params, cache: Path) -> Scorer:

@@ -2,7 +2,7 @@
 
 Built only from files the other report stages wrote (``table1.md``, ``table2.md``, ``table4.md``,
 ``significance.json``, ``figures/*.png``) plus the trained ``r2ec`` run: for the first ``report.examples`` test
-samples of the shared evaluation subsample, :func:`r2ec.llm.recommend.recommend` writes the (greedy)
+samples of the shared evaluation subsample, :func:`r2ec.serve.recommend.recommend` writes the (greedy)
 reasoning and the top-5 items for the sample's history; the held-out target is shown next to them.
 """
 
@@ -20,7 +20,7 @@ TABLES = (("table1.md", "Main results"), ("table2.md", "Ablations"), ("table4.md
 
 
 def _recommend(run_dir: Path, titles: list[str], k: int, data_dir: Path) -> dict:
-    from r2ec.llm.recommend import recommend
+    from r2ec.serve.recommend import recommend
     return recommend(run_dir, titles, k=k, data_dir=data_dir)
 
 

@@ -50,7 +50,7 @@ from r2ec.config import Params, to_dict
 from r2ec.errors import UserError
 from r2ec.eval.evaluator import evaluate, write_run_outputs
 from r2ec.io import Dataset, append_jsonl, atomic_dir, read_jsonl, write_text
-from r2ec.recpo.checkpoint import (load_checkpoint, load_trainable_state, rng_state, save_checkpoint,
+from r2ec.train.checkpoint import (load_checkpoint, load_trainable_state, rng_state, save_checkpoint,
                                    set_rng_state, trainable_state)
 from r2ec.seeding import seed_all
 
@@ -70,7 +70,7 @@ def num(x) -> float:
     return float("nan") if x is None else float(x)
 
 
-def _allow_precision(mp: str) -> None:
+def allow_precision(mp: str) -> None:
     """accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision;
     a single-process run (a notebook training two configs, the tests) may switch, a distributed one may not."""
     from accelerate.state import AcceleratorState
@@ -105,7 +105,7 @@ class LLMHarness:
 
         from r2ec.llm.backbone import uses_bf16
         mp = "bf16" if uses_bf16(params.llm.autocast) else "no"
-        _allow_precision(mp)
+        allow_precision(mp)
         log.info("%s: %s matmuls (llm.autocast=%s)", method, "bf16" if mp == "bf16" else "full-precision",
                  params.llm.autocast)
         # the schedule counts optimizer steps of this run, not samples: never step it num_processes times
@@ -210,7 +210,7 @@ class LLMHarness:
 
     def log_prior(self) -> torch.Tensor | None:
         """``[N+1]`` ``tc.popularity_prior * log p_hat(i)`` (add-one smoothed share of train targets, see
-        :func:`r2ec.baselines.reference.log_popularity_prior`), or None when the method's config has no prior or
+        :func:`r2ec.data.popularity.log_popularity_prior`), or None when the method's config has no prior or
         its weight is 0.
 
         Added to every item score of a catalogue-scoring method (R2ec, LangPTune), in its losses as in its ranking
@@ -221,7 +221,7 @@ class LLMHarness:
         if w <= 0:
             return None
         if self._log_prior is None:
-            from r2ec.baselines.reference import log_popularity_prior
+            from r2ec.data.popularity import log_popularity_prior
             self._log_prior = log_popularity_prior(self.ds.split("train"), self.ds.n_items, w)
         return self._log_prior
 

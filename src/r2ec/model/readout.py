@@ -83,7 +83,8 @@ def fit_readout(readout: Readout, users: torch.Tensor, targets: torch.Tensor, hi
     ``-mean_b log softmax_j(s(u_b, j))[target_b]`` with ``s`` as in the module docstring (prior included),
     history items other than the target excluded as the evaluator excludes them. Sets the user stats from
     ``users`` first. Returns ``{"loss_first", "loss_last", "seconds", "losses"}`` (one loss per epoch)."""
-    from r2ec.recpo.losses import catalogue_target_logprob, history_mask
+    from r2ec.eval.ranking import history_mask
+    from r2ec.train.losses import catalogue_target_logprob
     t0 = time.perf_counter()
     readout.set_user_stats(users)
     dev = readout.proj.device
@@ -92,7 +93,7 @@ def fit_readout(readout: Readout, users: torch.Tensor, targets: torch.Tensor, hi
     users, targets = users.float().to(dev), targets.to(dev)
     offset = torch.zeros(table.shape[0], device=dev) if prior is None else prior.float().to(dev).clone()
     offset[0] = float("-inf")  # the pad item
-    mask = history_mask(torch.empty(users.shape[0], table.shape[0], device=dev), targets, histories)
+    mask = history_mask(torch.empty(users.shape[0], table.shape[0], device=dev), histories, targets)
     opt = torch.optim.Adam([readout.proj], lr=lr, weight_decay=weight_decay)
     losses = []
     for _ in range(epochs):

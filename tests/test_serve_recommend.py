@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from r2ec import config as C
-from r2ec.llm.recommend import match_titles, recommend
+from r2ec.serve.recommend import match_titles, recommend
 
 
 def _run(tmp_path, method="r2ec"):
@@ -87,21 +87,9 @@ def test_recommend_missing_run(tmp_path):
         recommend(tmp_path / "nope", ["a"], k=1)
 
 
-def test_run_center_follows_the_runs_centring():
-    from r2ec.llm.recommend import run_center
-    table = torch.cat([torch.zeros(1, 4), torch.arange(12.0).view(3, 4)])
-    rc = C.RecpoCfg()
-    assert run_center(table, {}, rc) is None
-    torch.testing.assert_close(run_center(table, {}, C.RecpoCfg(center=True)), table[1:].mean(0))
-    both = run_center(table, {"user_center": [1.0, 2.0, 3.0, 4.0]}, C.RecpoCfg(center=True, center_users=8))
-    torch.testing.assert_close(both, torch.stack([torch.tensor([1.0, 2.0, 3.0, 4.0]), table[1:].mean(0)]))
-    with pytest.raises(C.ConfigError, match="user_center"):
-        run_center(table, {}, C.RecpoCfg(center=True, center_users=8))
-
-
 def test_recommend_scores_with_the_runs_readout(tmp_path):
     from r2ec.llm.encoder import save_item_table
-    from r2ec.llm.readout import Readout
+    from r2ec.model.readout import Readout
     from r2ec.llm.tiny import tiny_model_and_tokenizer
 
     run = _run(tmp_path, "r2ec_no_reasoning")

@@ -76,9 +76,10 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
 
     from r2ec import config as C
     from r2ec.llm.backbone import answer_token_id, autocast_ctx, load_backbone
-    from r2ec.llm.encoder import cosine_scores, encode_items, load_item_table
+    from r2ec.llm.encoder import encode_items, load_item_table
     from r2ec.llm.prompts import display_title, domain_noun, render_prompt, user_messages
     from r2ec.llm.rollout import HFRolloutEngine, completion_logprobs
+    from r2ec.model.head import RecHead
 
     run_dir = Path(run_dir)
     cfg_file = run_dir / "config.json"
@@ -117,8 +118,7 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
     now = 1_700_000_000
     n = len(history_titles)
     rs = ratings if ratings is not None else [5.0] * n
-    show_year = method != "langptune" and params.recpo.history_year  # the trained runs' own prompt format
-    history = [{"title": display_title(items.row(i, named=True), show_year) if i >= 0 else t, "rating": r,
+    history = [{"title": display_title(items.row(i, named=True)) if i >= 0 else t, "rating": r,
                 "timestamp": now - (n - j) * 86400} for j, (t, i, r) in enumerate(zip(history_titles, idx, rs))]
     if method == "langptune":  # a profile instead of reasoning, scored by the run's retriever
         from r2ec.baselines.langptune import recommend_profile
@@ -151,61 +151,51 @@ def recommend(run_dir: Path, history_titles: list[str], k: int = 10, *, data_dir
         user = user[None]
     user = user.float()
     head_file = run_dir / "best" / "head.pt"
+    table = readout = cls = None
     if head_file.exists():
         sd = torch.load(head_file, map_location="cpu", weights_only=True)
-        scores = user @ sd["weight"].float().T + (sd["bias"].float() if "bias" in sd else 0.0)
-        scores[:, 0] = float("-inf")
+        cls = torch.nn.Linear(sd["weight"].shape[1], sd["weight"].shape[0], bias="bias" in sd)
+        cls.load_state_dict(sd)
     else:
         table_file = run_dir / "best" / "item_table.pt"
         if table_file.exists():
-            table, meta = load_item_table(table_file)
+            table, _ = load_item_table(table_file)
         else:
-            meta = {}
             log.info("no item table in %s: encoding %d items", run_dir / "best", items.height)
             with autocast_ctx(params.llm, dev):
                 table = encode_items(model, tok, items, domain, params.llm, batch_size=16)
         readout_file = run_dir / "best" / "readout.pt"
-        if readout_file.exists():  # the run's learned readout replaces the cosine (r2ec.llm.readout)
-            from r2ec.llm.readout import Readout
+        if readout_file.exists():  # the run's learned readout replaces the cosine (r2ec.model.readout)
+            from r2ec.model.readout import Readout
             sd = torch.load(readout_file, map_location="cpu", weights_only=True)
-            ro = Readout(sd["proj"].shape[0], sd["proj"].shape[1], 0, user_map="user_proj" in sd)
-            ro.load_state_dict(sd)
-            with torch.no_grad():
-                scores = ro.scores(user, table)
-        else:
-            scores = cosine_scores(user, table, params.recpo.tau, run_center(table, meta, params.recpo))
-    scores = _with_prior(scores, data_dir, items.height, params.recpo.popularity_prior, "recpo.popularity_prior")
+            readout = Readout(sd["proj"].shape[0], sd["proj"].shape[1], 0, user_map="user_proj" in sd)
+            readout.load_state_dict(sd)
+    prior = _prior(data_dir, items.height, params.recpo.popularity_prior, "recpo.popularity_prior")
+    with torch.no_grad():  # the one scoring head of training and evaluation (r2ec.model.head)
+        scores = RecHead(params.recpo.tau, lambda: table, readout, cls, lambda: prior).scores(user)
     reasoning = tok.decode(completion[:-1], skip_special_tokens=True)
     return {"reasoning": reasoning, "items": _top_items(scores[0], hist_ids, titles, k), "matched": matched}
 
 
-def run_center(table: torch.Tensor, meta: dict, rc) -> torch.Tensor | None:
-    """The centre a run scored with (see ``_Trainer.center``): None, the item-table mean, or with
-    ``recpo.center_users`` (mean user vector saved in the best table's meta, item-table mean)."""
-    from r2ec import config as C
-    from r2ec.llm.encoder import table_center
-    if not rc.center:
-        return None
-    if rc.center_users <= 0:
-        return table_center(table)
-    if "user_center" not in meta:
-        raise C.ConfigError("recpo.center_users is on but the run's best/item_table.pt holds no user_center")
-    return torch.stack([torch.tensor(meta["user_center"], dtype=torch.float32), table_center(table)])
-
-
-def _with_prior(scores: torch.Tensor, data_dir: Path, n_items: int, weight: float, key: str) -> torch.Tensor:
-    """``scores`` (``[N+1]`` or ``[B, N+1]``) plus the popularity prior the run trained and was evaluated with
-    (from ``data_dir/train.parquet``); unchanged when ``weight`` is 0."""
+def _prior(data_dir: Path, n_items: int, weight: float, key: str) -> torch.Tensor | None:
+    """``[N+1]`` popularity prior the run trained and was evaluated with (from ``data_dir/train.parquet``); None
+    when ``weight`` is 0."""
     if weight <= 0:
-        return scores
+        return None
     import polars as pl
 
     from r2ec import config as C
-    from r2ec.baselines.reference import log_popularity_prior
+    from r2ec.data.popularity import log_popularity_prior
     train_file = data_dir / "train.parquet"
     if not train_file.exists():
         raise C.ConfigError(f"{train_file}: not found; {key} needs the run's train split")
-    return scores + log_popularity_prior(pl.read_parquet(train_file), n_items, weight)
+    return log_popularity_prior(pl.read_parquet(train_file), n_items, weight)
+
+
+def _with_prior(scores: torch.Tensor, data_dir: Path, n_items: int, weight: float, key: str) -> torch.Tensor:
+    """``scores`` (``[N+1]`` or ``[B, N+1]``) plus the popularity prior (:func:`_prior`); unchanged when it is off."""
+    lp = _prior(data_dir, n_items, weight, key)
+    return scores if lp is None else scores + lp
 
 
 def _top_items(scores: torch.Tensor, hist_ids: list[int], titles: list[str], k: int) -> list[tuple[int, str, float]]:

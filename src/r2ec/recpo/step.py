@@ -1,0 +1,194 @@
+"""One RecPO step (methods ``r2ec``, ``r2ec_no_rd``, ``r2ec_no_rc``, ``r2ec_cls_head``; see
+:mod:`r2ec.recpo.trainer` for the whole recipe): item-table refresh, rollouts, the reward forward (REAL old
+log-probs and user vectors from one pass), rewards, advantages, best-trajectory gating, then ``recpo.mu`` update
+passes of ``token_loss + item_loss (+ kl_coef * kl)``, each accumulated over micro-batches.
+
+``tr`` is the R2ec trainer (:class:`r2ec.recpo.trainer.R2ecTrainer`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import polars as pl
+import torch
+from accelerate.utils import DistributedType
+
+from r2ec.errors import UserError
+from r2ec.recpo.advantages import advantages as compute_advantages
+from r2ec.recpo.contrastive import negative_ids
+from r2ec.recpo.losses import best_trajectory_mask, clipped_item_loss, clipped_token_loss, kl_penalty
+from r2ec.recpo.rewards import rewards_from_scores
+from r2ec.train.harness import step_seed
+from r2ec.train.losses import in_batch_labels
+
+
+def pad_logps(logps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-align a list of per-sequence log-prob vectors into ``[B, Tc]`` plus the valid mask."""
+    tc = max(int(x.numel()) for x in logps)
+    dev = logps[0].device
+    mask = torch.zeros((len(logps), tc), dtype=torch.float32, device=dev)
+    rows = []
+    for i, lp in enumerate(logps):
+        n = int(lp.numel())
+        pad = torch.zeros(tc - n, dtype=lp.dtype, device=dev)
+        rows.append(torch.cat([pad, lp.float()]))
+        mask[i, tc - n:] = 1.0
+    out = torch.stack(rows)
+    return out, mask
+
+
+def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
+    from r2ec.llm.rollout import completion_logprobs
+
+    rc, G = tr.rc, tr.rc.group_size
+    rec: dict[str, Any] = {}
+    t = time.perf_counter()
+    rec["refresh_s"] = tr.refresh_table() if tr.items.stale(tr.step, rc.item_refresh_every) else 0.0
+    prompts = tr.users.prompts_of(rows)
+    targets = rows["target_item_id"].to_list()
+    hists = rows["history_item_ids"].to_list()
+
+    # rollouts (eval mode, seeded); vLLM gets the current adapter (never merged)
+    t = time.perf_counter()
+    ctx = tr.users.sync_engine()
+    tr.policy.eval()
+    with ctx:
+        groups = tr.users.generate(prompts, G, rc.temperature, rc.top_k, step_seed(rc.seed, tr.step, 1),
+                                   old_logprobs=False)
+    rec["rollout_s"] = time.perf_counter() - t
+    stats = getattr(tr.engine, "last_stats", {}) or {}
+    trajs = [x for g in groups for x in g]
+    pairs = [(x.prompt_ids, x.completion_ids) for x in trajs]
+
+    # reward forward (no grad, eval mode, the rollout policy's parameters): the REAL old log-probs and the
+    # user vectors at the final <answer> from one pass; then rewards, advantages, gating
+    t = time.perf_counter()
+    uniq, labels = in_batch_labels(targets)
+    with torch.no_grad(), tr.autocast():
+        old, user_old = completion_logprobs(tr.policy, pairs, rc.temperature, pad_id=tr.pad_id,
+                                            batch_size=rc.eval_batch_size, return_hidden=True,
+                                            answer_id=tr.answer_id)
+        old_logp, cmask = pad_logps(old)
+        user_old = user_old.float()
+        scores = tr.rec.scores(user_old)
+        tgt_rep = torch.as_tensor(targets).repeat_interleave(G)
+        hist_rep = [h for h in hists for _ in range(G)]
+        r, rd, rcont, ranks = rewards_from_scores(scores, tgt_rep, hist_rep, tr.beta, rc.k_r)
+        R = r.view(-1, G)
+        adv = compute_advantages(R, rc.advantage)
+        best = best_trajectory_mask(R, rc.item_topk).view(-1)
+        best_idx = best.nonzero().flatten()
+        sel_labels = labels.repeat_interleave(G)[best_idx]
+        sel_targets = tgt_rep[best_idx]
+        cand = uniq
+        if tr.cls is not None:
+            old_item_logp = tr.rec.catalogue_logprob(user_old[best_idx].to(tr.acc.device), sel_targets)
+        else:
+            cand = uniq + negative_ids(tr, uniq)  # labels index the leading in-batch targets
+            item_old = tr.items.vectors(cand)
+            old_item_logp = tr.item_logprob(user_old[best_idx].to(tr.acc.device), item_old,
+                                            sel_labels.to(tr.acc.device), cand)
+        ref_logp = None
+        if rc.kl_coef > 0:
+            with tr.policy.disable_adapter():
+                ref = completion_logprobs(tr.policy, pairs, rc.temperature, pad_id=tr.pad_id,
+                                          batch_size=rc.eval_batch_size)
+            ref_logp, _ = pad_logps(ref)
+    rec["reward_fwd_s"] = time.perf_counter() - t
+    adv_flat = adv.view(-1).to(tr.acc.device)
+
+    # mu update passes (eval mode: no dropout -> ratio exactly 1 before the first update)
+    t = time.perf_counter()
+    for _ in range(rc.mu):
+        tok_loss, it_loss, kl, tstats, istats = update_pass(tr, pairs, old_logp, cmask, ref_logp, adv_flat,
+                                                            best_idx, old_item_logp, cand, sel_labels, sel_targets)
+        gnorm = tr.optimizer_step()
+    rec["update_s"] = time.perf_counter() - t
+    n_tok = float(sum(len(c) for _, c in pairs))
+    rec.update({
+        "reward": float(r.mean()), "reward_ndcg": float(rd.mean()), "reward_prob": float(rcont.mean()),
+        "reward_best": float(R.max(dim=1).values.mean()), "mean_rank": float(ranks.float().mean()),
+        "adv_mean": float(adv.mean()), "adv_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+        "token_loss": tok_loss.item(), "item_loss": it_loss.item(), "kl": kl.item(),
+        "ratio_mean": tstats["ratio_mean"], "clip_frac": tstats["clip_frac"],
+        "item_ratio_mean": istats["item_ratio_mean"], "grad_norm": gnorm,
+        "reasoning_len": (n_tok - len(pairs)) / len(pairs),
+        "forced_frac": float(stats.get("forced_frac", float("nan"))),
+        "tokens_per_s": float(stats.get("tokens_per_s", n_tok / max(rec["rollout_s"], 1e-9))),
+    })
+    return rec
+
+
+def update_pass(tr, pairs, old_logp, cmask, ref_logp, adv_flat, best_idx, old_item_logp, cand, sel_labels,
+                sel_targets):
+    """One gradient of ``token_loss + item_loss + kl_coef * kl``, accumulated over micro-batches.
+
+    Trajectories are processed ``recpo.micro_batch_size`` at a time; each chunk's token loss is weighted by
+    its share of the batch's valid tokens and its item-loss terms by ``1/M``, so the accumulated gradient
+    equals the full-batch one. The in-batch item vectors are encoded once with grad; chunks backpropagate
+    into a detached leaf copy and the item encoder gets the summed gradient at the end.
+    """
+    from r2ec.llm.rollout import completion_logprobs
+
+    rc = tr.rc
+    dev = tr.acc.device
+    tr.opt.zero_grad(set_to_none=True)
+    n_valid = cmask.sum().clamp_min(1.0)
+    M = int(best_idx.numel())
+    best_pos = {int(i): j for j, i in enumerate(best_idx.tolist())}
+    mb = rc.micro_batch_size if rc.micro_batch_size > 0 else len(pairs)
+    chunked = mb < len(pairs)
+    if chunked and tr.acc.distributed_type == DistributedType.DEEPSPEED:
+        raise UserError("recpo.micro_batch_size: DeepSpeed steps on every backward; use "
+                         "recpo.micro_batch_size=0 (one backward per update pass) under DeepSpeed")
+    items = leaf = None
+    if tr.cls is None:
+        with tr.autocast():
+            items = tr.items.vectors(cand)
+        # chunked: chunks backpropagate into a leaf copy, the item encoder gets the summed grad at the end
+        leaf = items.detach().requires_grad_(True) if chunked else items
+    tok_sum = it_sum = kl_sum = 0.0
+    clip_n = ratio_sum = 0.0
+    it_ratio, it_clip = [], []
+    for s in range(0, len(pairs), mb):
+        idx = list(range(s, min(s + mb, len(pairs))))
+        with tr.autocast():
+            new, user_new = completion_logprobs(tr.policy, [pairs[i] for i in idx], rc.temperature,
+                                                pad_id=tr.pad_id, return_hidden=True,
+                                                answer_id=tr.answer_id)
+            new_logp, _ = pad_logps(new)
+            w = cmask[idx].sum() / n_valid  # chunk's share of the valid tokens: token mean over the batch
+            tc = new_logp.shape[1]
+            om, cm = old_logp[idx][:, -tc:], cmask[idx][:, -tc:]
+            tl, ts = clipped_token_loss(new_logp, om, adv_flat[idx], cm, rc.clip_low, rc.clip_high)
+            loss = w * tl
+            tok_sum += float(w * tl.detach())
+            clip_n += ts["clip_frac"] * float(cm.sum())
+            ratio_sum += ts["ratio_mean"] * float(cm.sum())
+            if ref_logp is not None:
+                klc = kl_penalty(new_logp, ref_logp[idx][:, -tc:], cm)
+                loss = loss + rc.kl_coef * w * klc
+                kl_sum += float(w * klc.detach())
+            sel = [k for k, i in enumerate(idx) if i in best_pos]
+            if sel:
+                js = torch.as_tensor([best_pos[idx[k]] for k in sel], device=dev)
+                u = user_new[torch.as_tensor(sel, device=dev)].float()
+                if tr.cls is not None:
+                    nl = tr.rec.catalogue_logprob(u, sel_targets[js.cpu()])
+                else:
+                    nl = tr.item_logprob(u, leaf, sel_labels[js.cpu()].to(dev), cand)
+                il, ist = clipped_item_loss(nl, old_item_logp[js], adv_flat[best_idx][js], rc.clip_low,
+                                            rc.clip_high)
+                loss = loss + il * (len(sel) / M)
+                it_sum += float(il.detach()) * len(sel) / M
+                it_ratio.append(ist["item_ratio_mean"] * len(sel))
+                it_clip.append(ist["item_clip_frac"] * len(sel))
+        tr.acc.backward(loss)
+    if chunked and items is not None and leaf.grad is not None:
+        tr.acc.backward((items * leaf.grad).sum())
+    nv = float(n_valid)
+    tstats = {"clip_frac": clip_n / nv, "ratio_mean": ratio_sum / nv}
+    istats = {"item_ratio_mean": sum(it_ratio) / max(M, 1), "item_clip_frac": sum(it_clip) / max(M, 1)}
+    return (torch.tensor(tok_sum), torch.tensor(it_sum), torch.tensor(kl_sum), tstats, istats)

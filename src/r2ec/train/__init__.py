@@ -1,0 +1,1 @@
+"""The shared training harness of every LLM method: loop, budgets, validation, state, checkpoints, losses."""
