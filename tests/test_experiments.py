@@ -5,6 +5,7 @@ brings it back, Snakemake then has nothing to do. And `dvc repro` on a fresh cop
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -49,6 +50,15 @@ def _project(tmp: Path, base: str) -> tuple[Path, dict]:
     return work, env
 
 
+@contextlib.contextmanager
+def _tiny_project(tmp: Path):
+    """(work, run) for a tiny git + DVC project whose download is served from 127.0.0.1 meanwhile."""
+    _fixture(tmp / "remote")
+    with serve(tmp / "remote") as (base, _state):
+        work, env = _project(tmp, base)
+        yield work, _runner(work, env)
+
+
 def _runner(work: Path, env: dict):
     def run(*cmd, check=True):
         r = subprocess.run(list(cmd), cwd=work, capture_output=True, text=True, timeout=900, env=env)
@@ -77,11 +87,7 @@ class _Watch(threading.Thread):
 
 
 def test_snakemake_then_dvc_experiment_reruns_only_recpo_stages(tmp_path):
-    remote = tmp_path / "remote"
-    _fixture(remote)
-    with serve(remote) as (base, _state):
-        work, env = _project(tmp_path, base)
-        run = _runner(work, env)
+    with _tiny_project(tmp_path) as (work, run):
         dvc = (sys.executable, "-m", "dvc")
         built = run(sys.executable, "-m", "snakemake", "--cores", "2")
         assert "dvc-sync: recorded" in built, built[-2000:]
@@ -122,11 +128,7 @@ def test_snakemake_then_dvc_experiment_reruns_only_recpo_stages(tmp_path):
 
 
 def test_dvc_repro_leaves_snakemake_nothing_to_do(tmp_path):
-    remote = tmp_path / "remote"
-    _fixture(remote)
-    with serve(remote) as (base, _state):
-        work, env = _project(tmp_path, base)
-        run = _runner(work, env)
+    with _tiny_project(tmp_path) as (work, run):
         out = run(sys.executable, "-m", "dvc", "repro")
         assert f"Running stage 'train_baseline-{CAT}-popularity'" in out
         assert "table2" not in out  # the paper's long targets are their own pipeline file

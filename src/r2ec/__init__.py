@@ -19,6 +19,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("methods", ("r2ec.recpo", "r2ec.baselines")),
     ("serve", ("r2ec.serve",)),
     ("report", ("r2ec.report",)),
+    ("pipeline", ("r2ec.pipeline",)),
     ("cli", ("r2ec.cli", "r2ec.methods", "r2ec.__main__")),
 )
 SIBLINGS_APART = (("r2ec.baselines", "r2ec.recpo"), ("r2ec.recpo", "r2ec.baselines"))
