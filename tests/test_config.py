@@ -108,3 +108,147 @@ def test_schema_validates_params_yaml():
     jsonschema.validate(raw, C.json_schema())
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(raw | {"typo": 1}, C.json_schema())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ranges: declared on the fields, checked on load, carried into the schema
+
+@pytest.mark.parametrize("override, message", [
+    ("seed=-1", "seed: must be >= 0, got -1"),
+    ("data.min_items=0", "data.min_items: must be >= 1, got 0"),
+    ("data.split=[1.2,-0.1,-0.1]", "data.split[0]: must lie in [0, 1], got 1.2"),
+    ("data.max_bad_fraction=2", "data.max_bad_fraction: must lie in [0, 1], got 2"),
+    ("eval.ks=[]", "eval.ks: need at least one value"),
+    ("eval.ks=[0,10]", "eval.ks[0]: must be >= 1, got 0"),
+    ("eval.batch_size=0", "eval.batch_size: must be >= 1, got 0"),
+    ("sasrec.dropout=1", "sasrec.dropout: must lie in [0, 1), got 1"),
+    ("sasrec.heads=3", "sasrec.heads: 3 does not divide hidden 64"),
+    ("gru4rec.layers=0", "gru4rec.layers: must be >= 1, got 0"),
+    ("caser.n_v=0", "caser.n_v: must be >= 1, got 0"),
+    ("tiger.rqvae_lr=0", "tiger.rqvae_lr: must be > 0, got 0"),
+    ("tiger.rqvae_hidden=[64,0]", "tiger.rqvae_hidden[1]: must be >= 1, got 0"),
+    ("popularity.recent_days=-1", "popularity.recent_days: must be >= 0, got -1"),
+    ("random.seed=-3", "random.seed: must be >= 0, got -3"),
+    ("llm.max_prompt_tokens=0", "llm.max_prompt_tokens: must be >= 1, got 0"),
+    ("lora.dropout=-0.1", "lora.dropout: must lie in [0, 1), got -0.1"),
+    ("lora.last_layers=-1", "lora.last_layers: must be >= 0, got -1"),
+    ("recpo.tau=0", "recpo.tau: must be > 0, got 0"),
+    ("recpo.gen_batch_size=0", "recpo.gen_batch_size: must be >= 1, got 0"),
+    ("recpo.temperature=0", "recpo.temperature: must be > 0, got 0"),
+    ("recpo.beta=1.5", "recpo.beta: must lie in [0, 1], got 1.5"),
+    ("recpo.clip_low=-0.2", "recpo.clip_low: must lie in [0, 1], got -0.2"),
+    ("recpo.micro_batch_size=-1", "recpo.micro_batch_size: must be >= 0, got -1"),
+    ("recpo.item_topk=8", "recpo.item_topk: must lie in [1, group_size], got 8"),
+    ("recpo.lr=0", "recpo.lr: must be > 0, got 0"),
+    ("contrastive.lr=0", "contrastive.lr: must be > 0, got 0"),
+    ("contrastive.batch_size=0", "contrastive.batch_size: must be >= 1, got 0"),
+    ("contrastive.steps=-1", "contrastive.steps: must be >= 0, got -1"),
+    ("contrastive.warmup_steps=-5", "contrastive.warmup_steps: must be >= 0, got -5"),
+    ("contrastive.eval_every=0", "contrastive.eval_every: must be >= 1, got 0"),
+    ("contrastive.item_refresh_every=0", "contrastive.item_refresh_every: must be >= 1, got 0"),
+    ("contrastive.uniform_negatives=-1", "contrastive.uniform_negatives: must be >= 0, got -1"),
+    ("contrastive.max_minutes=-1", "contrastive.max_minutes: must be >= 0, got -1"),
+    ("readout.distill_ridge=-1", "readout.distill_ridge: must be >= 0, got -1"),
+    ("langptune.eta=0", "langptune.eta: must be > 0, got 0"),
+    ("bigrec.popularity_gamma=[0,-1]", "bigrec.popularity_gamma[1]: must be >= 0, got -1"),
+    ("d3.gamma=[1.5]", "d3.gamma[0]: must lie in [0, 1], got 1.5"),
+    ("d3.assistant=bert4rec", "d3.assistant: 'bert4rec' is not one of"),
+    ("report.alpha=1", "report.alpha: must lie in (0, 1), got 1"),
+    ("report.sweep_group_size=[0]", "report.sweep_group_size[0]: must be >= 1, got 0"),
+    ("latency.batch_sizes=[]", "latency.batch_sizes: need at least one value"),
+    ("latency.warmup=-1", "latency.warmup: must be >= 0, got -1"),
+])
+def test_out_of_range_values_name_the_key(override, message):
+    with pytest.raises(C.ConfigError, match=re.escape(message)) as e:
+        C.load(ROOT / "params.yaml", [override])
+    assert "\n" not in str(e.value)
+
+
+def _sections(cls=C.Params, seen=None):
+    """Every section dataclass reachable from ``cls`` (``cls`` included)."""
+    seen = [] if seen is None else seen
+    seen.append(cls)
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            _sections(f.default_factory, seen)
+    return seen
+
+
+def _numeric(tp) -> bool:
+    import typing
+    if tp in (int, float):
+        return True
+    return typing.get_origin(tp) is tuple and all(a in (int, float, Ellipsis) for a in typing.get_args(tp))
+
+
+@pytest.mark.parametrize("cls", _sections() + [C.SeqModelCfg], ids=lambda c: c.__name__)
+def test_every_numeric_key_declares_a_range(cls):
+    import typing
+    hints = typing.get_type_hints(cls)
+    missing = [f.name for f in dataclasses.fields(cls) if _numeric(hints[f.name])
+               and not any(k in f.metadata for k in ("ge", "gt", "le", "lt"))]
+    assert not missing, f"{cls.__name__}: declare a range (ge/gt/le/lt in _doc) for {missing}"
+
+
+def test_schema_carries_the_declared_ranges():
+    import jsonschema
+    s = C.json_schema()["properties"]
+    assert s["recpo"]["properties"]["tau"]["exclusiveMinimum"] == 0.0
+    assert s["recpo"]["properties"]["gen_batch_size"]["minimum"] == 1
+    assert s["report"]["properties"]["alpha"] | {"description": ""} == {
+        "type": "number", "exclusiveMinimum": 0.0, "exclusiveMaximum": 1.0, "description": ""}
+    assert s["eval"]["properties"]["ks"]["items"]["minimum"] == 1 and s["eval"]["properties"]["ks"]["minItems"] == 1
+    assert s["d3"]["properties"]["assistant"]["enum"] == ["", *C.CLASSIC_METHODS]
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, key, bad in (("recpo", "tau", 0), ("contrastive", "batch_size", 0), ("lora", "dropout", 1.0)):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(raw | {section: raw[section] | {key: bad}}, C.json_schema())
+
+
+def test_direct_construction_checks_ranges_too():
+    with pytest.raises(C.ConfigError, match=re.escape("recpo.tau: must be > 0, got 0")):
+        C.RecpoCfg(tau=0.0)
+    with pytest.raises(C.ConfigError, match=re.escape("contrastive.steps: must be >= 0, got -1")):
+        C.ContrastiveCfg(steps=-1)
+
+
+def test_test_and_benchmark_configs_validate():
+    from recpo_fixtures import tiny_params
+    from test_pipeline_smoke import _tiny_params
+    C.from_dict(_tiny_params("file:///nowhere"), "tiny pipeline params")
+    C.from_dict(C.to_dict(tiny_params()), "tiny RecPO params")
+
+
+def test_classic_sections_hold_only_their_models_keys():
+    keys = {m: {f.name for f in dataclasses.fields(type(getattr(C.Params(), m)))} for m in C.CLASSIC_METHODS}
+    assert {"heads", "n_v", "n_h"}.isdisjoint(keys["gru4rec"]) and {"n_v", "n_h"}.isdisjoint(keys["sasrec"])
+    assert {"layers", "heads"}.isdisjoint(keys["caser"])
+    with pytest.raises(C.ConfigError, match="unknown key caser.layers"):
+        C.load(ROOT / "params.yaml", ["caser.layers=2"])
+
+
+def test_later_params_files_win_key_by_key(tmp_path):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("recpo:\n  tau: 0.1\neval:\n  ks: [1, 5]\n")
+    base = C.load(ROOT / "params.yaml")
+    p = C.load([ROOT / "params.yaml", profile], ["recpo.lr=3e-05"])
+    assert p.recpo.tau == 0.1 and p.eval.ks == (1, 5) and p.recpo.lr == 3e-05
+    assert p.recpo.batch_size == base.recpo.batch_size and p.sasrec == base.sasrec
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recpo:\n  tau: 0\n")
+    with pytest.raises(C.ConfigError, match=re.escape(f"{bad}: recpo.tau: must be > 0, got 0")):
+        C.load([ROOT / "params.yaml", bad])
+
+
+@pytest.mark.parametrize("override, key", [("recpo.tau=0", "recpo.tau"),
+                                           ("recpo.gen_batch_size=0", "recpo.gen_batch_size")])
+def test_check_params_cli_names_the_key_in_one_line(override, key):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "r2ec", "check-params", "-S", override], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{key}: must be" in lines[0], r.stderr

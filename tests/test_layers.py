@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 import r2ec
 
@@ -115,15 +114,9 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
-# being split on another branch (config/ package); drop from here once merged
-PENDING_SPLIT = {"r2ec/config.py"}
-
-
 def test_no_file_over_max_lines():
     long = {str(f.relative_to(SRC)): n for f in MODULES.values() if (n := len(f.read_text().splitlines())) > MAX_LINES}
-    assert not set(long) - PENDING_SPLIT, f"files over {MAX_LINES} lines (split them): {long}"
-    if long:
-        pytest.xfail(f"split pending: {long}")
+    assert not long, f"files over {MAX_LINES} lines (split them): {long}"
 
 
 def test_lazy_imports_are_seen():
