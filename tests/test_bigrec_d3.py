@@ -211,10 +211,10 @@ def test_bigrec_and_d3_end_to_end_through_the_evaluator(tmp_path, monkeypatch):
     assert m3["test"]["invalid_rate"] == 0.0 and m3["test"]["gamma"] in (0.0, 0.5)
     assert set(m3["valid"]["valid_N@10_by_gamma"]) == {"0.0", "0.5"}
     # Table 4 times both trained runs through their evaluation scorers
-    from r2ec.report.latency import TIMERS, time_scorer
+    from r2ec.report.latency import registered_timers, time_scorer
     test = ds.split("test").head(3)
     for m in ("bigrec", "d3"):
-        scorer = TIMERS[m](m, tmp_path / m, ds, p, tmp_path / "cache")
+        scorer = registered_timers()[m](m, tmp_path / m, ds, p, tmp_path / "cache")
         assert scorer(test).shape == (3, ds.n_items + 1)
         assert len(time_scorer(scorer, test, 2, 5, warmup=0)) == 2
     other = dataclasses.replace(p, lora=dataclasses.replace(p.lora, r=2))

@@ -212,8 +212,8 @@ def test_end_to_end_run_through_the_evaluator_and_recommend(ds, tmp_path, retrie
                                                                          abs=1e-4)
 
     # Table 4 times the trained run through its evaluation scorer (best LoRA + retriever + item table)
-    from r2ec.report.latency import TIMERS
-    scorer = TIMERS["langptune"]("langptune", run, ds, _params(retriever_dir, steps=2, eval_every=1), tmp_path)
+    from r2ec.report.latency import registered_timers
+    scorer = registered_timers()["langptune"]("langptune", run, ds, _params(retriever_dir, steps=2, eval_every=1), tmp_path)
     assert scorer(ds.split("test").head(2)).shape == (2, ds.n_items + 1)
 
 

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 # (layer, module prefixes); a module belongs to the layer of its longest matching prefix
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("r2ec.errors", "r2ec.io", "r2ec.seeding", "r2ec")),
+    ("base", ("r2ec.errors", "r2ec.io", "r2ec.seeding", "r2ec", "r2ec.methods")),
     ("config", ("r2ec.config",)),
     ("data", ("r2ec.data",)),
     ("eval", ("r2ec.eval",)),
@@ -20,6 +20,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("serve", ("r2ec.serve",)),
     ("report", ("r2ec.report",)),
     ("pipeline", ("r2ec.pipeline",)),
-    ("cli", ("r2ec.cli", "r2ec.methods", "r2ec.__main__")),
+    ("cli", ("r2ec.cli", "r2ec.__main__")),
 )
 SIBLINGS_APART = (("r2ec.baselines", "r2ec.recpo"), ("r2ec.recpo", "r2ec.baselines"))

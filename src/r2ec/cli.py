@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from r2ec import config as C
+from r2ec import methods
 
 log = logging.getLogger("r2ec")
 
@@ -76,14 +77,6 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(json.dumps(stats, indent=2))
 
 
-def _sections_of(method: str) -> tuple[str, ...]:
-    if method == C.TIGER or method in C.REFERENCE_METHODS:
-        return ("seed", "eval", method)
-    if method in C.LLM_BASELINES:
-        return ("seed", "eval", "llm", "lora", method)
-    return ("seed", "eval", method) if method in C.CLASSIC_METHODS else ("seed", "eval", "llm", "lora", "recpo", "contrastive", "readout")
-
-
 def _apply_threads(n: int) -> None:
     """``--threads N``: N torch threads (capped at the cores); 0 leaves torch's default."""
     if n:
@@ -99,36 +92,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     _apply_threads(args.threads)
     ds = load_dataset(args.data)
     run_dir = Path(args.out)
+    m = methods.get(args.method)  # after the params: their plugins register methods
     # a checkpoint left by a run with other params must not be resumed into this one
-    used = {k: C.to_dict(getattr(p, k)) for k in _sections_of(args.method)}
+    used = {k: C.to_dict(getattr(p, k)) for k in m.sections}
     reset_run_if_params_changed(run_dir, {"method": args.method, "data": str(ds.stats), "params": used})
     t0 = time.time()
-    if args.method in C.CLASSIC_METHODS:
-        from r2ec.baselines import train_classic
-        metrics = train_classic(args.method, ds, getattr(p, args.method), p.eval, run_dir,
-                                progress=not args.quiet, config=C.to_dict(p))
-    elif args.method == C.TIGER:
-        from r2ec.baselines.tiger import train_tiger
-        metrics = train_tiger(ds, p.tiger, p.eval, run_dir, Path(args.cache), progress=not args.quiet,
-                              config=C.to_dict(p))
-    elif args.method in C.REFERENCE_METHODS:
-        from r2ec.baselines.reference import train_reference
-        metrics = train_reference(args.method, ds, getattr(p, args.method), p.eval, run_dir,
-                                  progress=not args.quiet, config=C.to_dict(p))
-    elif args.method == "langptune":
-        from r2ec.baselines.langptune import train_langptune
-        metrics = train_langptune(ds, p, run_dir, Path(args.cache), progress=not args.quiet)
-    elif args.method == "bigrec":
-        from r2ec.baselines.bigrec import train_bigrec
-        metrics = train_bigrec(ds, p, run_dir, Path(args.cache), progress=not args.quiet)
-    elif args.method == "d3":
-        from r2ec.baselines.d3 import train_d3
-        metrics = train_d3(ds, p, run_dir, Path(args.cache), progress=not args.quiet)
-    elif args.method in C.R2EC_VARIANTS:
-        from r2ec.recpo.trainer import train_r2ec
-        metrics = train_r2ec(args.method, ds, p, run_dir, Path(args.cache), progress=not args.quiet)
-    else:
-        raise C.ConfigError(f"--method: unknown method {args.method!r}; known: {', '.join(C.METHODS)}")
+    metrics = methods.resolve(m.train)(args.method, ds, p, run_dir, Path(args.cache), not args.quiet)
     test = metrics.get("test", {})
     print(f"{args.method} on {ds.name}: " + " ".join(f"{k}={v:.4f}" for k, v in test.items()
                                                   if k.startswith(("H@", "N@"))) + f" ({time.time() - t0:.0f}s)")
@@ -183,8 +152,8 @@ def cmd_table3(args: argparse.Namespace) -> None:
 def cmd_figures(args: argparse.Namespace) -> None:
     from r2ec.report.figures import dynamics_figure, learning_figure, write_plot_data
     p = _params(args)
-    methods = [m for m in C.R2EC_VARIANTS if m != "r2ec_zeroshot"]
-    paths = learning_figure(Path(args.runs), list(p.datasets), methods, Path(args.out))
+    variants = [m for m in C.R2EC_VARIANTS if m != "r2ec_zeroshot"]
+    paths = learning_figure(Path(args.runs), list(p.datasets), variants, Path(args.out))
     if args.dynamics:
         paths += dynamics_figure(Path(args.runs), list(p.datasets), Path(args.dynamics))
     if args.plots:
@@ -300,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train one method and evaluate it with the shared evaluator")
     _common(s)
-    s.add_argument("--method", required=True, choices=list(C.METHODS))
+    s.add_argument("--method", required=True, help="a registered method (r2ec.methods), e.g. sasrec or r2ec")
     s.add_argument("--data", required=True, help="prepared dataset directory")
     s.add_argument("--out", required=True, help="run directory")
     s.add_argument("--cache", default="results/cache",

@@ -1,5 +1,5 @@
-# the classic baselines and TIGER (its item-embedding cache lives under results/cache/tiger, the CLI's --cache)
-# and the reference rows (popularity, random: evaluated, not trained)
+# every method `baselines` may list (r2ec.methods: the classic baselines, TIGER — its item-embedding cache lives
+# under results/cache/tiger, the CLI's --cache —, the reference rows, and plugins of those kinds)
 rule train_baseline:
     input:
         "results/data/{dataset}",
@@ -7,9 +7,9 @@ rule train_baseline:
         metrics="results/{tree}runs/{dataset}/{method}/metrics.json",
         ranks="results/{tree}runs/{dataset}/{method}/ranks.parquet",
     wildcard_constraints:
-        method="sasrec|gru4rec|caser|tiger|popularity|random",
+        method=BASELINE_RE,
     params:
-        S=lambda wc: seeded(sections("seed", "eval", wc.method), wc.tree, wc.method),
+        S=lambda wc: seeded(sections(*methods.get(wc.method).sections), wc.tree, wc.method),
     # one torch thread per job: jobs run side by side on the cores Snakemake is given (more threads than
     # cores makes torch's OpenMP pool spin; measured 10x slower per step on a loaded 2-core machine)
     threads: 1

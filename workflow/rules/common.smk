@@ -4,12 +4,15 @@ import shlex
 from argparse import Namespace
 from pathlib import Path
 
-from snakemake.utils import validate
+from r2ec import methods
+from r2ec.config import from_dict, to_dict
 
 # `--config 'seeds=[2025,7]'` arrives as strings (Snakemake reads list values with YAML's base loader)
 if isinstance(config.get("seeds"), list):
     config["seeds"] = [int(s) if isinstance(s, str) and s.isdigit() else s for s in config["seeds"]]
-validate(config, "../schemas/params.schema.json")
+# the CLI's own strict check (unknown keys, types, ranges), which also imports the params' plugins, so that their
+# methods are in the registry the rules read
+PARAMS = from_dict(config, "params (Snakemake config)")
 
 # `seeds`: the first seed's runs are results/runs/<dataset>/<method> (the sections' own seed keys), each further
 # seed s has its own tree results/seeds/<s>/runs/<dataset>/<method>; the training rules' {tree} wildcard is ''
@@ -18,8 +21,9 @@ wildcard_constraints:
     tree="(seeds/[0-9]+/)?",
 
 # the params sections that hold a training seed (a further seed's run overrides them, and the global `seed`)
-with open(Path(workflow.basedir) / "workflow/schemas/params.schema.json") as f:
-    SEEDED = {n for n, s in json.load(f)["properties"].items() if "seed" in s.get("properties", {})}
+SEEDED = {n for n, v in to_dict(PARAMS).items() if isinstance(v, dict) and "seed" in v}
+# what the generic training rule trains: the methods `baselines` may list, plugins included
+BASELINE_RE = "|".join(methods.names("reference", "classic", "generative"))
 
 
 # after a Snakemake run, record its finished jobs in dvc.lock (a no-op outside a DVC project and inside a DVC

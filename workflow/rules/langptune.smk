@@ -9,7 +9,7 @@ rule train_langptune:
         metrics="results/{tree}runs/{dataset}/langptune/metrics.json",
         ranks="results/{tree}runs/{dataset}/langptune/ranks.parquet",
     params:
-        S=lambda wc: seeded(sections("seed", "eval", "llm", "lora", "langptune"), wc.tree, "langptune"),
+        S=lambda wc: seeded(sections(*methods.get("langptune").sections), wc.tree, "langptune"),
     # one torch thread per job, as the other training rules
     threads: 1
     log:

@@ -21,7 +21,7 @@ rule train_bigrec:
         metrics="results/{tree}runs/{dataset}/bigrec/metrics.json",
         ranks="results/{tree}runs/{dataset}/bigrec/ranks.parquet",
     params:
-        S=lambda wc: seeded(sections("seed", "eval", "llm", "lora", "bigrec"), wc.tree, "bigrec"),
+        S=lambda wc: seeded(sections(*methods.get("bigrec").sections), wc.tree, "bigrec"),
     # one torch thread per job (see train_r2ec)
     threads: 1
     log:
@@ -43,7 +43,7 @@ rule train_d3:
         metrics="results/{tree}runs/{dataset}/d3/metrics.json",
         ranks="results/{tree}runs/{dataset}/d3/ranks.parquet",
     params:
-        S=lambda wc: seeded(sections("seed", "eval", "llm", "lora", "d3"), wc.tree),
+        S=lambda wc: seeded(sections(*methods.get("d3").sections), wc.tree),
     threads: 1
     log:
         "results/logs/train/{tree}{dataset}/d3.log",

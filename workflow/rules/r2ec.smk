@@ -43,7 +43,7 @@ rule train_r2ec:
     wildcard_constraints:
         method="r2ec[a-z_]*",
     params:
-        S=lambda wc: seeded(sections("seed", "eval", "llm", "lora", "recpo", "contrastive", "readout"), wc.tree, "recpo", "readout"),
+        S=lambda wc: seeded(sections(*methods.get(wc.method).sections), wc.tree, "recpo", "readout"),
     # one torch thread per job: jobs run side by side on the cores Snakemake is given (more threads than
     # cores makes torch's OpenMP pool spin; measured 10x slower per step on a loaded 2-core machine)
     threads: 1
@@ -69,7 +69,7 @@ rule train_r2ec_sweep:
         key="beta|temperature|group_size",
         value="[0-9.]+",
     params:
-        S=sections("seed", "eval", "llm", "lora", "recpo", "contrastive", "readout"),
+        S=sections(*methods.get("r2ec").sections),
     threads: 1
     log:
         "results/logs/train/{dataset}/r2ec@{key}={value}.log",

@@ -43,7 +43,7 @@ import torch
 
 from r2ec.config import BigrecCfg, Params
 from r2ec.io import Dataset, slug, write_text
-from r2ec.train.harness import SELECT_METRIC, LLMHarness
+from r2ec.train.harness import SELECT_METRIC, LLMHarness, trained_scorer
 
 log = logging.getLogger(__name__)
 
@@ -350,3 +350,12 @@ def train_bigrec(ds: Dataset, params: Params, run_dir: Path, cache_dir: Path | N
                  *, dvclive: bool = True, hook: Callable[[int, dict], None] | None = None) -> dict[str, dict]:
     """SFT (resumable) + BigRec evaluation; writes the harness's run outputs (see the module docstring)."""
     return _BigRec(ds, params, Path(run_dir), cache_dir, progress, dvclive, hook).run()
+
+
+# the method registry's uniform entries (r2ec.methods)
+def train_method(method: str, ds: Dataset, params: Params, run_dir: Path, cache_dir: Path, progress: bool) -> dict:
+    return train_bigrec(ds, params, run_dir, cache_dir, progress)
+
+
+def run_scorer(method: str, run_dir: Path, ds: Dataset, params: Params, cache_dir: Path):
+    return trained_scorer(_BigRec(ds, params, Path(run_dir), cache_dir, False, False, None))

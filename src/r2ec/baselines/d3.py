@@ -29,6 +29,7 @@ from r2ec.config import Params
 from r2ec.errors import UserError
 from r2ec.io import Dataset
 from r2ec.train.checkpoint import load_trainable_state
+from r2ec.train.harness import trained_scorer
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +101,12 @@ def train_d3(ds: Dataset, params: Params, run_dir: Path, cache_dir: Path | None 
              *, dvclive: bool = True) -> dict[str, dict]:
     """Evaluate D3 on BigRec's SFT adapter (``run_dir/../bigrec/best``); writes the run outputs."""
     return _D3(ds, params, Path(run_dir), cache_dir, progress, dvclive, None).run()
+
+
+# the method registry's uniform entries (r2ec.methods)
+def train_method(method: str, ds: Dataset, params: Params, run_dir: Path, cache_dir: Path, progress: bool) -> dict:
+    return train_d3(ds, params, run_dir, cache_dir, progress)
+
+
+def run_scorer(method: str, run_dir: Path, ds: Dataset, params: Params, cache_dir: Path):
+    return trained_scorer(_D3(ds, params, Path(run_dir), cache_dir, False, False, None))

@@ -42,7 +42,7 @@ import torch
 
 from r2ec.config import Params
 from r2ec.io import Dataset, write_text
-from r2ec.train.harness import LLMHarness, num, step_seed
+from r2ec.train.harness import LLMHarness, num, step_seed, trained_scorer
 
 log = logging.getLogger(__name__)
 
@@ -344,3 +344,12 @@ def recommend_profile(run_dir: Path, params: Params, model, tok, messages: list[
     with autocast_ctx(params.llm, "cpu"):
         prof = encode_table(rtok, retriever, [profile], lc.retriever_max_tokens, lc.pooling)[1:]
     return profile, cosine_scores(prof, table, lc.tau)[0]
+
+
+# the method registry's uniform entries (r2ec.methods)
+def train_method(method: str, ds: Dataset, params: Params, run_dir: Path, cache_dir: Path, progress: bool) -> dict:
+    return train_langptune(ds, params, run_dir, cache_dir, progress)
+
+
+def run_scorer(method: str, run_dir: Path, ds: Dataset, params: Params, cache_dir: Path):
+    return trained_scorer(_LangPTune(ds, params, Path(run_dir), cache_dir, False, False, None))

@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from r2ec.config import EvalCfg, PopularityCfg, RandomCfg
+from r2ec.config import EvalCfg, PopularityCfg, RandomCfg, to_dict
 from r2ec.data.popularity import popularity_counts
 from r2ec.eval.evaluator import Scorer, evaluate, write_run_outputs
 from r2ec.io import Dataset
@@ -62,3 +62,9 @@ def train_reference(method: str, ds: Dataset, cfg: PopularityCfg | RandomCfg, ev
         ranks.append(r)
     write_run_outputs(run_dir, metrics, ranks, {**(config or {}), "run": {"method": method}})
     return metrics
+
+
+# the method registry's uniform entries (r2ec.methods)
+def train_method(method: str, ds: Dataset, params, run_dir: Path, cache_dir: Path, progress: bool) -> dict:
+    return train_reference(method, ds, getattr(params, method), params.eval, run_dir, progress=progress,
+                           config=to_dict(params))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from r2ec.config import EvalCfg, SeqModelCfg
+from r2ec.config import EvalCfg, SeqModelCfg, to_dict
 from r2ec.errors import UserError
 from r2ec.eval import Scorer, evaluate, write_run_outputs
 from r2ec.io import Dataset, append_jsonl, atomic_path, pad_histories, write_text
@@ -279,3 +279,12 @@ def train_classic(method: str, ds: Dataset, cfg: SeqModelCfg, eval_cfg: EvalCfg,
         ranks.append(r)
     write_run_outputs(run_dir, metrics, ranks, config if config is not None else {method: cfg_dict})
     return metrics
+
+
+# the method registry's uniform entries (r2ec.methods)
+def train_method(method: str, ds: Dataset, params, run_dir: Path, cache_dir: Path, progress: bool) -> dict:
+    return train_classic(method, ds, getattr(params, method), params.eval, run_dir, progress, config=to_dict(params))
+
+
+def run_scorer(method: str, run_dir: Path, ds: Dataset, params, cache_dir: Path) -> Scorer:
+    return load_scorer(method, ds, run_dir)

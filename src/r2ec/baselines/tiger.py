@@ -40,7 +40,7 @@ from r2ec.baselines.tiger_model import (EOS, FIRST_CODE_TOKEN, PAD, Inputs, Trie
                                        _exclusions, beam_search, build_t5, make_scorer, sequence_logprobs)
 from r2ec.baselines.seqtrain import (CHECKPOINT, LAST, LOG, SELECT_METRIC, _rng_state, _save,
                                     resume_state, validate_epoch)
-from r2ec.config import EvalCfg, TigerCfg
+from r2ec.config import EvalCfg, TigerCfg, to_dict
 from r2ec.errors import UserError
 from r2ec.eval import Scorer, evaluate, write_run_outputs
 from r2ec.io import Dataset, append_jsonl, write_json
@@ -270,3 +270,12 @@ def train_tiger(ds: Dataset, cfg: TigerCfg, eval_cfg: EvalCfg, run_dir: str | Pa
     write_json(run_dir / "timing.json", timing)
     log.info("tiger on %s: %s", ds.name, timing)
     return metrics
+
+
+# the method registry's uniform entries (r2ec.methods)
+def train_method(method: str, ds: Dataset, params, run_dir: Path, cache_dir: Path, progress: bool) -> dict:
+    return train_tiger(ds, params.tiger, params.eval, run_dir, cache_dir, progress, config=to_dict(params))
+
+
+def run_scorer(method: str, run_dir: Path, ds: Dataset, params, cache_dir: Path) -> Scorer:
+    return load_scorer(ds, run_dir, params.eval)

@@ -44,6 +44,9 @@ def _doc(text: str, *, ge: float | None = None, gt: float | None = None, le: flo
     return field(metadata=meta, **kw)
 
 
+param = _doc  # the public name, for a plugin's own section (docs/extending.md)
+
+
 def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 

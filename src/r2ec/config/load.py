@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from r2ec import methods
 from r2ec.config.checks import check_params
 from r2ec.config.fields import ConfigError
 from r2ec.config.params import Params
@@ -124,9 +125,23 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 
 
 def from_dict(raw: dict | None, source: str = "<params>") -> Params:
-    """Validate a parsed params mapping; errors are prefixed with ``source``."""
+    """Validate a parsed params mapping; errors are prefixed with ``source``.
+
+    The ``plugins`` modules are imported first; the sections of the methods they register are read like the
+    built-in ones and reached as ``getattr(params, name)``."""
     try:
-        p = _build(Params, raw or {}, "")
+        raw = dict(raw or {})
+        plugins = raw.get("plugins") or []
+        if not isinstance(plugins, list) or not all(isinstance(m, str) for m in plugins):
+            raise ConfigError(f"plugins: expected a list of module names, got {plugins!r}")
+        try:
+            methods.load_plugins(plugins)
+        except methods.MethodError as e:
+            raise ConfigError(str(e)) from None
+        extra = {name: _build(m.section, raw.pop(name, {}) or {}, name)
+                 for name, m in methods.plugin_sections().items() if name in plugins_of(plugins)}
+        p = _build(Params, raw, "")
+        object.__setattr__(p, "_plugin_sections", extra)
         check_params(p)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
@@ -170,10 +185,17 @@ def load(path: str | Path | Sequence[str | Path] = "params.yaml",
     return from_dict(apply_overrides(raw, overrides), " + ".join(str(Path(p)) for p in paths))
 
 
+def plugins_of(modules: list[str]) -> set[str]:
+    """Names of the registered plugin methods that the listed modules define."""
+    return {name for name, m in methods.plugin_sections().items() if m.section.__module__ in modules}
+
+
 def to_dict(p: Any) -> Any:
-    """Plain JSON-able dict of a params object (tuples become lists)."""
+    """Plain JSON-able dict of a params object (tuples become lists; plugin sections included)."""
     if dataclasses.is_dataclass(p):
-        return {f.name: to_dict(getattr(p, f.name)) for f in dataclasses.fields(p)}
+        out = {f.name: to_dict(getattr(p, f.name)) for f in dataclasses.fields(p)}
+        out.update({k: to_dict(v) for k, v in p.__dict__.get("_plugin_sections", {}).items()})
+        return out
     if isinstance(p, tuple):
         return [to_dict(v) for v in p]
     return p

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from r2ec import methods as _methods
+
 AMAZON_CATEGORIES = (
     "All_Beauty", "Amazon_Fashion", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Baby_Products",
     "Beauty_and_Personal_Care", "Books", "CDs_and_Vinyl", "Cell_Phones_and_Accessories",
@@ -13,11 +15,13 @@ AMAZON_CATEGORIES = (
     "Video_Games", "Unknown",
 )
 MOVIELENS = "movielens-100k"
-CLASSIC_METHODS = ("sasrec", "gru4rec", "caser")
-R2EC_VARIANTS = ("r2ec", "r2ec_zeroshot", "r2ec_no_reasoning", "r2ec_no_rd", "r2ec_no_rc", "r2ec_cls_head")
+# the built-in methods by kind, from the method registry (r2ec.methods); plugins add to the registry, so checks
+# of a params list call r2ec.methods.names() when they run instead of reading these
+CLASSIC_METHODS = _methods.names("classic")
+R2EC_VARIANTS = _methods.names("r2ec")
 TIGER = "tiger"  # generative retrieval over semantic IDs (r2ec.baselines.tiger)
-REFERENCE_METHODS = ("popularity", "random")  # floors of Table 1 (r2ec.baselines.reference)
-LLM_BASELINES = ("bigrec", "d3", "langptune")  # LLM baselines on the shared harness: what `llm_baselines` may list
-BASELINE_METHODS = CLASSIC_METHODS + (TIGER,) + REFERENCE_METHODS  # what `baselines` may list
-METHODS = BASELINE_METHODS + LLM_BASELINES + R2EC_VARIANTS
+REFERENCE_METHODS = _methods.names("reference")  # floors of Table 1 (r2ec.baselines.reference)
+LLM_BASELINES = _methods.names("llm")  # LLM baselines on the shared harness: what `llm_baselines` may list
+BASELINE_METHODS = _methods.names("reference", "classic", "generative")  # what `baselines` may list
+METHODS = _methods.names()
 CONTRASTIVE_METHOD = "r2ec_no_reasoning"  # trained as its own stage: a Table 1 row and the warm start source

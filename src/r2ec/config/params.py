@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from r2ec import methods
 from r2ec.config.fields import ConfigError, Section, _doc, check_fields, check_names
 from r2ec.config.methods import (BigrecCfg, CaserCfg, ContrastiveCfg, D3Cfg, Gru4recCfg, LangptuneCfg, PopularityCfg,
                                  RandomCfg, ReadoutCfg, RecpoCfg, SasrecCfg, TigerCfg)
-from r2ec.config.names import (AMAZON_CATEGORIES, BASELINE_METHODS, CLASSIC_METHODS, CONTRASTIVE_METHOD,
-                               LLM_BASELINES, MOVIELENS, R2EC_VARIANTS)
+from r2ec.config.names import AMAZON_CATEGORIES, CLASSIC_METHODS, CONTRASTIVE_METHOD, MOVIELENS
 from r2ec.config.sections import DataCfg, EvalCfg, LatencyCfg, LlmCfg, LoraCfg, ReportCfg
+
+
+BASELINE_KINDS = tuple(k for k, lst in methods.KIND_LIST.items() if lst == "baselines")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,8 @@ class Params(Section):
     baselines: tuple[str, ...] = _doc("classic baselines the pipeline trains", default=CLASSIC_METHODS)
     llm_baselines: tuple[str, ...] = _doc("LLM baselines the pipeline trains (each its own stage: DVC cannot put "
                                           "them in the generic baselines matrix)", default=())
+    plugins: tuple[str, ...] = _doc("modules imported before the params are read; each registers methods of its "
+                                    "own with r2ec.methods.register (docs/extending.md)", default=())
     r2ec_variants: tuple[str, ...] = _doc("R2ec variants the pipeline trains besides r2ec_no_reasoning, which is "
                                           "always trained with them (a Table 1 row and the warm start)",
                                           default=())
@@ -48,6 +53,13 @@ class Params(Section):
     report: ReportCfg = _doc("tables and figures", default_factory=ReportCfg)
     latency: LatencyCfg = _doc("inference latency (Table 4)", default_factory=LatencyCfg)
 
+    def __getattr__(self, name: str):
+        """A plugin method's section (``getattr(params, "toy")``), set by the loader after the built-in ones."""
+        extra = self.__dict__.get("_plugin_sections", {})
+        if name in extra:
+            return extra[name]
+        raise AttributeError(name)
+
     def __post_init__(self) -> None:
         self.check()  # first: its seeds rule says more than the range of one seed
         check_fields(self, self.SECTION)
@@ -62,11 +74,11 @@ class Params(Section):
         if len(set(self.datasets)) != len(self.datasets):
             raise ConfigError(f"datasets: duplicate entries in {list(self.datasets)}")
         for m in self.baselines:
-            if m in LLM_BASELINES:
+            if m in methods.names("llm"):
                 raise ConfigError(f"baselines: {m!r} is an LLM baseline with its own stage; list it in llm_baselines")
-        check_names("baselines", self.baselines, BASELINE_METHODS)
-        check_names("llm_baselines", self.llm_baselines, LLM_BASELINES)
-        check_names("r2ec_variants", self.r2ec_variants, R2EC_VARIANTS)
+        check_names("baselines", self.baselines, methods.names(*BASELINE_KINDS))
+        check_names("llm_baselines", self.llm_baselines, methods.names("llm"))
+        check_names("r2ec_variants", self.r2ec_variants, methods.names("r2ec"))
         if CONTRASTIVE_METHOD in self.r2ec_variants:
             raise ConfigError(f"r2ec_variants: {CONTRASTIVE_METHOD} is trained as its own stage whenever "
                               f"r2ec_variants is not empty (it is a Table 1 row and the warm start of the reasoning "

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from r2ec.config.fields import ConfigError, Section, _doc, check_names
-from r2ec.config.names import CLASSIC_METHODS, METHODS, R2EC_VARIANTS
+from r2ec import methods
+from r2ec.config.names import CLASSIC_METHODS, R2EC_VARIANTS
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,8 @@ class ReportCfg(Section):
                                              default=(2, 4, 8))
 
     def check(self) -> None:
-        check_names("report.table1_methods", self.table1_methods, METHODS)
-        check_names("report.table2_methods", self.table2_methods, R2EC_VARIANTS)
+        check_names("report.table1_methods", self.table1_methods, methods.names())
+        check_names("report.table2_methods", self.table2_methods, methods.names("r2ec"))
 
 
 @dataclass(frozen=True)
@@ -134,4 +135,4 @@ class LatencyCfg(Section):
     threads: int = _doc("torch CPU threads while timing (0 = torch default)", ge=0, default=0)
 
     def check(self) -> None:
-        check_names("latency.methods", self.methods, METHODS)
+        check_names("latency.methods", self.methods, methods.names())

@@ -68,6 +68,7 @@ from r2ec.config import Params, to_dict
 from r2ec.io import Dataset
 from r2ec.model.head import RecHead, attach_heads
 from r2ec.model.item_table import ItemTable, build_item_table  # noqa: F401 (the item-table stage, re-exported)
+from r2ec.model.run import load_run
 from r2ec.model.readout_fit import fit_readout, load_readout, readout_distill
 from r2ec.model.users import UserEncoder, make_engine_for
 from r2ec.recpo.contrastive import contrastive_step, negative_ids
@@ -251,3 +252,10 @@ def train_r2ec(method: str, ds: Dataset, params: Params, run_dir: Path, cache_di
 
 
 _Trainer = R2ecTrainer  # the name tests and benchmarks know
+
+
+def run_scorer(method: str, run_dir: Path, ds: Dataset, params: Params, cache_dir: Path):
+    """A trained run loaded as its evaluation scores it (best adapter + item table + the one head): no trainer,
+    no optimizer (the method registry's scorer entry, for Table 4)."""
+    var, rc = resolve(params, method)
+    return load_run(method, var, rc, ds, params, run_dir, cache_dir).scorer

@@ -9,8 +9,8 @@ read the same params, so prompts (``llm.max_prompt_tokens``) and reasoning budge
 per-request latency of a batch is its wall time divided by its size; the table reports mean ± std over the
 batches, after ``latency.warmup`` untimed batches, in milliseconds, and states the hardware.
 
-Add a method by registering a factory in :data:`TIMERS`: ``factory(method, run_dir, ds, params, cache_dir)``
-returns a :data:`r2ec.eval.evaluator.Scorer` of the trained run.
+A method is timed when its registry entry (:mod:`r2ec.methods`) names a scorer loader:
+``scorer(method, run_dir, ds, params, cache_dir)`` returns a :data:`r2ec.eval.evaluator.Scorer` of the trained run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from r2ec.config import CLASSIC_METHODS, LLM_BASELINES, R2EC_VARIANTS, TIGER, Params
+from r2ec import methods
+from r2ec.config import Params
 from r2ec.errors import UserError
 from r2ec.eval.evaluator import Scorer, evaluation_samples
 from r2ec.io import Dataset, write_json, write_text
@@ -32,38 +33,9 @@ from r2ec.io import Dataset, write_json, write_text
 Factory = Callable[[str, Path, Dataset, Params, Path], Scorer]
 
 
-def _classic(method: str, run_dir: Path, ds: Dataset, p: Params, cache: Path) -> Scorer:
-    from r2ec.baselines import load_scorer
-    return load_scorer(method, ds, run_dir)
-
-
-def _tiger(method: str, run_dir: Path, ds: Dataset, p: Params, cache: Path) -> Scorer:
-    from r2ec.baselines.tiger import load_scorer
-    return load_scorer(ds, run_dir, p.eval)
-
-
-def _r2ec(method: str, run_dir: Path, ds: Dataset, p: Params, cache: Path) -> Scorer:
-    # the run loaded as evaluation scores it (best adapter + item table + the one head), no trainer or optimizer
-    from r2ec.model.run import load_run
-    from r2ec.recpo.variants import resolve
-    var, rc = resolve(p, method)
-    return load_run(method, var, rc, ds, p, run_dir, cache).scorer
-
-
-def _llm_baseline(method: str, run_dir: Path, ds: Dataset, p: Params, cache: Path) -> Scorer:
-    # BigRec / D3 / LangPTune on the shared harness: the best state and the evaluation's scorer, as their test
-    from importlib import import_module
-    cls = {"bigrec": ("r2ec.baselines.bigrec", "_BigRec"), "d3": ("r2ec.baselines.d3", "_D3"),
-           "langptune": ("r2ec.baselines.langptune", "_LangPTune")}[method]
-    t = getattr(import_module(cls[0]), cls[1])(ds, p, run_dir, cache, False, False, None)
-    if t.trains():
-        t.load_best()
-    t.before_evaluate()
-    return t.scorer
-
-
-TIMERS: dict[str, Factory] = {**{m: _classic for m in CLASSIC_METHODS}, TIGER: _tiger,
-                              **{m: _llm_baseline for m in LLM_BASELINES}, **{m: _r2ec for m in R2EC_VARIANTS}}
+def registered_timers() -> dict[str, Factory]:
+    """The registered methods that have a scorer loader (the method registry's ``scorer`` entries)."""
+    return {name: methods.resolve(m.scorer) for name in methods.names() if (m := methods.get(name)).scorer}
 
 
 def hardware() -> str:
@@ -103,7 +75,7 @@ def measure(p: Params, runs: Path, dataset: Dataset, cache: Path,
 
     Returns ``{"hardware", "dataset", "queries", "batch_sizes", "methods": {method: {batch: {mean_ms, std_ms,
     batches}}}}``."""
-    timers = TIMERS if timers is None else timers
+    timers = registered_timers() if timers is None else timers
     samples = evaluation_samples(dataset, "test", p.eval).head(p.latency.queries)
     k = min(max(p.eval.ks), dataset.n_items)
     out: dict = {"hardware": hardware(), "dataset": dataset.name, "queries": samples.height,
@@ -126,7 +98,7 @@ def measure(p: Params, runs: Path, dataset: Dataset, cache: Path,
 
 def table4(result: dict, out: Path) -> str:
     """Write Table 4 (``out`` .tex, the .md twin and the raw numbers as .json next to it)."""
-    from r2ec.report.tables import METHOD_NAMES, dataset_label, plain_name
+    from r2ec.report.tables import dataset_label, method_label, plain_name
     bs = result["batch_sizes"]
 
     def cell(m: str, b: int) -> str:
@@ -141,7 +113,7 @@ def table4(result: dict, out: Path) -> str:
              rf"\caption{{{tex_cap}}}", r"\label{tab:latency}", r"\begin{tabular}{l" + "c" * len(bs) + "}",
              r"\toprule", "Method & " + " & ".join(f"batch {b}" for b in bs) + r" \\", r"\midrule"]
     for m in result["methods"]:
-        lines.append(f"{METHOD_NAMES.get(m, m)} & " + " & ".join(cell(m, b).replace("±", r"$\pm$") for b in bs)
+        lines.append(f"{method_label(m)} & " + " & ".join(cell(m, b).replace("±", r"$\pm$") for b in bs)
                      + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     text = "\n".join(lines)

@@ -8,27 +8,13 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
 
-from r2ec.config import MOVIELENS, REFERENCE_METHODS, Params
+from r2ec import methods as registry
+from r2ec.config import MOVIELENS, Params
 from r2ec.errors import UserError
 from r2ec.io import write_json, write_text
 
-METHOD_NAMES = {
-    "popularity": "Popularity", "random": "Random",
-    "sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser",
-    "tiger": "TIGER", "bigrec": "BigRec", "d3": "D$^3$", "langptune": "LangPTune",
-    "r2ec": r"R$^2$ec", "r2ec_zeroshot": r"R$^2$ec (zero-shot)", "r2ec_no_reasoning": r"R$^2$ec w/o reasoning",
-    "r2ec_no_rd": r"R$^2$ec w/o $R_d$", "r2ec_no_rc": r"R$^2$ec w/o $R_c$",
-    "r2ec_cls_head": r"R$^2$ec cls.\ head",
-}
 DATASET_NAMES = {MOVIELENS: "MovieLens-100K", "Video_Games": "Games", "CDs_and_Vinyl": "CDs",
                  "Musical_Instruments": "Instruments"}
-# Table 1's row groups in the paper's order; a listed method without a run is left out, and a method of
-# report.table1_methods that is in no group joins the last one
-TABLE1_GROUPS = (
-    ("Reference", REFERENCE_METHODS),
-    ("Traditional", ("gru4rec", "caser", "sasrec")),
-    ("LLM-based", ("tiger", "bigrec", "d3", "langptune", "r2ec_zeroshot", "r2ec_no_reasoning", "r2ec")),
-)
 OURS = "r2ec"  # the method the Improve row and the significance markers are about
 MARKERS = {"better": ("$^{*}$", "<sup>*</sup>"), "worse": (r"$^{\dagger}$", "<sup>†</sup>")}
 
@@ -41,9 +27,14 @@ def dataset_label(name: str) -> str:
     return _latex_escape(DATASET_NAMES.get(name, name))
 
 
+def method_label(method: str) -> str:
+    """A method's Table 1 label (LaTeX) from the method registry; an unregistered name as plain text."""
+    return registry.get(method).label if method in registry.names() else _latex_escape(method)
+
+
 def plain_name(method: str) -> str:
     """A method's display name without LaTeX (R$^2$ec -> R²ec), for Markdown and figures."""
-    name = METHOD_NAMES.get(method, method)
+    name = registry.get(method).label if method in registry.names() else method
     for a, b in ((r"R$^2$ec", "R²ec"), ("D$^3$", "D³"), ("$R_d$", "R_d"), ("$R_c$", "R_c"), ("\\ ", " ")):
         name = name.replace(a, b)
     return name
@@ -123,7 +114,7 @@ def render_tex(g: Grid, command: str) -> str:
         if name:
             lines.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{name}}}}} \\")
         for m, cells in rows:
-            lines.append(f"{METHOD_NAMES.get(m, _latex_escape(m))} & "
+            lines.append(f"{method_label(m)} & "
                          + " & ".join(_cell(*c, "tex") for c in cells) + r" \\")
     if g.footer:
         lines.append(r"\midrule")
@@ -206,10 +197,12 @@ def _over_seeds(roots: list[tuple[int, Path]], dataset: str, method: str, first:
     return mean, std, per
 
 
-def _grouped(methods: list[str]) -> list[tuple[str, list[str]]]:
-    groups = [(name, [m for m in members if m in methods]) for name, members in TABLE1_GROUPS]
-    known = {m for _, members in TABLE1_GROUPS for m in members}
-    groups[-1][1].extend(m for m in methods if m not in known)
+def _grouped(shown: list[str]) -> list[tuple[str, list[str]]]:
+    """Table 1's row groups (the registry's, in the paper's order) of the methods shown; within a group the
+    methods keep the registry's order, an unregistered method joins the last group."""
+    registered = registry.names()
+    groups = [(g, [m for m in registered if m in shown and registry.get(m).group == g]) for g in registry.GROUPS]
+    groups[-1][1].extend(m for m in shown if m not in registered)
     return [(name, ms) for name, ms in groups if ms]
 
 
@@ -217,7 +210,7 @@ def table1(p: Params, runs: Path, out: Path, metrics_out: Path | None = None,
            significance_out: Path | None = None) -> str:
     """Write Table 1 (``out`` .tex and its .md twin) in the paper's layout.
 
-    Row groups Reference / Traditional / LLM-based (:data:`TABLE1_GROUPS`, filtered by
+    Row groups Reference / Traditional / LLM-based (the method registry's groups, filtered by
     ``report.table1_methods`` and by which runs exist), H@K / N@K per dataset, best bold and second underlined,
     an Improve row (R²ec over the best non-R²ec baseline of the column, %) and markers on R²ec's cells where a
     two-sided paired test over the test samples (``report.marker_test``) has p < ``report.alpha``.
@@ -237,7 +230,7 @@ def table1(p: Params, runs: Path, out: Path, metrics_out: Path | None = None,
         raise UserError(f"{runs}: no run of {list(p.report.table1_methods)} on {list(p.datasets)} found")
     groups = _grouped(shown)
     order = [m for _, ms in groups for m in ms]
-    baselines = [m for m in order if m not in REFERENCE_METHODS and not m.startswith("r2ec")]
+    baselines = [m for m in order if m not in registry.names("reference", "r2ec")]
     values = {d: {m: v for m in order if (v := load_metrics(runs, d, m)) is not None} for d in p.datasets}
     roots = seed_roots(runs, p.seeds)
     stds: dict[str, dict] = {d: {} for d in p.datasets}

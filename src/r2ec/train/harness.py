@@ -435,3 +435,11 @@ class LLMHarness:
             if self.hook is not None:
                 self.hook(self.step, rec)
         bar.close()
+
+
+def trained_scorer(t: LLMHarness):
+    """The scorer of a trained run as its evaluation used it: the best state loaded (no optimizer step taken)."""
+    if t.trains():
+        t.load_best()
+    t.before_evaluate()
+    return t.scorer
