@@ -1,6 +1,7 @@
-"""One CLI for every stage: ``python -m r2ec <stage> [--params FILE] [-S key=value ...] <io flags>``.
+"""One CLI for every stage: ``python -m r2ec <stage> [--params FILE ...] [-S key=value ...] <io flags>``.
 
-Each sub-command resolves the params (file + ``-S`` overrides, validated), then calls one library function.
+Each sub-command resolves the params (files layered, later ones winning key by key, e.g. ``--params params.yaml
+--params configs/profiles/paper.yaml``; then ``-S`` overrides; validated), then calls one library function.
 Snakemake rules and DVC stages call exactly these commands; no stage logic lives here.
 """
 
@@ -19,14 +20,16 @@ log = logging.getLogger("r2ec")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--params", action="append", metavar="FILE",
+                   help="params file (default: params.yaml); repeatable: later files are laid over earlier ones, "
+                        "e.g. --params params.yaml --params configs/profiles/paper.yaml")
     p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a param, e.g. -S sasrec.lr=0.01 (repeatable; YAML values)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _params(args: argparse.Namespace) -> C.Params:
-    return C.load(args.params, args.overrides)
+    return C.load(args.params or ["params.yaml"], args.overrides)
 
 
 def _dataset_source(name: str) -> str:
@@ -247,7 +250,45 @@ def cmd_schema(args: argparse.Namespace) -> None:
 
 def cmd_check_params(args: argparse.Namespace) -> None:
     p = _params(args)
-    print(json.dumps(C.to_dict(p), indent=2) if args.show else f"{args.params}: ok")
+    print(json.dumps(C.to_dict(p), indent=2) if args.show else f"{' + '.join(args.params or ['params.yaml'])}: ok")
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from r2ec.config import deviations, profiles
+    root = Path(args.root)
+    path = profiles.profile_path(args.name, root)
+    generated = args.name in profiles.GENERATED
+    if (args.write or args.docs or args.check) and not generated:
+        raise C.ConfigError(f"{path}: profile {args.name!r} is written by hand; only "
+                            f"{', '.join(sorted(profiles.GENERATED))} is generated from the deviations registry")
+    if generated:
+        deviations.check_registry()
+    if args.check:
+        stale = profiles.stale(root)
+        if stale:
+            raise C.ConfigError(f"{', '.join(map(str, stale))}: out of step with src/r2ec/config/deviations.py; "
+                                f"run `{profiles.WRITE}`")
+        print(f"{path} and {root / profiles.DOCS_FILE}: in step with the deviations registry")
+    for flag, target in ((args.write, root / profiles.PAPER_FILE), (args.docs, root / profiles.DOCS_FILE)):
+        if flag:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(profiles.generated(root)[target], encoding="utf-8")
+            print(f"wrote {target}")
+    if args.apply:
+        import yaml
+        overlay = deviations.paper_overlay() if generated else C.read_raw(path)
+        try:
+            C.check_keys(overlay)
+        except C.ConfigError as e:
+            raise C.ConfigError(f"{path}: {e}") from None
+        base = root / "params.yaml"
+        out = Path(args.out) if args.out else base
+        text = profiles.apply_text(base.read_text(encoding="utf-8"), overlay, str(path))
+        C.from_dict(yaml.safe_load(text), f"{out} ({base} + {path})")  # validate before writing
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out}: {base} with {path} applied (comments kept)")
+    if not (args.write or args.docs or args.check or args.apply):
+        print(profiles.paper_yaml() if generated else path.read_text(encoding="utf-8"), end="")
 
 
 def cmd_dvc_yaml(args: argparse.Namespace) -> None:
@@ -405,6 +446,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("dvc-sync", help="record in dvc.lock the stages Snakemake has built (Snakefile's onsuccess)")
     s.add_argument("--root", default=".", help="project root (a DVC project; anything else is left alone)")
     s.set_defaults(func=cmd_dvc_sync)
+
+    s = sub.add_parser("profile", help="a params profile (configs/profiles/NAME.yaml): print, generate, or apply it "
+                       "to params.yaml for DVC")
+    s.add_argument("name", help="profile name, e.g. paper (generated from src/r2ec/config/deviations.py)")
+    s.add_argument("--root", default=".", help="project root (params.yaml, configs/profiles/, docs/)")
+    s.add_argument("--write", action="store_true", help="write configs/profiles/paper.yaml from the registry")
+    s.add_argument("--docs", action="store_true", help="write docs/deviations.md from the registry")
+    s.add_argument("--check", action="store_true", help="fail if those generated files are stale")
+    s.add_argument("--apply", action="store_true", help="write params.yaml with the profile's values, comments kept "
+                   "(DVC reads only params.yaml; `git checkout params.yaml` restores the CPU default)")
+    s.add_argument("--out", help="with --apply: write here instead of ROOT/params.yaml")
+    s.set_defaults(func=cmd_profile)
 
     s = sub.add_parser("check-params", help="validate params (+ overrides); --show prints the resolved values")
     _common(s)
