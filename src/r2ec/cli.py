@@ -254,41 +254,9 @@ def cmd_check_params(args: argparse.Namespace) -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    from r2ec.config import deviations, profiles
-    root = Path(args.root)
-    path = profiles.profile_path(args.name, root)
-    generated = args.name in profiles.GENERATED
-    if (args.write or args.docs or args.check) and not generated:
-        raise C.ConfigError(f"{path}: profile {args.name!r} is written by hand; only "
-                            f"{', '.join(sorted(profiles.GENERATED))} is generated from the deviations registry")
-    if generated:
-        deviations.check_registry()
-    if args.check:
-        stale = profiles.stale(root)
-        if stale:
-            raise C.ConfigError(f"{', '.join(map(str, stale))}: out of step with src/r2ec/config/deviations.py; "
-                                f"run `{profiles.WRITE}`")
-        print(f"{path} and {root / profiles.DOCS_FILE}: in step with the deviations registry")
-    for flag, target in ((args.write, root / profiles.PAPER_FILE), (args.docs, root / profiles.DOCS_FILE)):
-        if flag:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(profiles.generated(root)[target], encoding="utf-8")
-            print(f"wrote {target}")
-    if args.apply:
-        import yaml
-        overlay = deviations.paper_overlay() if generated else C.read_raw(path)
-        try:
-            C.check_keys(overlay)
-        except C.ConfigError as e:
-            raise C.ConfigError(f"{path}: {e}") from None
-        base = root / "params.yaml"
-        out = Path(args.out) if args.out else base
-        text = profiles.apply_text(base.read_text(encoding="utf-8"), overlay, str(path))
-        C.from_dict(yaml.safe_load(text), f"{out} ({base} + {path})")  # validate before writing
-        out.write_text(text, encoding="utf-8")
-        print(f"wrote {out}: {base} with {path} applied (comments kept)")
-    if not (args.write or args.docs or args.check or args.apply):
-        print(profiles.paper_yaml() if generated else path.read_text(encoding="utf-8"), end="")
+    from r2ec.config.profiles import command
+    print(command(args.name, Path(args.root), write=args.write, docs=args.docs, check=args.check,
+                  apply=args.apply, out=Path(args.out) if args.out else None), end="")
 
 
 def cmd_dvc_yaml(args: argparse.Namespace) -> None:
@@ -447,15 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default=".", help="project root (a DVC project; anything else is left alone)")
     s.set_defaults(func=cmd_dvc_sync)
 
-    s = sub.add_parser("profile", help="a params profile (configs/profiles/NAME.yaml): print, generate, or apply it "
-                       "to params.yaml for DVC")
-    s.add_argument("name", help="profile name, e.g. paper (generated from src/r2ec/config/deviations.py)")
+    s = sub.add_parser("profile", help="configs/profiles/NAME.yaml: print it, generate it (paper: from the "
+                       "deviations registry, with docs/deviations.md) or apply it to params.yaml (for DVC)")
+    s.add_argument("name", help="profile name, e.g. paper")
     s.add_argument("--root", default=".", help="project root (params.yaml, configs/profiles/, docs/)")
-    s.add_argument("--write", action="store_true", help="write configs/profiles/paper.yaml from the registry")
-    s.add_argument("--docs", action="store_true", help="write docs/deviations.md from the registry")
-    s.add_argument("--check", action="store_true", help="fail if those generated files are stale")
-    s.add_argument("--apply", action="store_true", help="write params.yaml with the profile's values, comments kept "
-                   "(DVC reads only params.yaml; `git checkout params.yaml` restores the CPU default)")
+    for flag, text in (("--write", "write configs/profiles/paper.yaml"), ("--docs", "write docs/deviations.md"),
+                       ("--check", "fail if those generated files are stale"),
+                       ("--apply", "write params.yaml with the profile's values, comments kept")):
+        s.add_argument(flag, action="store_true", help=text)
     s.add_argument("--out", help="with --apply: write here instead of ROOT/params.yaml")
     s.set_defaults(func=cmd_profile)
 

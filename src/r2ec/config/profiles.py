@@ -171,3 +171,44 @@ def apply_text(text: str, overlay: dict, source: str = "profile") -> str:
     if missing:
         raise ConfigError(f"{source}: key {missing[0]} is not in the params file")
     return "".join(lines)
+
+
+def command(name: str, root: Path, *, write: bool = False, docs: bool = False, check: bool = False,
+            apply: bool = False, out: Path | None = None) -> str:
+    """``python -m r2ec profile NAME``: the text to print; writes what the flags ask for (see the CLI's help)."""
+    import yaml
+
+    from r2ec.config.load import check_keys, from_dict, read_raw
+    path = profile_path(name, root)
+    is_generated = name in GENERATED
+    if (write or docs or check) and not is_generated:
+        raise ConfigError(f"{path}: profile {name!r} is written by hand; only {', '.join(sorted(GENERATED))} is "
+                          "generated from the deviations registry")
+    if is_generated:
+        V.check_registry()
+    said = []
+    if check:
+        if stale(root):
+            raise ConfigError(f"{', '.join(map(str, stale(root)))}: out of step with src/r2ec/config/deviations.py; "
+                              f"run `{WRITE}`")
+        said.append(f"{path} and {Path(root) / DOCS_FILE}: in step with the deviations registry")
+    for flag, target in ((write, Path(root) / PAPER_FILE), (docs, Path(root) / DOCS_FILE)):
+        if flag:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(generated(root)[target], encoding="utf-8")
+            said.append(f"wrote {target}")
+    if apply:
+        overlay = V.paper_overlay() if is_generated else read_raw(path)
+        try:
+            check_keys(overlay)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        base = Path(root) / "params.yaml"
+        out = out or base
+        text = apply_text(base.read_text(encoding="utf-8"), overlay, str(path))
+        from_dict(yaml.safe_load(text), f"{out} ({base} + {path})")  # validate before writing
+        out.write_text(text, encoding="utf-8")
+        said.append(f"wrote {out}: {base} with {path} applied (comments kept; DVC reads only params.yaml)")
+    if said:
+        return "\n".join(said) + "\n"
+    return paper_yaml() if is_generated else path.read_text(encoding="utf-8")
