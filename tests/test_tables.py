@@ -19,6 +19,8 @@ from r2ec.eval.metrics import metrics_from_ranks, ndcg_at_k
 from r2ec.report.tables import table1, table2
 
 GOLDEN = Path(__file__).parent / "golden"
+PAPER = Path(__file__).resolve().parents[1] / "configs/profiles/paper.yaml"
+R2EC_ROW = (r"R$^2$ec &", r"R$^2$ec$^{\ddagger}$ &")  # R2ec's LaTeX row, with or without the deviation marker
 DATASETS = ["movielens-100k", "Video_Games"]
 N = 40
 # per method, how far its ranks sit from the "good" ranks (lower = better); r2ec is best on MovieLens only
@@ -70,7 +72,7 @@ def test_table1_layout_matches_golden_files(tmp_path):
     text = out.read_text()
     # row groups in the paper's order; methods without a run (BigRec, ...) and Table 2 ablations left out
     assert text.index("Reference") < text.index("Popularity") < text.index("Traditional") < text.index("GRU4Rec") \
-        < text.index("SASRec") < text.index("LLM-based") < text.index("TIGER") < text.index(r"R$^2$ec &")
+        < text.index("SASRec") < text.index("LLM-based") < text.index("TIGER") < text.index(r"R$^2$ec$^{\ddagger}$ &")
     assert "BigRec" not in text and "w/o $R_d$" not in text and "Improve" in text
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert set(metrics) == set(DATASETS) and "r2ec" in metrics["Video_Games"]
@@ -93,7 +95,7 @@ def test_significance_json_equals_scipy_and_drives_markers(tmp_path):
     assert r["ttest_p"] == pytest.approx(ttest_rel(a, b).pvalue)
     assert r["wilcoxon_p"] == pytest.approx(wilcoxon(a, b).pvalue)
     assert r["significant_ttest"] == (r["ttest_p"] < 0.05)
-    row = next(line for line in out.read_text().splitlines() if line.startswith(r"R$^2$ec &"))
+    row = next(line for line in out.read_text().splitlines() if line.startswith(R2EC_ROW))
     assert ("$^{*}$" in row) == any(v["significant_ttest"] and v["direction"] == "higher"
                                     for d in sig["datasets"].values() for v in d.values())
     games = sig["datasets"]["Video_Games"]["N@10"]
@@ -152,7 +154,7 @@ def test_table1_over_seeds_shows_mean_std_and_across_seed_ttests(tmp_path):
     mean, std = np.mean(a), np.std(a, ddof=1)
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert metrics[ds]["r2ec"][col] == pytest.approx(mean) and metrics[ds]["r2ec"][f"{col}_std"] == pytest.approx(std)
-    row = next(line for line in out.read_text().splitlines() if line.startswith(r"R$^2$ec &"))
+    row = next(line for line in out.read_text().splitlines() if line.startswith(R2EC_ROW))
     assert rf"{mean:.4f} $\pm$ {std:.4f}" in row
     md = out.with_suffix(".md").read_text()
     assert f"{mean:.4f} ± {std:.4f}" in md and "| p (seeds) |" in md and "seeds 2025, 7" in md
@@ -183,3 +185,36 @@ def test_table1_with_one_seed_tree_ignores_seeds_without_runs(tmp_path):
     table1(C.from_dict(C.to_dict(params()) | {"seeds": [2025, 7]}), runs, out, None, tmp_path / "t" / "sig.json")
     check_golden(out, "table1.tex")  # no results/seeds/7: the single-seed table
     assert "across_seeds" not in json.loads((tmp_path / "t" / "sig.json").read_text())
+
+
+def _marked(text: str) -> set[str]:
+    return {line.split(" & ")[0].replace(r"$^{\ddagger}$", "") for line in text.splitlines()
+            if r"$^{\ddagger}$ &" in line}
+
+
+def test_table1_marks_rows_run_under_deviations_from_the_paper(tmp_path):
+    """Under the paper profile no row is marked and there is no footnote; a deviation marks the rows of the
+    methods it bears on (recpo keys: the R2ec rows; eval keys: every row) and the footnote names it."""
+    runs = make_runs(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+
+    def render(*overrides):
+        p = C.load([root / "params.yaml", PAPER], ['datasets=["Video_Games"]', *overrides])
+        out = tmp_path / "t" / "table1.tex"
+        table1(p, runs, out)
+        return out.read_text(), out.with_suffix(".md").read_text()
+
+    tex, md = render()  # a subset of the paper's datasets is no deviation
+    assert r"\ddagger" not in tex and "‡" not in md and "deviations" not in tex + md
+    tex, md = render("recpo.lr=2.0e-05")
+    r2ec = {r"R$^2$ec (zero-shot)", r"R$^2$ec w/o reasoning", r"R$^2$ec"}
+    assert _marked(tex) == r2ec
+    assert "| R²ec<sup>‡</sup> |" in md and "| SASRec |" in md
+    assert r"\texttt{recpo.lr} = 2.0e-05 (paper 1.0e-05" in tex and "`recpo.lr` = `2.0e-05` (paper `1.0e-05`" in md
+    assert md.count("` = `") == 1  # only the deviation in effect is listed
+    tex, md = render("eval.max_samples=500", "sasrec.epochs=20")
+    assert _marked(tex) == r2ec | {"Popularity", "Random", "GRU4Rec", "Caser", "SASRec", "TIGER"}
+    assert "`eval.max_samples` = `500` (paper `0`; all rows)" in md and "(paper `200`; SASRec)" in md
+    # the deviation mark is none of the significance markers
+    from r2ec.report.tables import DEVIATION_MARK, MARKERS
+    assert not set(DEVIATION_MARK) & {s for pair in MARKERS.values() for s in pair}

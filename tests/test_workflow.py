@@ -45,9 +45,9 @@ def test_a_dvc_stage_is_its_snakemake_job():
     # the same default work as `make table1` (rule all): no Table 2 variant, sweep or latency stage
     assert not any(n.startswith(("table2", "table4", "sweep", "train_r2ec_sweep")) for n in dvc)
     assert "train_r2ec-movielens-100k-r2ec_no_rd" not in dvc
-    for name, st in dvc.items():  # every recpo reader is an R2ec run (or downstream of one)
+    for name, st in dvc.items():  # every recpo reader is an R2ec run (or Table 1, which marks deviations)
         if "recpo" in st.get("params", []):
-            assert name.startswith("train_r2ec-"), name
+            assert name.startswith("train_r2ec-") or name == "table1", name
 
 
 def test_paper_pipeline_file_holds_only_the_long_targets():
@@ -115,3 +115,32 @@ def test_further_seeds_get_their_own_run_tree(tmp_path):
     assert "eval.seed" not in out  # every seed's runs are evaluated on the same test samples
     table1 = _job(out, "table1")
     assert f"{tree}/r2ec/metrics.json" in table1 and "-S 'seeds=[2025,7]'" in table1
+
+
+def test_table1_rule_hands_over_every_section_of_the_deviations_registry(tmp_path):
+    """Table 1 marks rows run under a deviation from the paper, so its job gets every section the registry names."""
+    from r2ec.config.deviations import sections
+    (tmp_path / "w").mkdir()
+    out, _ = _dry_run(tmp_path / "w")
+    table1 = _job(out, "table1")
+    for name in sections():
+        assert f"-S '{name}=" in table1, name
+
+
+def test_snakemake_configfile_selects_the_paper_profile(tmp_path):
+    """`snakemake --configfile configs/profiles/paper.yaml` lays the profile over params.yaml: every job gets the
+    paper's values in its -S sections."""
+    import json as _json
+
+    from r2ec.config import deviations as V
+    (tmp_path / "w").mkdir()
+    out, jobs = _dry_run(tmp_path / "w", "--configfile", str(ROOT / "configs/profiles/paper.yaml"))
+    assert jobs["prepare"] == 3 and jobs["train_r2ec"] == 9  # the paper's three Amazon categories
+    r2ec = _job(out, "train_r2ec", "tree=, dataset=Video_Games, method=r2ec")
+    sections = {m[0]: _json.loads(m[1]) for m in re.findall(r"-S '(\w+)=(\{.*?\})'", r2ec)}
+    for d in V.DEVIATIONS:
+        if d.has_paper_value and d.section in sections:
+            assert sections[d.section][d.key.split(".")[1]] == V._plain(d.paper), d.key
+    assert sections["recpo"]["max_minutes"] == sections["contrastive"]["max_minutes"] == 0
+    table1 = _job(out, "table1")
+    assert '"backbone":"google/gemma-2-2b-it"' in table1 and '"max_samples":0' in table1

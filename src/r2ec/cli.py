@@ -1,6 +1,7 @@
-"""One CLI for every stage: ``python -m r2ec <stage> [--params FILE] [-S key=value ...] <io flags>``.
+"""One CLI for every stage: ``python -m r2ec <stage> [--params FILE ...] [-S key=value ...] <io flags>``.
 
-Each sub-command resolves the params (file + ``-S`` overrides, validated), then calls one library function.
+Each sub-command resolves the params (files layered, later ones winning key by key, e.g. ``--params params.yaml
+--params configs/profiles/paper.yaml``; then ``-S`` overrides; validated), then calls one library function.
 Snakemake rules and DVC stages call exactly these commands; no stage logic lives here.
 """
 
@@ -20,14 +21,16 @@ log = logging.getLogger("r2ec")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--params", action="append", metavar="FILE",
+                   help="params file (default: params.yaml); repeatable: later files are laid over earlier ones, "
+                        "e.g. --params params.yaml --params configs/profiles/paper.yaml")
     p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a param, e.g. -S sasrec.lr=0.01 (repeatable; YAML values)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _params(args: argparse.Namespace) -> C.Params:
-    return C.load(args.params, args.overrides)
+    return C.load(args.params or ["params.yaml"], args.overrides)
 
 
 def _dataset_source(name: str) -> str:
@@ -216,7 +219,13 @@ def cmd_schema(args: argparse.Namespace) -> None:
 
 def cmd_check_params(args: argparse.Namespace) -> None:
     p = _params(args)
-    print(json.dumps(C.to_dict(p), indent=2) if args.show else f"{args.params}: ok")
+    print(json.dumps(C.to_dict(p), indent=2) if args.show else f"{' + '.join(args.params or ['params.yaml'])}: ok")
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from r2ec.config.profiles import command
+    print(command(args.name, Path(args.root), write=args.write, docs=args.docs, check=args.check,
+                  apply=args.apply, out=Path(args.out) if args.out else None), end="")
 
 
 def cmd_dvc_yaml(args: argparse.Namespace) -> None:
@@ -374,6 +383,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("dvc-sync", help="record in dvc.lock the stages Snakemake has built (Snakefile's onsuccess)")
     s.add_argument("--root", default=".", help="project root (a DVC project; anything else is left alone)")
     s.set_defaults(func=cmd_dvc_sync)
+
+    s = sub.add_parser("profile", help="configs/profiles/NAME.yaml: print it, generate it (paper: from the "
+                       "deviations registry, with docs/deviations.md) or apply it to params.yaml (for DVC)")
+    s.add_argument("name", help="profile name, e.g. paper")
+    s.add_argument("--root", default=".", help="project root (params.yaml, configs/profiles/, docs/)")
+    for flag, text in (("--write", "write configs/profiles/paper.yaml"), ("--docs", "write docs/deviations.md"),
+                       ("--check", "fail if those generated files are stale"),
+                       ("--apply", "write params.yaml with the profile's values, comments kept")):
+        s.add_argument(flag, action="store_true", help=text)
+    s.add_argument("--out", help="with --apply: write here instead of ROOT/params.yaml")
+    s.set_defaults(func=cmd_profile)
 
     s = sub.add_parser("check-params", help="validate params (+ overrides); --show prints the resolved values")
     _common(s)

@@ -11,13 +11,15 @@ DVC's ``-S section.key=value`` syntax and are parsed as YAML scalars/lists.
 - :mod:`~r2ec.config.params`: :class:`Params`, the whole file;
 - :mod:`~r2ec.config.checks`: rules between sections;
 - :mod:`~r2ec.config.load`: YAML -> dataclasses, overrides, layered params files;
+- :mod:`~r2ec.config.deviations`: the registry of the default's CPU-scale deviations from the paper;
+- :mod:`~r2ec.config.profiles`: overlays in configs/profiles/ (paper.yaml generated from the registry);
 - :mod:`~r2ec.config.schema`: the JSON schema in ``workflow/schemas/params.schema.json`` (for editors and
   tools that read JSON schemas), generated from the dataclasses so the two cannot drift (a test checks the committed file).
 """
 
 from r2ec.config.checks import check_params
 from r2ec.config.fields import ConfigError, Section, param
-from r2ec.config.load import apply_overrides, from_dict, load, merge, parse_override, read_raw, to_dict
+from r2ec.config.load import apply_overrides, check_keys, from_dict, load, merge, parse_override, read_raw, to_dict
 from r2ec.config.methods import (BigrecCfg, CaserCfg, ContrastiveCfg, D3Cfg, Gru4recCfg, LangptuneCfg, PopularityCfg,
                                  RandomCfg, ReadoutCfg, RecpoCfg, SasrecCfg, SeqModelCfg, TigerCfg)
 from r2ec.config.names import (AMAZON_CATEGORIES, BASELINE_METHODS, CLASSIC_METHODS, CONTRASTIVE_METHOD,
@@ -32,6 +34,7 @@ __all__ = [
     "BigrecCfg", "CaserCfg", "ConfigError", "ContrastiveCfg", "D3Cfg", "DataCfg", "EvalCfg", "Gru4recCfg",
     "LangptuneCfg", "LatencyCfg", "LlmCfg", "LoraCfg", "Params", "PopularityCfg", "RandomCfg", "ReadoutCfg",
     "RecpoCfg", "ReportCfg", "SasrecCfg", "Section", "SeqModelCfg", "TigerCfg",
-    "apply_overrides", "check_params", "from_dict", "json_schema", "load", "merge", "param", "parse_override",
+    "apply_overrides", "check_keys", "check_params", "from_dict", "json_schema", "load", "merge", "param",
+    "parse_override",
     "read_raw", "to_dict", "write_json_schema",
 ]

@@ -172,17 +172,54 @@ def merge(base: dict, top: dict) -> dict:
     return out
 
 
+def check_keys(raw: dict, cls: type = Params, where: str = "") -> None:
+    """Every key of a (partial) params mapping names a field: a profile's unknown key is caught in its own file."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k, v in raw.items():
+        if k not in names:
+            raise ConfigError(f"unknown key {where}{k} (valid keys here: {', '.join(sorted(names))})")
+        if _is_dataclass_type(hints[k]) and isinstance(v, dict):
+            check_keys(v, hints[k], f"{where}{k}.")
+
+
 def load(path: str | Path | Sequence[str | Path] = "params.yaml",
          overrides: list[str] | tuple[str, ...] = ()) -> Params:
     """Load, override and validate a params file; given several files, each later one is laid over the earlier
-    ones (a profile holding only the keys it changes), then the overrides."""
+    ones (a profile holding only the keys it changes), then the overrides. An unknown key of a layered file is an
+    error naming that file."""
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     if not paths:
         raise ConfigError("no params file given")
     raw: dict = {}
+    layers = []
     for p in paths:
-        raw = merge(raw, read_raw(p))
-    return from_dict(apply_overrides(raw, overrides), " + ".join(str(Path(p)) for p in paths))
+        layer = read_raw(p)
+        if len(paths) > 1:
+            try:
+                check_keys(layer)
+            except ConfigError as e:
+                raise ConfigError(f"{p}: {e}") from None
+        layers.append(layer)
+        raw = merge(raw, layer)
+    source = " + ".join(str(Path(p)) for p in paths)
+    try:
+        return from_dict(apply_overrides(raw, overrides), source)
+    except ConfigError as e:
+        msg = str(e)[len(source) + 2:]
+        key = re.match(r"([\w.]+)", msg)
+        owner = [p for p, layer in zip(paths, layers) if key and _has_key(layer, key[1].split("."))]
+        if len(paths) > 1 and owner and not any(o.split("=", 1)[0] == key[1] for o in overrides):
+            raise ConfigError(f"{owner[-1]}: {msg}") from None  # the file that set the bad value
+        raise
+
+
+def _has_key(raw: Any, path: list[str]) -> bool:
+    for part in path:
+        if not isinstance(raw, dict) or part not in raw:
+            return False
+        raw = raw[part]
+    return True
 
 
 def plugins_of(modules: list[str]) -> set[str]:

@@ -78,10 +78,38 @@ class Grid:
     cols: list[str]
     groups: list[tuple[str, list[tuple[str, list[tuple[str, int | None, str]]]]]]
     footer: list[tuple[tuple[str, str], list[str]]] = dc_field(default_factory=list)
+    marked: set[str] = dc_field(default_factory=set)  # rows run under a deviation from the paper (DEVIATION_MARK)
+    note: tuple[str, str] = ("", "")  # (LaTeX, Markdown) footnote under the table
 
 
 # (best, second best, index into MARKERS' pairs) per output format
 STYLES = {"tex": (r"\textbf{%s}", r"\underline{%s}", 0), "md": ("**%s**", "<u>%s</u>", 1)}
+# a row run under a deviation of its params from the paper's setting (r2ec.config.deviations); not a MARKERS sign
+DEVIATION_MARK = (r"$^{\ddagger}$", "<sup>‡</sup>")
+
+
+def deviation_note(p: Params, methods: list[str]) -> tuple[set[str], tuple[str, str]]:
+    """The rows of ``methods`` run under a deviation from the paper (a registered key whose value in ``p`` is not
+    the paper's and that bears on the row's method) and the footnote listing those deviations ('' when none)."""
+    from r2ec.config.deviations import applies, in_effect, value_of
+    from r2ec.config.profiles import yaml_value
+    items, marked = [], set()
+    for d in in_effect(p):
+        rows = [m for m in methods if applies(d, m)]
+        if not rows:
+            continue
+        marked.update(rows)
+        where = "all rows" if len(rows) == len(methods) else ", ".join(plain_name(m) for m in rows)
+        items.append((d.key, yaml_value(value_of(p, d.key)), yaml_value(d.paper), where))
+    if not items:
+        return set(), ("", "")
+    head = ("run under deviations from the paper's setting (docs/deviations.md; none under "
+            "configs/profiles/paper.yaml): ")
+    tex = DEVIATION_MARK[0] + " " + _latex_escape(head) + "; ".join(
+        rf"\texttt{{{_latex_escape(k)}}} = {_latex_escape(v)} (paper {_latex_escape(pv)}; "
+        f"{_latex_escape(w).replace('R²ec', 'R$^2$ec').replace('D³', 'D$^3$')})" for k, v, pv, w in items) + "."
+    md = "‡ " + head + "; ".join(f"`{k}` = `{v}` (paper `{pv}`; {w})" for k, v, pv, w in items) + "."
+    return marked, (tex, md)
 
 
 def _cell(text: str, place: int | None, marker: str, style: str) -> str:
@@ -114,13 +142,16 @@ def render_tex(g: Grid, command: str) -> str:
         if name:
             lines.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{name}}}}} \\")
         for m, cells in rows:
-            lines.append(f"{method_label(m)} & "
+            lines.append(f"{method_label(m)}{DEVIATION_MARK[0] if m in g.marked else ''} & "
                          + " & ".join(_cell(*c, "tex") for c in cells) + r" \\")
     if g.footer:
         lines.append(r"\midrule")
         for (label, _), texts in g.footer:
             lines.append(f"{label} & " + " & ".join(_latex_escape(t) for t in texts) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
+    lines += [r"\bottomrule", r"\end{tabular}}"]
+    if g.note[0]:
+        lines.append(r"\par\smallskip\parbox{\linewidth}{\footnotesize " + g.note[0] + "}")
+    lines += [r"\end{table}", ""]
     return "\n".join(lines)
 
 
@@ -133,9 +164,12 @@ def render_md(g: Grid, title: str) -> str:
         if name:
             lines.append(f"| *{name}* |" + " |" * len(head))
         for m, cells in rows:
-            lines.append(f"| {plain_name(m)} | " + " | ".join(_cell(*c, "md") for c in cells) + " |")
+            mark = DEVIATION_MARK[1] if m in g.marked else ""
+            lines.append(f"| {plain_name(m)}{mark} | " + " | ".join(_cell(*c, "md") for c in cells) + " |")
     for (_, label), texts in g.footer:
         lines.append(f"| {label} | " + " | ".join(texts) + " |")
+    if g.note[1]:
+        lines += ["", g.note[1]]
     return "\n".join(lines) + "\n"
 
 
@@ -280,9 +314,10 @@ def table1(p: Params, runs: Path, out: Path, metrics_out: Path | None = None,
                + ours[0] + f" Test samples: {n_tex}.",
                "Full-ranking top-K performance (history items masked). Best in bold, second underlined."
                + ours[1] + f" Test samples: {n_md}.")
+    marked, note = deviation_note(p, order)
     grid = Grid(caption, "tab:main", list(p.datasets), cols,
                 [(name, [(m, cells[m]) for m in ms]) for name, ms in groups],
-                footer)
+                footer, marked, note)
     text = _write_twins(grid, out, "table1", "Table 1")
     if metrics_out is not None:
         write_json(metrics_out, values if not across else
