@@ -1,5 +1,5 @@
 """The paper's backbones, Gemma-2 and Qwen-2.5, on tiny random models: chat rendering (Gemma's template has no
-system role)."""
+system role), log-probs equal to the model's own forward (Gemma-2's final-logit softcapping included)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ import logging
 
 import pytest
 
+import torch
+
 from r2ec.errors import UserError
-from r2ec.llm.backbone import ANSWER, answer_token_id
+from r2ec.llm.backbone import ANSWER, answer_token_id, lm_logits, logit_softcap
+from r2ec.llm.encoder import decoder_of
 from r2ec.llm.prompts import fold_system, render_item, render_prompt, render_text, user_messages
+from r2ec.llm.rollout import completion_logprobs, make_engine
 from r2ec.llm.tiny import tiny_gemma2_and_tokenizer, tiny_model_and_tokenizer, tiny_qwen2_and_tokenizer, tiny_tokenizer
 
 MSGS = [{"role": "user", "content": "hi"}]
+BUILDERS = {"gemma2": tiny_gemma2_and_tokenizer, "qwen2": tiny_qwen2_and_tokenizer}
 
 
 # --- (a) rendering --------------------------------------------------------------------------------------------
@@ -58,3 +63,72 @@ def test_a_template_that_renders_nothing_is_a_user_error():
     for system in ("", "S"):
         with pytest.raises(UserError, match="llm.backbone .*chat template.*nothing works"):
             render_text(tok, MSGS, system)
+
+
+# --- (b), (c) log-probs -----------------------------------------------------------------------------------------
+
+
+def _forward_logprobs(model, traj) -> torch.Tensor:
+    """log_softmax of the model's own forward logits at the completion tokens."""
+    ids = torch.as_tensor([traj.ids])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    n, P = len(traj.completion_ids), len(traj.prompt_ids)
+    return lp[P - 1:P + n - 1].gather(1, ids[0, P:, None]).squeeze(1)
+
+
+def _prompts(tok):
+    return [render_prompt(tok, user_messages([{"title": t, "rating": 4.0, "timestamp": 10}], 86_400, "movie"))
+            for t in ("Alien", "The Long Goodbye of a Title")]
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_rollout_logprobs_are_the_model_forwards(family):
+    """The engine's old log-probs (and completion_logprobs) equal log_softmax(model(ids).logits) at the sampled
+    tokens: the PPO ratio is taken on the distribution generate samples from (Gemma-2: capped logits)."""
+    model, tok = BUILDERS[family]()
+    eng = make_engine("hf", model, tok)
+    groups = eng.generate(_prompts(tok), group_size=2, temperature=1.0, top_k=0, max_new_tokens=6, seed=3)
+    trajs = [t for g in groups for t in g]
+    for t in trajs:
+        assert torch.allclose(t.old_logprobs, _forward_logprobs(model, t), atol=1e-5, rtol=0)
+    again = completion_logprobs(model, trajs, 1.0, pad_id=tok.pad_token_id)
+    for t, lp in zip(trajs, again):
+        assert torch.allclose(lp, t.old_logprobs, atol=1e-5, rtol=0)
+
+
+def test_head_only_logits_are_not_gemmas_distribution():
+    """What the code computed before: the output embeddings alone. With Gemma-2's cap they are another
+    distribution (the old log-probs missed the forward's by far more than rounding); lm_logits is the forward's."""
+    model, tok = tiny_gemma2_and_tokenizer(final_logit_softcapping=5.0)
+    assert logit_softcap(model) == 5.0
+    ids = torch.as_tensor([_prompts(tok)[0]])
+    with torch.no_grad():
+        h = decoder_of(model)(input_ids=ids).last_hidden_state
+        ref = model(input_ids=ids).logits
+        head_only = model.get_output_embeddings()(h)
+        assert torch.allclose(lm_logits(model, h), ref, atol=1e-5, rtol=0)
+        assert ref.abs().max() <= 5.0 and head_only.abs().max() > 5.0
+        gap = (torch.log_softmax(head_only, -1) - torch.log_softmax(ref, -1)).abs().max()
+    assert gap > 1e-2
+
+
+@pytest.mark.parametrize("build", [tiny_model_and_tokenizer, tiny_qwen2_and_tokenizer])
+def test_uncapped_backbones_logits_are_the_head_bit_for_bit(build):
+    model, tok = build()
+    assert logit_softcap(model) is None
+    ids = torch.as_tensor([_prompts(tok)[1]])
+    with torch.no_grad():
+        h = decoder_of(model)(input_ids=ids).last_hidden_state
+        assert torch.equal(lm_logits(model, h), model.get_output_embeddings()(h))
+        assert torch.allclose(lm_logits(model, h), model(input_ids=ids).logits, atol=1e-5, rtol=0)
+
+
+def test_gemma_logprobs_through_lora():
+    from r2ec.config import LoraCfg
+    from r2ec.llm.backbone import add_lora
+    model, tok = tiny_gemma2_and_tokenizer()
+    peft = add_lora(model, LoraCfg(), seed=0)
+    assert logit_softcap(peft) == logit_softcap(model)
+    t = make_engine("hf", peft, tok).generate(_prompts(tok)[:1], 1, 1.0, 0, 5, seed=1)[0][0]
+    assert torch.allclose(t.old_logprobs, _forward_logprobs(peft, t), atol=1e-5, rtol=0)

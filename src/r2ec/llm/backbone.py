@@ -234,6 +234,36 @@ def float32_scope(like: torch.Tensor):
     return torch.autocast(device_type=like.device.type, enabled=False)
 
 
+def text_config(model):
+    """The config of the model's language part (the model's own config for a text-only causal LM)."""
+    cfg = model.config
+    get = getattr(cfg, "get_text_config", None)
+    return get() if callable(get) else cfg
+
+
+def logit_softcap(model) -> float | None:
+    """The cap ``c`` of the model's final-logit softcapping (Gemma-2: ``logits = c * tanh(logits / c)`` inside its
+    forward, ``config.final_logit_softcapping``), or None when its forward has none (Llama, Qwen-2)."""
+    cap = getattr(text_config(model), "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token logits from decoder hidden states (after the final norm) exactly as the causal LM's own forward
+    turns them into logits: the output embeddings, then the final-logit softcapping of models that have one
+    (:func:`logit_softcap`; Gemma-2, in the head's output dtype as in its forward). Llama / Qwen-2 forwards do
+    nothing after the head. ``hidden`` is cast to the head's weight dtype; the caller picks the autocast scope.
+
+    Every log-prob the code takes from hidden states goes through here, so that the probabilities the PPO ratio
+    and the KL use are those ``generate`` samples from."""
+    head = model.get_output_embeddings()
+    logits = head(hidden.to(head.weight.dtype))
+    cap = logit_softcap(model)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 def add_lora(model, cfg, *, seed: int | None = None):
     """Wrap ``model`` in a PEFT LoRA (``cfg: LoraCfg``); targets are filtered to module names that exist.
 

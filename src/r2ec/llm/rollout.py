@@ -72,13 +72,15 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
 
     ``trajectories``: :class:`Trajectory` objects or ``(prompt_ids, completion_ids)`` pairs. One forward pass
     over prompt+completion (left padded, explicit position ids); only completion positions go through the LM
-    head. Gradients flow when enabled — B uses this for new log-probs (with grad) and rollouts for old ones
-    (under no_grad), so both are computed identically. ``temperature <= 0`` is treated as 1.
+    head (:func:`r2ec.llm.backbone.lm_logits`: the model forward's own logits, Gemma-2's softcapping included, so
+    the log-probs are those of the distribution ``generate`` samples from). Gradients flow when enabled — B uses
+    this for new log-probs (with grad) and rollouts for old ones (under no_grad), so both are computed
+    identically. ``temperature <= 0`` is treated as 1.
 
     ``return_hidden=True`` (needs ``answer_id``) also returns the hidden state at the last ``answer_id`` of
     each sequence → ``(list[Tensor], Tensor[B, H])`` — the user vector from the same forward pass.
     """
-    from r2ec.llm.backbone import float32_scope
+    from r2ec.llm.backbone import float32_scope, lm_logits
     from r2ec.llm.pooling import pool_at_last
 
     pairs = _pairs(trajectories)
@@ -89,7 +91,6 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
     temp = float(temperature) if temperature and temperature > 0 else 1.0
     pad = _pad_id(model, pad_id)
     dev = next(model.parameters()).device
-    head = model.get_output_embeddings()
     bs = batch_size or len(pairs)
     logps: list[torch.Tensor] = []
     hiddens = []
@@ -109,7 +110,7 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
         r = torch.cat(rows).to(dev)
         k = torch.cat(cols).to(dev)
         with float32_scope(h):  # the LM head in the weights' dtype
-            logits = head(h[r, k].to(head.weight.dtype)).float() / temp  # [sum n, V]
+            logits = lm_logits(model, h[r, k]).float() / temp  # [sum n, V]
         targets = ids[r, k + 1]
         lp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
         logps.extend(lp.split(lens))
