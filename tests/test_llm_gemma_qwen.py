@@ -1,5 +1,6 @@
 """The paper's backbones, Gemma-2 and Qwen-2.5, on tiny random models: chat rendering (Gemma's template has no
-system role), log-probs equal to the model's own forward (Gemma-2's final-logit softcapping included)."""
+system role), log-probs equal to the model's own forward (Gemma-2's final-logit softcapping included), the
+``<answer>`` state machinery, and the grouped-decode attention bypass."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import copy
 import logging
 
 import pytest
-
 import torch
 
 from r2ec.errors import UserError
-from r2ec.llm.backbone import ANSWER, answer_token_id, lm_logits, logit_softcap
-from r2ec.llm.encoder import decoder_of
+from r2ec.llm import attention
+from r2ec.llm.attention import NAME, use_grouped_decode
+from r2ec.llm.backbone import ANSWER, answer_token_id, exact_attention, lm_logits, logit_softcap
+from r2ec.llm.encoder import decoder_of, hidden_at_answer, hidden_at_answer_shared
 from r2ec.llm.prompts import fold_system, render_item, render_prompt, render_text, user_messages
 from r2ec.llm.rollout import completion_logprobs, make_engine
-from r2ec.llm.tiny import tiny_gemma2_and_tokenizer, tiny_model_and_tokenizer, tiny_qwen2_and_tokenizer, tiny_tokenizer
+from r2ec.llm.tiny import (tiny_gemma2_and_tokenizer, tiny_model_and_tokenizer, tiny_qwen2_and_tokenizer,
+                           tiny_tokenizer)
 
 MSGS = [{"role": "user", "content": "hi"}]
 BUILDERS = {"gemma2": tiny_gemma2_and_tokenizer, "qwen2": tiny_qwen2_and_tokenizer}
@@ -87,6 +90,7 @@ def test_rollout_logprobs_are_the_model_forwards(family):
     """The engine's old log-probs (and completion_logprobs) equal log_softmax(model(ids).logits) at the sampled
     tokens: the PPO ratio is taken on the distribution generate samples from (Gemma-2: capped logits)."""
     model, tok = BUILDERS[family]()
+    exact_attention(model)
     eng = make_engine("hf", model, tok)
     groups = eng.generate(_prompts(tok), group_size=2, temperature=1.0, top_k=0, max_new_tokens=6, seed=3)
     trajs = [t for g in groups for t in g]
@@ -132,3 +136,89 @@ def test_gemma_logprobs_through_lora():
     assert logit_softcap(peft) == logit_softcap(model)
     t = make_engine("hf", peft, tok).generate(_prompts(tok)[:1], 1, 1.0, 0, 5, seed=1)[0][0]
     assert torch.allclose(t.old_logprobs, _forward_logprobs(peft, t), atol=1e-5, rtol=0)
+
+
+# --- <answer> states, prefix sharing, attention -------------------------------------------------------------------
+
+
+WINDOWED = {"qwen2": tiny_qwen2_and_tokenizer,
+            "gemma2-window-4096": lambda: tiny_gemma2_and_tokenizer(sliding_window=4096, embed_std=0.05),  # 2B's
+            "gemma2-window-16": lambda: tiny_gemma2_and_tokenizer(sliding_window=16, embed_std=0.05)}  # < prompts
+
+
+@pytest.mark.parametrize("family", sorted(WINDOWED))
+@pytest.mark.parametrize("shared", [False, True])
+def test_answer_states_from_generation_match_a_forward(family, shared):
+    """answer_hidden from generation's KV cache (with and without a shared prefix) equals hidden_at_answer on
+    prompt + reasoning + <answer>, rows stopping at different steps (masked stop ids and pads in the cache). A
+    sliding window shorter than the layout would count those masked slots: there the engine neither shares the
+    prefix nor reads the cache (answer_hidden None: callers run a forward), and samples what a plain run samples."""
+    model, tok = WINDOWED[family]()
+    aid = answer_token_id(tok)
+    with torch.no_grad():  # make <answer> likely so that rows finish at different steps
+        model.lm_head.bias = torch.nn.Parameter(torch.zeros(len(tok)))
+        model.lm_head.bias[aid] = 5.0
+    prompts = _prompts(tok)
+    binds = family == "gemma2-window-16"
+    assert binds == (min(map(len, prompts)) > (model.config.sliding_window if "gemma" in family else 10 ** 9))
+    eng = make_engine("hf", model, tok, shared_prefix=shared)
+    trajs = [t for g in eng.generate(prompts, 3, 1.0, 0, 6, seed=4, answer_hidden=True) for t in g]
+    assert len({len(t.completion_ids) for t in trajs}) > 1
+    with torch.no_grad():
+        ref = hidden_at_answer(model, [t.ids for t in trajs], aid, tok.pad_token_id).float()
+        ref_shared = hidden_at_answer_shared(model, [t.ids for t in trajs], aid, tok.pad_token_id).float()
+    assert torch.allclose(ref_shared, ref, atol=1e-4, rtol=0)
+    if binds:
+        assert all(t.answer_hidden is None for t in trajs)
+        plain = make_engine("hf", model, tok).generate(prompts, 3, 1.0, 0, 6, seed=4)
+        assert [t.completion_ids for g in plain for t in g] == [t.completion_ids for t in trajs]
+        return
+    got = torch.stack([t.answer_hidden for t in trajs])
+    assert torch.allclose(got, ref, atol=1e-4, rtol=0)
+
+
+def test_grouped_decode_keeps_gemmas_stock_attention(caplog):
+    model, tok = tiny_gemma2_and_tokenizer()
+    assert attention.unsupported(model) == "attention logit softcapping"
+    attention._LOGGED.discard("attention logit softcapping")
+    with caplog.at_level(logging.INFO, logger="r2ec.llm.attention"):
+        assert not use_grouped_decode(model) and not use_grouped_decode(copy.deepcopy(model))
+    assert model.config._attn_implementation == "sdpa"
+    assert sum("keeps its stock attention" in r.getMessage() for r in caplog.records) == 1  # logged once
+    uncapped, _ = tiny_gemma2_and_tokenizer(attn_logit_softcapping=None)
+    assert attention.unsupported(uncapped) == "sliding-window attention layers"
+    assert not use_grouped_decode(uncapped)
+
+
+def test_grouped_decode_on_qwen_generates_as_sdpa():
+    model, tok = tiny_qwen2_and_tokenizer()
+    grouped = copy.deepcopy(model)
+    assert attention.unsupported(model) is None
+    assert use_grouped_decode(grouped) and grouped.config._attn_implementation == NAME
+    prompts = _prompts(tok)
+    a = make_engine("hf", model, tok).generate(prompts, 2, 1.0, 0, 5, seed=2)
+    b = make_engine("hf", grouped, tok).generate(prompts, 2, 1.0, 0, 5, seed=2)
+    for x, y in zip([t for g in a for t in g], [t for g in b for t in g]):
+        assert x.completion_ids == y.completion_ids
+        assert torch.allclose(x.old_logprobs, y.old_logprobs, atol=1e-5)
+
+
+def test_exact_attention_puts_softcapped_attention_on_eager():
+    model, _ = tiny_gemma2_and_tokenizer()
+    assert exact_attention(model) and model.config._attn_implementation == "eager"
+    assert not exact_attention(model)
+    qwen, _ = tiny_qwen2_and_tokenizer()
+    assert not exact_attention(qwen) and qwen.config._attn_implementation == "sdpa"
+
+
+def test_frozen_prefix_on_gemma():
+    """Gemma scales its embeddings inside the embedding module, so the upper layers run on saved states exactly."""
+    from r2ec.llm.frozen_prefix import FrozenPrefix
+    model, tok = tiny_gemma2_and_tokenizer()
+    aid = answer_token_id(tok)
+    items = [render_item(tok, [{"role": "user", "content": f"item {i} " * (i + 1)}]) for i in range(4)]
+    fp = FrozenPrefix(model, 1, items, aid, tok.pad_token_id, batch_size=4)
+    assert fp.ok
+    with torch.no_grad():
+        assert torch.allclose(fp.table(model)[1:], hidden_at_answer(model, items, aid, tok.pad_token_id).float(),
+                              atol=1e-4, rtol=0)

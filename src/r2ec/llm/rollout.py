@@ -175,6 +175,8 @@ class HFRolloutEngine:
         """
         from transformers import GenerationConfig
 
+        from r2ec.llm.backbone import window_binds
+
         model = self.model
         dev = next(model.parameters()).device
         sample = temperature is not None and temperature > 0
@@ -199,7 +201,9 @@ class HFRolloutEngine:
                     users = [list(p) for p in prompts[s:s + per]]
                     chunk = [p for p in users for _ in range(group_size)]
                     kw = {}
-                    if self.shared_prefix:
+                    # a shared prefix leaves masked slots between prefix and suffix: not where a window would cut
+                    span = max(map(len, users)) + int(max_new_tokens) + 1
+                    if self.shared_prefix and not window_binds(model, span):
                         ids, mask, kw["past_key_values"] = prefix_prefill(model, users, group_size, self.pad_id)
                     else:
                         ids, mask, _ = pad_left(chunk, self.pad_id, dev)
@@ -210,7 +214,9 @@ class HFRolloutEngine:
                     for p, toks in zip(chunk, out.sequences[:, ids.shape[1]:].tolist()):
                         comp, forced = finish_completion(toks, self.answer_id, self.eos_ids)
                         part.append(Trajectory(prompt_ids=p, completion_ids=comp, forced=forced))
-                    if answer_hidden and out.past_key_values is not None:  # else: callers fall back to a forward
+                    # else (no cache, or masked slots that a sliding window would count): callers run a forward
+                    if (answer_hidden and out.past_key_values is not None
+                            and not window_binds(model, out.sequences.shape[1] + 1)):
                         h = answer_states(model, out.past_key_values, out.sequences, mask,
                                           [len(t.completion_ids) - 1 for t in part], self.answer_id, self.pad_id)
                         for t, v in zip(part, h.float().cpu()):
