@@ -9,13 +9,33 @@ head can instead be stacked as that head's query rows: ``[B, H, 1, D] -> [B, H_k
 unrepeated ``[B, H_kv, T, D]`` cache, and the row mask ``[B, 1, 1, T]`` broadcasts over the stacked rows. Same
 softmax, same sums, no copy. Every other call (prefill, training forwards, several fed tokens) is the stock
 ``sdpa`` function.
+
+It computes plain softmax attention only: a model whose attention soft-caps its scores (Gemma-2's
+``attn_logit_softcapping``) or has sliding-window layers (Gemma-2's alternating local layers, Qwen-2 with
+``use_sliding_window``) keeps its stock implementation (:func:`use_grouped_decode` logs that once per reason).
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+log = logging.getLogger(__name__)
+
 NAME = "r2ec_grouped_sdpa"
+_LOGGED: set[str] = set()
+
+
+def unsupported(model) -> str | None:
+    """Why :func:`grouped_decode_sdpa` cannot stand in for ``model``'s attention (None: it can)."""
+    from r2ec.llm.backbone import sliding_window, text_config
+
+    if getattr(text_config(model), "attn_logit_softcapping", None):
+        return "attention logit softcapping"
+    if sliding_window(model) is not None:
+        return "sliding-window attention layers"
+    return None
 
 
 def grouped_decode_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -39,13 +59,21 @@ def grouped_decode_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: t
 
 def use_grouped_decode(model) -> bool:
     """Switch ``model`` (an ``sdpa`` grouped-query model) to :func:`grouped_decode_sdpa`; returns whether it did.
-    Models on another attention implementation, or without grouped KV heads, are left as they are."""
+    Models on another attention implementation, without grouped KV heads, or with attention it does not compute
+    (:func:`unsupported`: softcapping, sliding windows) are left as they are."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     cfg = model.config
     heads, kv = getattr(cfg, "num_attention_heads", 0), getattr(cfg, "num_key_value_heads", None)
     if cfg._attn_implementation not in ("sdpa", NAME) or not kv or heads == kv:
+        return False
+    why = unsupported(model)
+    if why is not None:
+        if why not in _LOGGED:
+            _LOGGED.add(why)
+            log.info("llm.grouped_decode: %s (%s) keeps its stock attention: grouped decode does not compute %s",
+                     type(model).__name__, getattr(cfg, "model_type", "?"), why)
         return False
     AttentionInterface.register(NAME, grouped_decode_sdpa)
     AttentionMaskInterface.register(NAME, sdpa_mask)  # the masks sdpa gets

@@ -155,6 +155,19 @@ def _save_copy(model, tokenizer, cache: Path, spec: str, source: dict) -> None:
             f.chmod(0o644)
 
 
+def exact_attention(model) -> bool:
+    """Put a model whose attention soft-caps its scores (Gemma-2: ``attn_logit_softcapping``) on the ``eager``
+    implementation when it is on ``sdpa``, which skips the cap: the model then computes the attention it was
+    trained with, as vLLM does when it samples for it. Returns whether it switched; other models are left alone."""
+    cfg = model.config
+    if getattr(text_config(model), "attn_logit_softcapping", None) and cfg._attn_implementation == "sdpa":
+        model.set_attn_implementation("eager")
+        log.info("%s: attention softcapping needs eager attention (sdpa skips it): switched to eager",
+                 getattr(cfg, "model_type", type(model).__name__))
+        return True
+    return False
+
+
 def load_backbone(cfg, cache_dir: Path | str | None = None):
     """Load ``(model, tokenizer)`` for ``cfg: LlmCfg`` (see module docstring). The model is in eval mode.
 
@@ -190,6 +203,7 @@ def load_backbone(cfg, cache_dir: Path | str | None = None):
         tok = AutoTokenizer.from_pretrained(src["name"])
         model = AutoModelForCausalLM.from_pretrained(src["name"], dtype=dtype)
     ensure_special_tokens(model, tok)
+    exact_attention(model)
     if cfg.grouped_decode:
         from r2ec.llm.attention import use_grouped_decode
         use_grouped_decode(model)
@@ -232,6 +246,56 @@ def float32_scope(like: torch.Tensor):
     """Autocast switched off on ``like``'s device, for cos/tau scores (up to 1/tau = 50: bf16 would round them
     to multiples of 0.25) and the LM head (run in the weights' own dtype, float32 on CPU)."""
     return torch.autocast(device_type=like.device.type, enabled=False)
+
+
+def text_config(model):
+    """The config of the model's language part (the model's own config for a text-only causal LM)."""
+    cfg = model.config
+    get = getattr(cfg, "get_text_config", None)
+    return get() if callable(get) else cfg
+
+
+def logit_softcap(model) -> float | None:
+    """The cap ``c`` of the model's final-logit softcapping (Gemma-2: ``logits = c * tanh(logits / c)`` inside its
+    forward, ``config.final_logit_softcapping``), or None when its forward has none (Llama, Qwen-2)."""
+    cap = getattr(text_config(model), "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def sliding_window(model) -> int | None:
+    """The attention window of the model's sliding-window layers (Gemma-2's local layers, Qwen-2 with
+    ``use_sliding_window``), or None when every layer attends to the whole sequence."""
+    cfg = text_config(model)
+    w = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None) or ()
+    sliding = any(t == "sliding_attention" for t in types) if types else getattr(cfg, "use_sliding_window", False)
+    if w and sliding:
+        return int(w)
+    return None
+
+
+def window_binds(model, n_slots: int) -> bool:
+    """Whether a sliding window can cut a sequence laid out over ``n_slots`` cache slots. A window counts slots,
+    not positions: a layout with masked slots between real tokens (a shared prefix, a finished row's stop id and
+    pads) then lets a query see fewer real tokens than a plain forward does, unless all slots fit in the window."""
+    w = sliding_window(model)
+    return w is not None and n_slots > w
+
+
+def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token logits from decoder hidden states (after the final norm) exactly as the causal LM's own forward
+    turns them into logits: the output embeddings, then the final-logit softcapping of models that have one
+    (:func:`logit_softcap`; Gemma-2, in the head's output dtype as in its forward). Llama / Qwen-2 forwards do
+    nothing after the head. ``hidden`` is cast to the head's weight dtype; the caller picks the autocast scope.
+
+    Every log-prob the code takes from hidden states goes through here, so that the probabilities the PPO ratio
+    and the KL use are those ``generate`` samples from."""
+    head = model.get_output_embeddings()
+    logits = head(hidden.to(head.weight.dtype))
+    cap = logit_softcap(model)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
 def add_lora(model, cfg, *, seed: int | None = None):

@@ -34,18 +34,26 @@ def layer_range(model, start: int, stop: int | None, final_norm: bool):
     """Run only decoder layers ``[start, stop)`` (and the final norm if ``final_norm``) inside the block.
 
     The decoder's own forward still builds the causal mask and rotary embeddings from the positions it is given,
-    so a slice of layers sees exactly what it sees inside a full forward.
+    so a slice of layers sees exactly what it sees inside a full forward. Decoders that pick each layer's mask by
+    its index in ``config.layer_types`` (Gemma-2's alternating sliding-window and full layers) get that list
+    sliced alike, so that a layer keeps its own mask.
     """
     from r2ec.llm.encoder import decoder_of
     dec = decoder_of(model)
     layers, norm = dec.layers, dec.norm
+    cfg = dec.config
+    types = getattr(cfg, "layer_types", None)
     dec.layers = torch.nn.ModuleList(list(layers)[start:stop])
+    if types is not None:
+        cfg.layer_types = list(types)[start:stop]
     if not final_norm:
         dec.norm = torch.nn.Identity()
     try:
         yield dec
     finally:
         dec.layers, dec.norm = layers, norm
+        if types is not None:
+            cfg.layer_types = types
 
 
 def _pad_states(states: list[torch.Tensor], dtype, device) -> torch.Tensor:

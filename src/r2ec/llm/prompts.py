@@ -160,6 +160,37 @@ def item_messages(item: dict, domain: str, *, max_description_words: int = 100) 
     return [{"role": "user", "content": "\n".join(lines)}]
 
 
+def _template_error():
+    """The exception class chat templates raise (``raise_exception`` in HF templates: jinja2's TemplateError)."""
+    try:
+        from jinja2.exceptions import TemplateError
+    except ImportError:  # pragma: no cover - transformers' chat templates need jinja2
+        return ValueError
+    return TemplateError
+
+
+def _apply(tokenizer, messages: list[dict], generation_prompt: bool = True) -> str:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def fold_system(messages: list[dict], system_prompt: str) -> list[dict]:
+    """``messages`` with ``system_prompt`` put in front of the first user turn (system text, blank line, user
+    text): how Gemma's docs give a system prompt to a template without a system role. A conversation that does
+    not open with a user turn gets the system text as a user turn of its own."""
+    msgs = [dict(m) for m in messages]
+    if msgs and msgs[0].get("role") == "user":
+        msgs[0]["content"] = f"{system_prompt}\n\n{msgs[0]['content']}"
+        return msgs
+    return [{"role": "user", "content": system_prompt}] + msgs
+
+
+def _unrenderable(tokenizer, err: Exception):
+    from r2ec.errors import UserError
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    return UserError(f"llm.backbone {name!r}: its chat template cannot render the prompts, with or without a "
+                     f"system message ({type(err).__name__}: {err})")
+
+
 def render_text(tokenizer, messages: list[dict], system_prompt: str = "") -> str:
     """Chat-template text with the generation prompt.
 
@@ -167,17 +198,34 @@ def render_text(tokenizer, messages: list[dict], system_prompt: str = "") -> str
     system message: the conversation is rendered after a sentinel system message and the rendering of that
     system message alone is cut off the front (works for ChatML-like templates; otherwise the template's
     default is kept).
+
+    A template that rejects the system role (Gemma-2's raises "System role not supported") gets the system
+    prompt folded into the first user turn (:func:`fold_system`), and with an empty system prompt the messages
+    alone. A template that renders the messages in no way is a :class:`~r2ec.errors.UserError` naming the
+    backbone.
     """
+    bad = _template_error()
     if system_prompt:
-        return tokenizer.apply_chat_template([{"role": "system", "content": system_prompt}] + list(messages),
-                                             tokenize=False, add_generation_prompt=True)
+        try:
+            return _apply(tokenizer, [{"role": "system", "content": system_prompt}] + list(messages))
+        except bad:
+            try:
+                return _apply(tokenizer, fold_system(messages, system_prompt))
+            except bad as e:
+                raise _unrenderable(tokenizer, e) from e
     sentinel = "\x00r2ec-system\x00"
     sys_msg = [{"role": "system", "content": sentinel}]
-    full = tokenizer.apply_chat_template(sys_msg + list(messages), tokenize=False, add_generation_prompt=True)
-    prefix = tokenizer.apply_chat_template(sys_msg, tokenize=False, add_generation_prompt=False)
+    try:
+        full = _apply(tokenizer, sys_msg + list(messages))
+        prefix = _apply(tokenizer, sys_msg, generation_prompt=False)
+    except bad:  # no system role: nothing to drop
+        full = prefix = ""
     if full.startswith(prefix) and sentinel in prefix:
         return full[len(prefix):]
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    try:
+        return _apply(tokenizer, messages)
+    except bad as e:
+        raise _unrenderable(tokenizer, e) from e
 
 
 def render_prompt(tokenizer, messages: list[dict], system_prompt: str = "", *,

@@ -72,13 +72,15 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
 
     ``trajectories``: :class:`Trajectory` objects or ``(prompt_ids, completion_ids)`` pairs. One forward pass
     over prompt+completion (left padded, explicit position ids); only completion positions go through the LM
-    head. Gradients flow when enabled — B uses this for new log-probs (with grad) and rollouts for old ones
-    (under no_grad), so both are computed identically. ``temperature <= 0`` is treated as 1.
+    head (:func:`r2ec.llm.backbone.lm_logits`: the model forward's own logits, Gemma-2's softcapping included, so
+    the log-probs are those of the distribution ``generate`` samples from). Gradients flow when enabled — B uses
+    this for new log-probs (with grad) and rollouts for old ones (under no_grad), so both are computed
+    identically. ``temperature <= 0`` is treated as 1.
 
     ``return_hidden=True`` (needs ``answer_id``) also returns the hidden state at the last ``answer_id`` of
     each sequence → ``(list[Tensor], Tensor[B, H])`` — the user vector from the same forward pass.
     """
-    from r2ec.llm.backbone import float32_scope
+    from r2ec.llm.backbone import float32_scope, lm_logits
     from r2ec.llm.pooling import pool_at_last
 
     pairs = _pairs(trajectories)
@@ -89,7 +91,6 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
     temp = float(temperature) if temperature and temperature > 0 else 1.0
     pad = _pad_id(model, pad_id)
     dev = next(model.parameters()).device
-    head = model.get_output_embeddings()
     bs = batch_size or len(pairs)
     logps: list[torch.Tensor] = []
     hiddens = []
@@ -109,7 +110,7 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
         r = torch.cat(rows).to(dev)
         k = torch.cat(cols).to(dev)
         with float32_scope(h):  # the LM head in the weights' dtype
-            logits = head(h[r, k].to(head.weight.dtype)).float() / temp  # [sum n, V]
+            logits = lm_logits(model, h[r, k]).float() / temp  # [sum n, V]
         targets = ids[r, k + 1]
         lp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
         logps.extend(lp.split(lens))
@@ -174,6 +175,8 @@ class HFRolloutEngine:
         """
         from transformers import GenerationConfig
 
+        from r2ec.llm.backbone import window_binds
+
         model = self.model
         dev = next(model.parameters()).device
         sample = temperature is not None and temperature > 0
@@ -198,7 +201,9 @@ class HFRolloutEngine:
                     users = [list(p) for p in prompts[s:s + per]]
                     chunk = [p for p in users for _ in range(group_size)]
                     kw = {}
-                    if self.shared_prefix:
+                    # a shared prefix leaves masked slots between prefix and suffix: not where a window would cut
+                    span = max(map(len, users)) + int(max_new_tokens) + 1
+                    if self.shared_prefix and not window_binds(model, span):
                         ids, mask, kw["past_key_values"] = prefix_prefill(model, users, group_size, self.pad_id)
                     else:
                         ids, mask, _ = pad_left(chunk, self.pad_id, dev)
@@ -209,7 +214,9 @@ class HFRolloutEngine:
                     for p, toks in zip(chunk, out.sequences[:, ids.shape[1]:].tolist()):
                         comp, forced = finish_completion(toks, self.answer_id, self.eos_ids)
                         part.append(Trajectory(prompt_ids=p, completion_ids=comp, forced=forced))
-                    if answer_hidden and out.past_key_values is not None:  # else: callers fall back to a forward
+                    # else (no cache, or masked slots that a sliding window would count): callers run a forward
+                    if (answer_hidden and out.past_key_values is not None
+                            and not window_binds(model, out.sequences.shape[1] + 1)):
                         h = answer_states(model, out.past_key_values, out.sequences, mask,
                                           [len(t.completion_ids) - 1 for t in part], self.answer_id, self.pad_id)
                         for t, v in zip(part, h.float().cpu()):
