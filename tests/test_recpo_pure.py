@@ -148,3 +148,52 @@ def test_best_trajectory_gating():
     assert m2.tolist() == [[False, True, False, True], [True, False, True, False]]
     with pytest.raises(ValueError):
         best_trajectory_mask(r, 5)
+
+
+# ---------------------------------------------------------------------------------------------- diagnostics
+def test_flat_group_frac_literals():
+    from r2ec.recpo.diagnostics import flat_group_frac
+    R = torch.tensor([[0.5, 0.5, 0.5], [0.1, 0.2, 0.3], [0.0, 0.0, 0.0], [1.0, 1.0, 0.9]])
+    assert flat_group_frac(R) == pytest.approx(0.5)
+    assert flat_group_frac(torch.zeros(0, 3)) == 0.0
+    with pytest.raises(ValueError):
+        flat_group_frac(torch.zeros(4))
+
+
+def test_clip_fraction_and_ratio_on_literal_ratios():
+    # ratios exp(new - old) = [0.5, 1.0, 1.5] (x2 trajectories); eps 0.2 / 0.28
+    ratio = torch.tensor([[0.5, 1.0, 1.5], [0.5, 1.0, 1.5]])
+    new, old = ratio.log(), torch.zeros(2, 3)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    # A = +1: only 1.5 > 1.28 is clipped; A = -1: only 0.5 < 0.8 is clipped (the masked 1.5 does not count)
+    _, st = clipped_token_loss(new, old, torch.tensor([1.0, -1.0]), mask, 0.2, 0.28)
+    assert st["clip_frac"] == pytest.approx(2 / 5)
+    assert st["ratio_mean"] == pytest.approx((0.5 + 1.0 + 1.5 + 0.5 + 1.0) / 5)
+
+
+def test_k3_kl_and_masked_mean_literals():
+    from r2ec.recpo.diagnostics import k3_kl, masked_mean, mean_std
+    logp = torch.log(torch.tensor([[0.5, 0.25]]))
+    ref = torch.log(torch.tensor([[0.25, 0.25]]))
+    d = math.log(0.5)  # ref - logp at the first token
+    assert k3_kl(logp, ref, torch.tensor([[1.0, 1.0]])) == pytest.approx((math.exp(d) - d - 1) / 2)
+    assert k3_kl(logp, logp, torch.ones(1, 2)) == 0.0
+    assert masked_mean(torch.tensor([[1.0, 5.0, 3.0]]), torch.tensor([[1.0, 0.0, 1.0]])) == pytest.approx(2.0)
+    assert masked_mean(torch.ones(1, 2), torch.zeros(1, 2)) == 0.0
+    ms = mean_std("r", torch.tensor([1.0, 3.0]))
+    assert ms == {"r": pytest.approx(2.0), "r_std": pytest.approx(math.sqrt(2.0))}
+    assert mean_std("r", torch.tensor([1.0]))["r_std"] == 0.0
+
+
+def test_shuffled_advantages_is_a_seeded_permutation_and_keeps_the_global_stream():
+    from r2ec.recpo.diagnostics import shuffled_advantages
+    adv = torch.arange(12, dtype=torch.float32)
+    torch.manual_seed(0)
+    a, perm = shuffled_advantages(adv, 7)
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(1), after)  # the global stream was not consumed
+    assert sorted(a.tolist()) == adv.tolist() and not torch.equal(a, adv)
+    assert torch.equal(a, adv[perm])
+    assert torch.equal(shuffled_advantages(adv, 7)[0], a) and not torch.equal(shuffled_advantages(adv, 8)[0], a)
+

@@ -377,3 +377,85 @@ def test_shared_prefix_user_vectors_equal_the_full_forward(ds, tmp_path, inferen
     with torch.no_grad():
         torch.testing.assert_close(on.user_vectors(prompts, None), off.user_vectors(prompts, None),
                                    atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- diagnostics
+DIAG_KEYS = {  # key: (low, high) of its range
+    "reward": (0, 1), "reward_std": (0, 1), "reward_ndcg": (0, 1), "reward_ndcg_std": (0, 1),
+    "reward_prob": (0, 1), "reward_prob_std": (0, 1), "reward_best": (0, 1), "flat_group_frac": (0, 1),
+    "flat_rank_frac": (0, 1), "adv_abs_mean": (0, math.inf), "adv_shuffled_frac": (0, 1),
+    "clip_frac": (0, 1), "item_clip_frac": (0, 1), "ratio_mean": (1e-12, math.inf),
+    "item_ratio_mean": (1e-12, math.inf), "kl_ref": (0, math.inf), "kl": (0, math.inf),
+    "entropy": (0, math.inf), "reasoning_len": (0, math.inf), "forced_frac": (0, 1), "cut_frac": (0, 1),
+    "grad_norm": (0, math.inf), "mean_rank": (1, math.inf), "diag_s": (0, math.inf),
+}
+
+
+@pytest.mark.parametrize("kw", [dict(mu=1), dict(mu=2, kl_coef=0.1, advantage="rloo")])
+def test_recpo_step_logs_every_diagnostic_finite_and_in_range(ds, tmp_path, kw):
+    tr = _trainer(ds, tmp_path, **kw)
+    rec = tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
+    for k, (lo, hi) in DIAG_KEYS.items():
+        assert k in rec, k
+        assert math.isfinite(rec[k]) and lo <= rec[k] <= hi, (k, rec[k])
+    assert rec["mean_rank"] <= ds.n_items
+    assert rec["reasoning_len"] <= tr.rc.max_reasoning_tokens
+    assert rec["cut_frac"] <= rec["forced_frac"]
+    assert rec["adv_shuffled_frac"] == 0.0
+    assert rec["entropy"] <= math.log(tr.policy.get_output_embeddings().weight.shape[0]) + 1e-4
+    if kw["mu"] == 1:  # before any update the rollout policy is the policy: ratio 1, nothing clipped
+        assert rec["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and rec["clip_frac"] == 0.0
+
+
+def test_kl_ref_is_zero_for_the_base_model_and_entropy_leaves_logprobs_unchanged(ds, tmp_path):
+    from r2ec.llm.rollout import completion_logprobs
+    tr = _trainer(ds, tmp_path)
+    pairs = [([1, 2, 3, 4], [5, 6, tr.answer_id]), ([7, 8], [9, tr.answer_id])]
+    tr.policy.eval()
+    with torch.no_grad():
+        plain = completion_logprobs(tr.policy, pairs, 1.3, pad_id=tr.pad_id)
+        ent = []
+        with_ent = completion_logprobs(tr.policy, pairs, 1.3, pad_id=tr.pad_id, entropy=ent)
+    assert all(torch.equal(a, b) for a, b in zip(plain, with_ent))
+    assert [e.shape for e in ent] == [p.shape for p in plain]
+    assert all(bool((e >= 0).all()) for e in ent)
+    # LoRA starts with B = 0: the adapted policy IS the base model, so the first step's KL to it is 0
+    rec = tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
+    assert rec["kl_ref"] == pytest.approx(0.0, abs=1e-6)
+    rec = tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
+    assert rec["kl_ref"] > 0.0
+
+
+def _capture_update_pass(monkeypatch):
+    import r2ec.recpo.step as S
+    seen = []
+    real = S.update_pass
+
+    def spy(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv, best_idx, *rest):
+        seen.append({"tok_adv": tok_adv.clone(), "item_adv": item_adv.clone(), "best_idx": best_idx.clone()})
+        return real(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv, best_idx, *rest)
+    monkeypatch.setattr(S, "update_pass", spy)
+    return seen
+
+
+def test_shuffle_advantages_permutes_the_token_advantages_and_leaves_the_item_loss(ds, tmp_path, monkeypatch):
+    seen = _capture_update_pass(monkeypatch)
+    recs = {}
+    for shuffle in (False, True):
+        tr = _trainer(ds, tmp_path / str(shuffle), batch_size=3, shuffle_advantages=shuffle)
+        torch.manual_seed(0)
+        recs[shuffle] = tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
+    plain, shuf = seen
+    true_adv = plain["tok_adv"]  # unshuffled: the token loss gets the true advantages
+    assert torch.equal(plain["item_adv"], true_adv[plain["best_idx"]])
+    assert true_adv.abs().sum() > 0
+    # same rollouts and rewards (same seed): the shuffled arm's token advantages are a permutation of the true ones
+    assert sorted(shuf["tok_adv"].tolist()) == pytest.approx(sorted(true_adv.tolist()))
+    assert not torch.equal(shuf["tok_adv"], true_adv)
+    # ... while the item loss gets the true advantages of the same best trajectories, and its value is unchanged
+    assert torch.equal(shuf["best_idx"], plain["best_idx"]) and torch.equal(shuf["item_adv"], plain["item_adv"])
+    assert recs[True]["item_loss"] == pytest.approx(recs[False]["item_loss"], abs=1e-7)
+    assert recs[True]["item_ratio_mean"] == pytest.approx(recs[False]["item_ratio_mean"])
+    assert recs[True]["reward"] == recs[False]["reward"]
+    assert recs[True]["adv_shuffled_frac"] > 0 and recs[False]["adv_shuffled_frac"] == 0
+    assert recs[True]["token_loss"] != pytest.approx(recs[False]["token_loss"])

@@ -32,6 +32,29 @@ def _recpo_run(runs, name, advantage, slope):
     (d / "config.json").write_text(json.dumps({"recpo": {"advantage": advantage}}))
 
 
+def test_dynamics_figure_draws_the_step_diagnostics(tmp_path, monkeypatch):
+    import r2ec.report.figures as F
+    runs = tmp_path / "runs"
+    _recpo_run(runs, "r2ec_rloo", "rloo", 0.02)  # a log without the diagnostics: its panels stay empty
+    d = runs / "ml" / "r2ec"
+    _write(d / "train_log.jsonl", [{"step": i, "reward": 0.2, "reasoning_len": 24, "flat_group_frac": 0.5,
+                                    "cut_frac": 1.0, "kl_ref": 0.01 * i, "clip_frac": 0.0, "entropy": 3.0 - 0.1 * i}
+                                   for i in range(6)])
+    _write(d / "valid_log.jsonl", [{"step": 0, "N@10": 0.1}])
+    (d / "config.json").write_text(json.dumps({"recpo": {"advantage": "grpo"}}))
+    figs = []
+    real = F._save
+    monkeypatch.setattr(F, "_save", lambda fig, out: (figs.append(fig), real(fig, out))[1])
+    out = F.dynamics_figure(runs, ["ml"], tmp_path / "dyn.png")
+    assert _is_png_pdf(out)
+    axes = figs[0].axes
+    assert len(axes) == 6
+    diag = {a.get_title(): [ln.get_label() for ln in a.get_lines()] for a in axes[3:]}
+    assert diag == {"ml: reward signal": ["R²ec (GRPO): flat_group_frac", "R²ec (GRPO): cut_frac"],
+                    "ml: policy movement": ["R²ec (GRPO): kl_ref", "R²ec (GRPO): clip_frac"],
+                    "ml: policy entropy": ["R²ec (GRPO)"]}
+
+
 def _is_png_pdf(paths):
     return paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
 

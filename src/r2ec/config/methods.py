@@ -329,6 +329,9 @@ class RecpoCfg(Section):
         "catalogue items drawn uniformly per step as extra item-loss negatives (0 = in-batch only, the paper)",
         ge=0, default=0)
     kl_coef: float = _doc("KL penalty to the reference model (0 = off, paper default)", ge=0.0, default=0.0)
+    shuffle_advantages: bool = _doc(
+        "control arm: the token loss gets the advantages seeded-shuffled across the step's trajectories (the item "
+        "loss keeps the true ones), so RL on the reasoning learns nothing (false = RecPO)", default=False)
     lr: float = _doc("AdamW learning rate", gt=0.0, default=1e-5)
     weight_decay: float = _doc("AdamW decoupled weight decay (HF Trainer / TRL default 0)", ge=0.0, default=0.0)
     warmup_steps: int = _doc("linear warmup steps", ge=0, default=0)

@@ -67,7 +67,8 @@ def _pad_id(model, pad_id: int | None) -> int:
 
 def completion_logprobs(model, trajectories: Sequence[Any], temperature: float = 1.0, *,
                         pad_id: int | None = None, batch_size: int | None = None,
-                        return_hidden: bool = False, answer_id: int | None = None):
+                        return_hidden: bool = False, answer_id: int | None = None,
+                        entropy: list | None = None):
     """Per-completion-token log-probs ``log_softmax(logits / temperature)`` (float32), one tensor per item.
 
     ``trajectories``: :class:`Trajectory` objects or ``(prompt_ids, completion_ids)`` pairs. One forward pass
@@ -79,6 +80,10 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
 
     ``return_hidden=True`` (needs ``answer_id``) also returns the hidden state at the last ``answer_id`` of
     each sequence → ``(list[Tensor], Tensor[B, H])`` — the user vector from the same forward pass.
+
+    ``entropy``: a list that receives, per item, the detached token entropies ``-sum_v p log p`` of the same
+    ``softmax(logits / temperature)`` (a diagnostic computed from the log-softmax already at hand; the returned
+    log-probs are unchanged).
     """
     from r2ec.llm.backbone import float32_scope, lm_logits
     from r2ec.llm.pooling import pool_at_last
@@ -112,8 +117,13 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
         with float32_scope(h):  # the LM head in the weights' dtype
             logits = lm_logits(model, h[r, k]).float() / temp  # [sum n, V]
         targets = ids[r, k + 1]
-        lp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
+        ls = torch.log_softmax(logits, dim=-1)
+        lp = ls.gather(1, targets[:, None]).squeeze(1)
         logps.extend(lp.split(lens))
+        if entropy is not None:
+            with torch.no_grad():
+                ent = -(ls.exp() * ls.clamp_min(torch.finfo(ls.dtype).min)).sum(-1)
+                entropy.extend(ent.split(lens))
         if return_hidden:
             hiddens.append(pool_at_last(h, ids, answer_id))
     if return_hidden:

@@ -18,6 +18,7 @@ from accelerate.utils import DistributedType
 from r2ec.errors import UserError
 from r2ec.recpo.advantages import advantages as compute_advantages
 from r2ec.recpo.contrastive import negative_ids
+from r2ec.recpo.diagnostics import flat_group_frac, k3_kl, masked_mean, mean_std, shuffled_advantages
 from r2ec.recpo.losses import best_trajectory_mask, clipped_item_loss, clipped_token_loss, kl_penalty
 from r2ec.recpo.rewards import rewards_from_scores
 from r2ec.train.harness import step_seed
@@ -66,10 +67,11 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
     # user vectors at the final <answer> from one pass; then rewards, advantages, gating
     t = time.perf_counter()
     uniq, labels = in_batch_labels(targets)
+    ent: list[torch.Tensor] = []
     with torch.no_grad(), tr.autocast():
         old, user_old = completion_logprobs(tr.policy, pairs, rc.temperature, pad_id=tr.pad_id,
                                             batch_size=rc.eval_batch_size, return_hidden=True,
-                                            answer_id=tr.answer_id)
+                                            answer_id=tr.answer_id, entropy=ent)
         old_logp, cmask = pad_logps(old)
         user_old = user_old.float()
         scores = tr.rec.scores(user_old)
@@ -98,32 +100,63 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
             ref_logp, _ = pad_logps(ref)
     rec["reward_fwd_s"] = time.perf_counter() - t
     adv_flat = adv.view(-1).to(tr.acc.device)
+    # the control arm of benchmarks/recpo_learning.py: the token loss gets the advantages of other trajectories
+    # (a seeded permutation over the whole step, its own generator); the item loss keeps the true ones
+    tok_adv = adv_flat
+    if rc.shuffle_advantages:
+        tok_adv, _ = shuffled_advantages(adv_flat, step_seed(rc.seed, tr.step, 3))
+    # diagnostics (no grad, no random numbers): KL of the rollout policy to the reference (the base model, adapter
+    # disabled; one extra no-grad forward when the KL penalty is off), entropy of the sampling distribution
+    t = time.perf_counter()
+    with torch.no_grad(), tr.autocast():
+        if ref_logp is None:
+            with tr.policy.disable_adapter():
+                ref_diag, _ = pad_logps(completion_logprobs(tr.policy, pairs, rc.temperature, pad_id=tr.pad_id,
+                                                            batch_size=rc.eval_batch_size))
+        else:
+            ref_diag = ref_logp
+        kl_ref = k3_kl(old_logp, ref_diag, cmask)
+        ent_pad, _ = pad_logps([e.detach() for e in ent])
+        entropy = masked_mean(ent_pad, cmask)
+    rec["diag_s"] = time.perf_counter() - t
 
     # mu update passes (eval mode: no dropout -> ratio exactly 1 before the first update)
     t = time.perf_counter()
     for _ in range(rc.mu):
-        tok_loss, it_loss, kl, tstats, istats = update_pass(tr, pairs, old_logp, cmask, ref_logp, adv_flat,
-                                                            best_idx, old_item_logp, cand, sel_labels, sel_targets)
+        tok_loss, it_loss, kl, tstats, istats = update_pass(tr, pairs, old_logp, cmask, ref_logp, tok_adv,
+                                                            adv_flat[best_idx], best_idx, old_item_logp, cand,
+                                                            sel_labels, sel_targets)
         gnorm = tr.optimizer_step()
     rec["update_s"] = time.perf_counter() - t
     n_tok = float(sum(len(c) for _, c in pairs))
+    lens = [len(c) - 1 for _, c in pairs]  # reasoning tokens: the completion without its closing <answer>
     rec.update({
-        "reward": float(r.mean()), "reward_ndcg": float(rd.mean()), "reward_prob": float(rcont.mean()),
+        **mean_std("reward", r), **mean_std("reward_ndcg", rd), **mean_std("reward_prob", rcont),
         "reward_best": float(R.max(dim=1).values.mean()), "mean_rank": float(ranks.float().mean()),
+        "flat_group_frac": flat_group_frac(R), "flat_rank_frac": flat_group_frac(ranks.view(-1, G)),
         "adv_mean": float(adv.mean()), "adv_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+        "adv_abs_mean": float(adv.abs().mean()),
+        "adv_shuffled_frac": float((tok_adv != adv_flat).float().mean()),
+        "kl_ref": kl_ref, "entropy": entropy,
         "token_loss": tok_loss.item(), "item_loss": it_loss.item(), "kl": kl.item(),
         "ratio_mean": tstats["ratio_mean"], "clip_frac": tstats["clip_frac"],
-        "item_ratio_mean": istats["item_ratio_mean"], "grad_norm": gnorm,
+        "item_ratio_mean": istats["item_ratio_mean"], "item_clip_frac": istats["item_clip_frac"],
+        "grad_norm": gnorm,
         "reasoning_len": (n_tok - len(pairs)) / len(pairs),
-        "forced_frac": float(stats.get("forced_frac", float("nan"))),
+        "forced_frac": sum(bool(getattr(x, "forced", False)) for x in trajs) / len(trajs),
+        "cut_frac": sum(bool(getattr(x, "forced", False)) and n >= rc.max_reasoning_tokens
+                        for x, n in zip(trajs, lens)) / len(lens),
         "tokens_per_s": float(stats.get("tokens_per_s", n_tok / max(rec["rollout_s"], 1e-9))),
     })
     return rec
 
 
-def update_pass(tr, pairs, old_logp, cmask, ref_logp, adv_flat, best_idx, old_item_logp, cand, sel_labels,
+def update_pass(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv, best_idx, old_item_logp, cand, sel_labels,
                 sel_targets):
     """One gradient of ``token_loss + item_loss + kl_coef * kl``, accumulated over micro-batches.
+
+    ``tok_adv`` ``[B]``: each trajectory's advantage in the token loss; ``item_adv`` ``[M]``: the advantages of
+    the ``best_idx`` trajectories in the item loss (the same numbers unless ``recpo.shuffle_advantages``).
 
     Trajectories are processed ``recpo.micro_batch_size`` at a time; each chunk's token loss is weighted by
     its share of the batch's valid tokens and its item-loss terms by ``1/M``, so the accumulated gradient
@@ -162,7 +195,7 @@ def update_pass(tr, pairs, old_logp, cmask, ref_logp, adv_flat, best_idx, old_it
             w = cmask[idx].sum() / n_valid  # chunk's share of the valid tokens: token mean over the batch
             tc = new_logp.shape[1]
             om, cm = old_logp[idx][:, -tc:], cmask[idx][:, -tc:]
-            tl, ts = clipped_token_loss(new_logp, om, adv_flat[idx], cm, rc.clip_low, rc.clip_high)
+            tl, ts = clipped_token_loss(new_logp, om, tok_adv[idx], cm, rc.clip_low, rc.clip_high)
             loss = w * tl
             tok_sum += float(w * tl.detach())
             clip_n += ts["clip_frac"] * float(cm.sum())
@@ -179,8 +212,7 @@ def update_pass(tr, pairs, old_logp, cmask, ref_logp, adv_flat, best_idx, old_it
                     nl = tr.rec.catalogue_logprob(u, sel_targets[js.cpu()])
                 else:
                     nl = tr.item_logprob(u, leaf, sel_labels[js.cpu()].to(dev), cand)
-                il, ist = clipped_item_loss(nl, old_item_logp[js], adv_flat[best_idx][js], rc.clip_low,
-                                            rc.clip_high)
+                il, ist = clipped_item_loss(nl, old_item_logp[js], item_adv[js], rc.clip_low, rc.clip_high)
                 loss = loss + il * (len(sel) / M)
                 it_sum += float(il.detach()) * len(sel) / M
                 it_ratio.append(ist["item_ratio_mean"] * len(sel))

@@ -34,7 +34,12 @@ Log-probs follow the rollout engine's convention (:func:`r2ec.llm.rollout.comple
 ``log_softmax(logits / temperature)``, TRL's), for the old, new and reference (KL) policies alike.
 Per step ``train_log.jsonl`` (and dvclive ``train/<key>``) records reward, reward_ndcg, reward_prob, adv_mean,
 adv_std, token_loss, item_loss, kl, ratio/clip statistics, reasoning_len, tokens_per_s, grad_norm, lr and the
-seconds of each phase (refresh_s, rollout_s, reward_fwd_s, update_s, seconds).
+seconds of each phase (refresh_s, rollout_s, reward_fwd_s, diag_s, update_s, seconds), plus the diagnostics of
+:mod:`r2ec.recpo.diagnostics`: the std of each reward (``*_std``), the shares of groups whose rewards
+(``flat_group_frac``) or ranks (``flat_rank_frac``) are all equal, ``adv_abs_mean``, ``kl_ref`` (k3 KL of the
+rollout policy to the base model, logged whatever ``recpo.kl_coef``), ``entropy`` (mean token entropy of the
+sampling distribution over the reasoning tokens), ``forced_frac`` / ``cut_frac`` (``<answer>`` forced / cut at
+``recpo.max_reasoning_tokens``), ``mean_rank`` and ``adv_shuffled_frac`` (``recpo.shuffle_advantages``).
 
 ``r2ec_no_reasoning`` trains the same encoder with in-batch InfoNCE (user vector at ``<answer>`` placed right
 after the prompt, negatives = the other in-batch targets plus the uniform negatives, cos/tau) and no generation.

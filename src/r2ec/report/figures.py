@@ -124,8 +124,20 @@ def _empty(ax_row, text: str) -> None:
                                   transform=ax_row[len(ax_row) // 2].transAxes)
 
 
+# the second row of a dataset: the RecPO step diagnostics (r2ec.recpo.diagnostics), one panel each
+# (title, y label, [(train_log key, line style)]); a run whose log predates a key leaves it out
+DIAGNOSTIC_PANELS = (
+    ("reward signal", "share of the step", [("flat_group_frac", "-"), ("cut_frac", "--")]),
+    ("policy movement", "k3 KL / share of tokens", [("kl_ref", "-"), ("clip_frac", "--")]),
+    ("policy entropy", "nats per reasoning token", [("entropy", "-")]),
+)
+
+
 def dynamics_figure(runs: Path, datasets: list[str], out: Path, methods: tuple[str, ...] = DYNAMICS_RUNS) -> list[Path]:
-    """RecPO training dynamics per dataset: train reward, valid N@10 and reasoning length vs step.
+    """RecPO training dynamics per dataset: train reward, valid N@10 and reasoning length vs step, and below them
+    the step diagnostics: the share of groups whose G rewards are all equal (no signal) and of trajectories cut at
+    ``recpo.max_reasoning_tokens``; the KL of the rollout policy to the base model and the clip fraction; the
+    policy's token entropy.
 
     One line per run directory of ``methods`` that has a RecPO ``train_log.jsonl`` (rows with ``reward``),
     labelled with its advantage estimator, so GRPO (``r2ec``) and RLOO (``r2ec_rloo``) share the axes when both
@@ -134,9 +146,10 @@ def dynamics_figure(runs: Path, datasets: list[str], out: Path, methods: tuple[s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(datasets) or 1, 3, figsize=(14, 3.6 * max(len(datasets), 1)), squeeze=False)
+    n = max(len(datasets), 1)
+    fig, grid = plt.subplots(2 * n, 3, figsize=(14, 7.2 * n), squeeze=False)
     for r, ds in enumerate(datasets):
-        ax, drawn = axes[r], False
+        ax, diag, drawn = grid[2 * r], grid[2 * r + 1], False
         for m in methods:
             d = Path(runs) / ds / m
             train = [t for t in read_jsonl(d / "train_log.jsonl") if "reward" in t]
@@ -153,10 +166,27 @@ def dynamics_figure(runs: Path, datasets: list[str], out: Path, methods: tuple[s
             lens = [(t["step"], t["reasoning_len"]) for t in train if "reasoning_len" in t]
             if lens:
                 ax[2].plot(*zip(*lens), lw=1, marker=_mark(lens), label=label)
+            for a, (_, _, keys) in zip(diag, DIAGNOSTIC_PANELS):
+                for key, ls in keys:
+                    pts = [(t["step"], t[key]) for t in train if key in t]
+                    if pts:
+                        a.plot(*zip(*pts), lw=1, ls=ls, marker=_mark(pts),
+                               label=f"{label}: {key}" if len(keys) > 1 else label)
         name = DATASET_NAMES.get(ds, ds)
         if not drawn:
             _empty(ax, f"{name}: no RecPO run ({', '.join(methods)}) with a train log under {runs}")
+            for a in diag:
+                a.set_axis_off()
             continue
+        for a, (title, yl, _) in zip(diag, DIAGNOSTIC_PANELS):
+            a.set_title(f"{name}: {title}", fontsize=10)
+            a.set_xlabel("step")
+            a.set_ylabel(yl)
+            a.grid(alpha=0.3)
+            if a.get_legend_handles_labels()[0]:
+                a.legend(fontsize=8)
+            else:
+                a.text(0.5, 0.5, "not in the train logs", ha="center", va="center", transform=a.transAxes)
         for a, (title, yl) in zip(ax, [("train reward", "mean reward"), (f"valid {SELECT}", SELECT),
                                        ("reasoning length", "tokens")]):
             a.set_title(f"{name}: {title}", fontsize=10)
