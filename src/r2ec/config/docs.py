@@ -21,9 +21,9 @@ HEADER = """# Configuration
 
 Every parameter lives in `params.yaml`, validated on load: an unknown key, a wrong type or a value outside its
 range is a one-line error naming the key. Change a value in the file, or per command with `-S section.key=value`
-(any number of them; YAML values), or lay a profile holding only the keys it changes over the file with a second
-`--params` (`--params params.yaml --params my-profile.yaml`; later files win, then the `-S` overrides).
-`python -m r2ec check-params [-S ...] --show` prints the resolved params.
+(any number of them; YAML values), or point a command at another file with `--params FILE`; in Python,
+`r2ec.config.load(["params.yaml", "profile.yaml"])` lays a profile holding only the keys it changes over the file
+(later files win, then the overrides). `python -m r2ec check-params [-S ...] --show` prints the resolved params.
 
 *default* is the value `params.yaml` ships; where the code's own default (the value when the key is absent, often
 the paper's) differs, it follows as *code:*. `-S 'tiger={}'` resets a whole section (here TIGER's) to the code's defaults.
