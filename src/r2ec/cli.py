@@ -213,6 +213,11 @@ def cmd_recommend(args: argparse.Namespace) -> None:
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
+    if args.docs:
+        from r2ec.config.docs import write_markdown
+        write_markdown(args.docs, C.read_raw(args.params))
+        print(f"wrote {args.docs}")
+        return
     C.write_json_schema(args.out)
     print(f"wrote {args.out}")
 
@@ -369,8 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=10)
     s.set_defaults(func=cmd_recommend)
 
-    s = sub.add_parser("schema", help="write the JSON schema of params.yaml")
+    s = sub.add_parser("schema", help="write the JSON schema of params.yaml (or, with --docs, its reference page)")
     s.add_argument("--out", default="workflow/schemas/params.schema.json")
+    s.add_argument("--docs", metavar="PAGE", help="write the Markdown reference of every key instead, e.g. "
+                   "docs/configuration.md (defaults from --params)")
+    s.add_argument("--params", default="params.yaml", help="params file whose values are the documented defaults")
     s.set_defaults(func=cmd_schema)
 
     s = sub.add_parser("dvc-yaml", help="generate dvc.yaml (+ workflow/paper/dvc.yaml) from the Snakemake rules")

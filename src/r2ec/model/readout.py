@@ -1,8 +1,8 @@
 """R2ec's learned readout (``readout.rank > 0``): a tied low-rank map between the shared encoder and the scores.
 
 The paper's recommendation head is parameter-free: ``s(u, i) = cos(h_u, h_i) / tau``. At CPU scale that head,
-trained through LoRA on a few thousand users, learns the popularity ranking and nothing else (README, sixth
-round: Spearman .995 with Popularity), while a linear probe of the same frozen states beats popularity by 2x.
+trained through LoRA on a few thousand users, learns the popularity ranking and nothing else (docs/methods/r2ec.md:
+Spearman .995 with Popularity), while a linear probe of the same frozen states beats popularity by 2x.
 The readout is that probe made part of the head -- a documented deviation, like ``r2ec_cls_head``::
 
     s(u, i) = (A^T z_u) . (A^T z_i) + w log p(i)

@@ -1,0 +1,79 @@
+"""The project speaks of itself as a product: no tracked file labels the period of work in which something was built
+or measured ("session 14", "the fifth round", "sprint", "iteration 3", "phase 2"). Results carry a date, a
+machine, a commit and a command instead (benchmarks/RESULTS.md)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SELF = Path(__file__).resolve().relative_to(ROOT).as_posix()
+
+_ORDINALS = "first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh|twelfth"
+# phrases, case-insensitive; "round" alone (rounding, round(), LangPTune's alternating rounds) and "session" alone
+# (HTTP / library sessions) are fine
+LABELS = re.compile(
+    r"\bsessions? ?\d+"                                   # session 14, session13, sessions 4
+    r"|\b(?:this|previous|last|next|that) session\b"      # "taken at the start of this session"
+    r"|\bsession (?:machines?|label)"                     # "the session machines"
+    r"|\brounds? \d+\b"                                   # round 3
+    r"|\b(?:" + _ORDINALS + r") rounds?\b"                # fifth round
+    r"|\bsprints?\b"                                      # sprint
+    r"|\biterations? \d+\b"                               # iteration 2
+    r"|\bphases? \d+\b"                                   # phase 1
+    r"|\bstage \d+ of (?:the )?(?:development|work)\b",   # stage 2 of development
+    re.IGNORECASE)
+# a work-period tag in a file name: main_job-cpu-2026-12-03-s14.json
+NAME_LABEL = re.compile(r"(?:^|[-_.])s\d{1,2}(?=[-_.]|$)")
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    return [p for p in out.decode().split("\0") if p]
+
+
+def _text(path: Path) -> str | None:
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):  # deleted in the work tree, or a submodule
+        return None
+    if b"\0" in data[:8192]:
+        return None
+    return data.decode("utf-8", errors="replace")
+
+
+def label_hits(files: list[str]) -> list[str]:
+    """``path:line: text`` of every work-period label in the given tracked files (paths relative to ROOT)."""
+    hits = []
+    for rel in files:
+        if rel == SELF:
+            continue
+        if rel.startswith(("benchmarks/", "docs/")) and NAME_LABEL.search(Path(rel).stem):
+            hits.append(f"{rel}: file name carries a work-period tag")
+        text = _text(ROOT / rel)
+        if text is None:
+            continue
+        for n, line in enumerate(text.splitlines(), 1):
+            m = LABELS.search(line)
+            if m:
+                hits.append(f"{rel}:{n}: {m.group(0)!r} in {line.strip()[:120]!r}")
+    return hits
+
+
+def test_patterns_catch_labels_and_spare_ordinary_words():
+    for bad in ("measured in session 14", "session13 r2ec", "the fifth round below", "Round 3:", "a sprint",
+                "iteration 2 of the work", "phase 1", "taken at the start of this session"):
+        assert LABELS.search(bad), bad
+    for fine in ("round(x, 3)", "rounding of bf16", "one alternating round of REBEL", "requests.Session()",
+                 "maximum rounds", "bf16 would round them", "a session of SQLAlchemy", "iterations of k-means"):
+        assert not LABELS.search(fine), fine
+    assert NAME_LABEL.search("main_job-cpu-2026-12-03-s14")
+    assert not NAME_LABEL.search("main_job-cpu-2026-12-03-e406c79")
+    assert not NAME_LABEL.search("r2ec_speed-shared_prefix-cpu-2026-12-03")
+
+
+def test_no_tracked_file_labels_a_work_period():
+    hits = label_hits(tracked_files())
+    assert not hits, "work-period labels (say what, when, where and how instead):\n" + "\n".join(hits)
