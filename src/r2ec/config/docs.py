@@ -22,7 +22,7 @@ HEADER = """# Configuration
 Every parameter lives in `params.yaml`, validated on load: an unknown key, a wrong type or a value outside its
 range is a one-line error naming the key. Change a value in the file, or per command with `-S section.key=value`
 (any number of them; YAML values), or give `--params FILE` once or more (later files win key by key, e.g. the
-`configs/profiles/paper.yaml` profile over `params.yaml`; in Python `r2ec.config.load([...])`)
+`configs/profiles/paper.yaml` profile over `params.yaml`; in Python `r2ec.config.load([...])`),
 then the overrides. `python -m r2ec check-params [-S ...] --show` prints the resolved params.
 
 *default* is the value `params.yaml` ships; where the code's own default (the value when the key is absent, often
