@@ -132,6 +132,8 @@ def test_every_method_entry_resolves():
             "llm": "r2ec.baselines", "r2ec": "r2ec.recpo"}
     for name in methods.names():
         m = methods.get(name)
+        if m.section is not None:
+            continue  # a plugin another test registered: its entries live outside the package
         for entry in filter(None, (m.train, m.scorer)):
             assert entry.startswith(home[m.kind] + "."), (name, entry)
             assert callable(methods.resolve(entry)), (name, entry)

@@ -84,9 +84,10 @@ def test_pipeline_end_to_end(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.with_suffix(".pdf").exists()
 
     table1 = (work / "results/table1.tex").read_text()
-    for name in ("SASRec", "GRU4Rec", "Caser", "BigRec", "D$^3$", "LangPTune", r"R$^2$ec (zero-shot)", r"R$^2$ec &",
-                 r"\textbf{"):
+    for name in ("SASRec", "GRU4Rec", "Caser", "BigRec", "D$^3$", "LangPTune", r"R$^2$ec (zero-shot)", r"\textbf{"):
         assert name in table1
+    # R2ec's own row (run under CPU-scale deviations: marked with a double dagger, listed in the footnote)
+    assert re.search(r"^R\$\^2\$ec(\$\^\{\\ddagger\}\$)? &", table1, flags=re.M), table1
     assert "Games" in (work / "results/table3.tex").read_text()
     for m in ("sasrec", "gru4rec", "caser", "bigrec", "d3", "langptune", "r2ec_zeroshot", "r2ec_no_reasoning",
               "r2ec"):

@@ -29,7 +29,7 @@ _LOGGED: set[str] = set()
 
 def unsupported(model) -> str | None:
     """Why :func:`grouped_decode_sdpa` cannot stand in for ``model``'s attention (None: it can)."""
-    from r2ec.llm.backbone import sliding_window, text_config
+    from r2ec.llm.arch import sliding_window, text_config
 
     if getattr(text_config(model), "attn_logit_softcapping", None):
         return "attention logit softcapping"

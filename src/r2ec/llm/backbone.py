@@ -20,6 +20,8 @@ import torch
 
 from r2ec.io import atomic_dir, slug
 
+from r2ec.llm.arch import logit_softcap, sliding_window, text_config, window_binds  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
 ANSWER = "<answer>"
@@ -246,40 +248,6 @@ def float32_scope(like: torch.Tensor):
     """Autocast switched off on ``like``'s device, for cos/tau scores (up to 1/tau = 50: bf16 would round them
     to multiples of 0.25) and the LM head (run in the weights' own dtype, float32 on CPU)."""
     return torch.autocast(device_type=like.device.type, enabled=False)
-
-
-def text_config(model):
-    """The config of the model's language part (the model's own config for a text-only causal LM)."""
-    cfg = model.config
-    get = getattr(cfg, "get_text_config", None)
-    return get() if callable(get) else cfg
-
-
-def logit_softcap(model) -> float | None:
-    """The cap ``c`` of the model's final-logit softcapping (Gemma-2: ``logits = c * tanh(logits / c)`` inside its
-    forward, ``config.final_logit_softcapping``), or None when its forward has none (Llama, Qwen-2)."""
-    cap = getattr(text_config(model), "final_logit_softcapping", None)
-    return float(cap) if cap else None
-
-
-def sliding_window(model) -> int | None:
-    """The attention window of the model's sliding-window layers (Gemma-2's local layers, Qwen-2 with
-    ``use_sliding_window``), or None when every layer attends to the whole sequence."""
-    cfg = text_config(model)
-    w = getattr(cfg, "sliding_window", None)
-    types = getattr(cfg, "layer_types", None) or ()
-    sliding = any(t == "sliding_attention" for t in types) if types else getattr(cfg, "use_sliding_window", False)
-    if w and sliding:
-        return int(w)
-    return None
-
-
-def window_binds(model, n_slots: int) -> bool:
-    """Whether a sliding window can cut a sequence laid out over ``n_slots`` cache slots. A window counts slots,
-    not positions: a layout with masked slots between real tokens (a shared prefix, a finished row's stop id and
-    pads) then lets a query see fewer real tokens than a plain forward does, unless all slots fit in the window."""
-    w = sliding_window(model)
-    return w is not None and n_slots > w
 
 
 def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:

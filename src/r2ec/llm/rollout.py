@@ -185,7 +185,7 @@ class HFRolloutEngine:
         """
         from transformers import GenerationConfig
 
-        from r2ec.llm.backbone import window_binds
+        from r2ec.llm.arch import window_binds
 
         model = self.model
         dev = next(model.parameters()).device
