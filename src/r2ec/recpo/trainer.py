@@ -88,6 +88,8 @@ log = logging.getLogger(__name__)
 class R2ecTrainer(LLMHarness):
     """R2ec's model and step on the shared LLM harness (internal to :func:`train_r2ec`)."""
 
+    grad_reduce = "sum"  # the steps normalise by the global batch's counts (recpo.step, recpo.contrastive)
+
     def __init__(self, method: str, ds: Dataset, params: Params, run_dir: Path, cache_dir: Path | None,
                  progress: bool, use_dvclive: bool, hook: Callable[[int, dict], None] | None):
         self.var, self.rc = resolve(params, method)
