@@ -1,4 +1,4 @@
-"""LLM runs under N processes (torchrun, 2 CPU processes, gloo) on the tiny model: the R2ec trainer.
+"""LLM runs under N processes (torchrun, 2 CPU processes, gloo) on the tiny model: R2ec and BigRec.
 
 Every launch has a timeout and runs in its own process group, killed whole on expiry: a hang fails the test.
 """
@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 import torch
 
+from mp_worker import params_of
 from recpo_fixtures import tiny_dataset, tiny_params
 
 from r2ec.errors import UserError
@@ -76,7 +77,9 @@ def two_proc(tmp_path_factory) -> Path:
 
 def test_two_processes_match_one_process_with_the_same_global_batch(two_proc, tmp_path):
     torch.set_num_threads(1)
-    m1 = train_r2ec("r2ec", tiny_dataset(), tiny_params(**CFG), tmp_path, None, progress=False, dvclive=False)
+    # eval.batch_size 2: the 6 valid/test samples are 3 eval batches (ranks 0, 1, 0); 12 items, 2 encoding batches
+    m1 = train_r2ec("r2ec", tiny_dataset(), params_of({"method": "r2ec", "recpo": CFG}), tmp_path, None,
+                    progress=False, dvclive=False)
     m2 = json.loads((two_proc / "metrics.json").read_text())
     # ranks: identical rows in identical order (evaluation is sharded by whole eval batches, item-table rows by
     # whole encoding batches: every score is computed in the very batch one process computes it in)
@@ -122,6 +125,26 @@ def test_no_hang_when_one_ranks_clock_ends_its_budget_first(tmp_path, fast, step
     assert [r["step"] for r in train_log(tmp_path)] == steps_run
     assert json.loads((tmp_path / "metrics.json").read_text())["test"]["n_samples"] == 6
     assert time.perf_counter() - t0 < TIMEOUT
+
+
+def test_bigrec_two_processes_match_one_process(tmp_path):
+    from r2ec.baselines.bigrec import train_bigrec
+    torch.set_num_threads(1)
+    m1 = train_bigrec(tiny_dataset(), params_of({"method": "bigrec"}), tmp_path / "one", None, progress=False,
+                      dvclive=False)
+    launch(tmp_path / "two", {}, method="bigrec")
+    assert ended(tmp_path / "two") == ["finished", "finished"]
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    wall = {"decode_s", "decode_samples_per_s"}
+    for split in ("valid", "test"):
+        assert {k: v for k, v in m2[split].items() if k not in wall} == \
+               {k: v for k, v in m1[split].items() if k not in wall}
+    assert pl.read_parquet(tmp_path / "two" / "ranks.parquet").equals(pl.read_parquet(tmp_path / "one" / "ranks.parquet"))
+    gens = [json.loads(x)["sample_id"] for x in open(tmp_path / "two" / "test_generations.jsonl")]
+    assert gens == [json.loads(x)["sample_id"] for x in open(tmp_path / "one" / "test_generations.jsonl")]
+    # token-mean SFT loss over the global batch: step 0's gradient norm is one process's (float order aside)
+    assert train_log(tmp_path / "two")[0]["grad_norm"] == pytest.approx(train_log(tmp_path / "one")[0]["grad_norm"],
+                                                                         rel=1e-5)
 
 
 def test_global_batch_must_split_evenly_over_the_processes(tmp_path, monkeypatch):
