@@ -12,8 +12,8 @@ only its own step (:meth:`LLMHarness.train_step`) and its scorer (:meth:`LLMHarn
   whenever :attr:`LLMHarness.version` moved (call :meth:`LLMHarness.stepped` after changing weights);
 - **optimisation**: AdamW + warmup + schedule (``constant`` means ``constant_with_warmup``) over every trainable
   parameter, grad-norm clip; the schedule counts optimizer steps (``steps x`` :meth:`opt_steps_per_step`);
-- **loop**: seeded batches of ``tc.batch_size`` train samples (``numpy.random.default_rng([seed, step, rank])``
-  over the seeded ``tc.train_max_samples`` subsample), step and wall-clock budgets (``tc.steps``,
+- **loop**: seeded global batches of ``tc.batch_size`` train samples (``numpy.random.default_rng([seed, step, 0])``
+  over the seeded ``tc.train_max_samples`` subsample; with N processes each rank takes its contiguous 1/N shard), step and wall-clock budgets (``tc.steps``,
   ``tc.max_minutes`` summed over resumes; validations count), validation every ``tc.eval_every`` steps and at
   the last step on valid N@10 through the shared evaluator, early stopping after ``tc.patience`` validations
   without improvement, the best trainable state in ``run_dir/best/``;
