@@ -89,6 +89,12 @@ def _apply_threads(n: int) -> None:
         torch.set_num_threads(min(n, os.cpu_count() or n))
 
 
+def _launched_processes() -> int:
+    """The number of processes of an ``accelerate launch`` / ``torchrun`` (1 for a plain run)."""
+    import os
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from r2ec.io import load_dataset, reset_run_if_params_changed
     p = _params(args)
@@ -98,7 +104,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     m = methods.get(args.method)  # after the params: their plugins register methods
     # a checkpoint left by a run with other params must not be resumed into this one
     used = {k: C.to_dict(getattr(p, k)) for k in m.sections}
-    reset_run_if_params_changed(run_dir, {"method": args.method, "data": str(ds.stats), "params": used})
+    fp = {"method": args.method, "data": str(ds.stats), "params": used}
+    if _launched_processes() > 1:  # accelerate launch: only the main process resets, the others wait for it
+        import torch
+        from accelerate import PartialState
+        st = PartialState(cpu=not torch.cuda.is_available())
+        if st.is_main_process:
+            reset_run_if_params_changed(run_dir, fp)
+        st.wait_for_everyone()
+    else:
+        reset_run_if_params_changed(run_dir, fp)
     t0 = time.time()
     metrics = methods.resolve(m.train)(args.method, ds, p, run_dir, Path(args.cache), not args.quiet)
     test = metrics.get("test", {})

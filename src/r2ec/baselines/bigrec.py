@@ -44,6 +44,7 @@ import torch
 from r2ec.config import BigrecCfg, Params
 from r2ec.io import Dataset, slug, write_text
 from r2ec.train.harness import SELECT_METRIC, LLMHarness, trained_scorer
+from r2ec.train import dist
 
 log = logging.getLogger(__name__)
 
@@ -228,15 +229,21 @@ class TitleGenHarness(LLMHarness):
             if i == 0 or self.redecodes:
                 self._reset_stats()
             metrics, ranks = super().evaluate(split)
-            metrics.update(self.decode_stats())
+            metrics.update(self.decode_stats(merged=True))
             score = metrics.get(SELECT_METRIC, next(x for k, x in metrics.items() if k.startswith("N@")))
             tried.append((score, -len(tried), v, metrics, ranks))
         _, _, self.value, metrics, ranks = max(tried, key=lambda x: x[:2])
         metrics[self.sweep_key] = self.value
         if len(tried) > 1:
             metrics[f"valid_{SELECT_METRIC}_by_{self.sweep_key}"] = {str(t[2]): t[0] for t in tried}
-        if split == "test" and self.acc.is_main_process:  # the best generation per test sample, for inspection
-            write_text(self.run_dir / "test_generations.jsonl", "".join(json.dumps(g) + "\n" for g in self.generations))
+        if split == "test":  # the best generation per test sample, for inspection
+            gens = self.generations
+            if self.world > 1:  # every rank decoded its shard: back into the evaluation's sample order
+                pos = {int(s): i for i, s in enumerate(ranks["sample_id"].to_list())}
+                gens = sorted((g for part in dist.gather_objects(self.acc, gens) for g in part),
+                              key=lambda g: pos.get(g["sample_id"], len(pos)))
+            if self.acc.is_main_process:
+                write_text(self.run_dir / "test_generations.jsonl", "".join(json.dumps(g) + "\n" for g in gens))
         log.info("%s %s: invalid %.3f, mean length %.1f, %.2f samples/s, %s %s", self.method, split,
                  metrics["invalid_rate"], metrics["mean_gen_len"], metrics["decode_samples_per_s"], self.sweep_key,
                  self.value)
@@ -248,14 +255,22 @@ class TitleGenHarness(LLMHarness):
             self.value = out[0][self.sweep_key]
         return out
 
-    def decode_stats(self) -> dict[str, float]:
-        st, n = self.stats, max(self.stats["samples"], 1)
+    def decode_stats(self, merged: bool = False) -> dict[str, float]:
+        """Generation statistics of the decodes so far; ``merged``: summed over the ranks (a collective under
+        N processes, seconds summed over them too)."""
+        st = self.stats
+        if merged and self.world > 1:
+            parts = dist.gather_objects(self.acc, dict(st))
+            st = {k: sum(p[k] for p in parts) for k in st}
+        n = max(st["samples"], 1)
         return {"invalid_rate": st["invalid"] / n, "mean_gen_len": st["tokens"] / n,
                 "decode_s": round(st["seconds"], 2), "decode_samples_per_s": st["samples"] / max(st["seconds"], 1e-9)}
 
 
 class _BigRec(TitleGenHarness):
     """SFT step + BigRec grounding scorer."""
+
+    grad_reduce = "sum"  # the SFT loss is normalised by the global batch's response tokens (train_step)
 
     sweep_key = "popularity_gamma"
     redecodes = False  # gamma re-weights the grounding only: one decode per evaluation
@@ -289,7 +304,10 @@ class _BigRec(TitleGenHarness):
         with self.autocast():
             lp = torch.cat(completion_logprobs(self.policy, pairs, 1.0, pad_id=self.pad_id))
             loss = -lp.sum() / n_tok  # token mean over the batch
-        self.acc.backward(loss)
+            if self.world > 1:  # this rank's share of the global batch's token mean (gradients are summed)
+                n_all = float(dist.all_sum(self.acc, torch.tensor(float(n_tok), dtype=torch.float64)))
+                share = -lp.sum() / n_all
+        self.backward(loss if self.world == 1 else share)
         gnorm = self.optimizer_step()
         self.policy.eval()
         return {"loss": float(loss.detach()), "grad_norm": gnorm, "response_tokens": n_tok}

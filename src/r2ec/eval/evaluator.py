@@ -40,19 +40,30 @@ def evaluation_samples(ds: Dataset, split: str, cfg: EvalCfg) -> pl.DataFrame:
 
 
 def evaluate(scorer: Scorer, ds: Dataset, split: str, cfg: EvalCfg, *, samples: pl.DataFrame | None = None,
-             desc: str | None = None, progress: bool = True) -> tuple[dict[str, Any], pl.DataFrame]:
+             desc: str | None = None, progress: bool = True, acc: Any = None) -> tuple[dict[str, Any], pl.DataFrame]:
     """Rank every evaluation sample's target over all items and average H@K / N@K.
 
     Returns ``(metrics, ranks)``: metrics holds ``H@K``/``N@K`` for ``cfg.ks`` plus ``n_samples`` and
     ``n_repeat_targets`` (targets that repeat a history item; with ``mask_repeated_target`` they always
     miss); ranks has columns ``split, sample_id, rank``.
+
+    ``acc``: an Accelerator with N > 1 processes shards the evaluation by batches of ``cfg.batch_size`` samples
+    (batch ``b`` on rank ``b % N``, the very batches one process scores) and gathers the ranks, so every rank
+    returns the metrics and ranks of a single-process evaluation (same rows, same order). A collective then:
+    every rank calls it.
     """
+    from r2ec.train import dist
     df = evaluation_samples(ds, split, cfg) if samples is None else samples
     n_items = ds.n_items
     ranks: list[np.ndarray] = []
     repeats = 0
+    n_proc = dist.world(acc)
+    rank = int(acc.process_index) if n_proc > 1 else 0
+    mine: dict[int, np.ndarray] = {}
     bar = tqdm(total=df.height, desc=desc or f"evaluate {split}", disable=not progress, leave=False)
     for start in range(0, df.height, cfg.batch_size):
+        if n_proc > 1 and (start // cfg.batch_size) % n_proc != rank:
+            continue
         batch = df.slice(start, cfg.batch_size)
         with torch.no_grad():
             scores = scorer(batch)
@@ -63,10 +74,16 @@ def evaluate(scorer: Scorer, ds: Dataset, split: str, cfg: EvalCfg, *, samples: 
         targets = torch.tensor(batch["target_item_id"].to_list(), dtype=torch.long)
         r = rank_targets(scores, targets, hist, cfg.mask_repeated_target)
         ranks.append(r.numpy())
+        mine[start] = r.numpy()
         repeats += sum(int(t in set(h)) for t, h in zip(batch["target_item_id"].to_list(),
                                                        batch["history_item_ids"].to_list()))
         bar.update(batch.height)
     bar.close()
+    if n_proc > 1:
+        parts = dist.gather_objects(acc, (mine, repeats))
+        merged = {k: v for m, _ in parts for k, v in m.items()}
+        ranks = [merged[k] for k in sorted(merged)]
+        repeats = sum(n for _, n in parts)
     all_ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
     metrics: dict[str, Any] = metrics_from_ranks(all_ranks, cfg.ks)
     metrics["n_samples"] = int(df.height)

@@ -145,11 +145,14 @@ def item_prompt_ids(tokenizer, items: pl.DataFrame, domain: str, system_prompt: 
 
 
 def encode_items(model, tokenizer, items: pl.DataFrame, domain: str, cfg, batch_size: int = 16,
-                 progress: bool = True, *, prompt_ids: list[list[int]] | None = None) -> torch.Tensor:
+                 progress: bool = True, *, prompt_ids: list[list[int]] | None = None,
+                 shard: tuple[int, int] | None = None) -> torch.Tensor:
     """Item table [N+1, H] float32 on CPU: row ``item_id`` = vector of that item, row 0 = zeros (pad).
 
     ``cfg``: LlmCfg (system_prompt). Runs under no_grad in eval mode (the previous mode is restored).
     Prompts are length-sorted into batches to cut padding. ``prompt_ids`` reuses pre-rendered prompts.
+    ``shard=(rank, n)`` encodes only the batches ``b % n == rank`` (the other rows stay 0): the N shards summed
+    are the whole table, each row computed in the very batch one process computes it in.
     """
     from r2ec.llm.backbone import answer_token_id
 
@@ -167,6 +170,8 @@ def encode_items(model, tokenizer, items: pl.DataFrame, domain: str, cfg, batch_
     try:
         with torch.no_grad():
             for b, s in enumerate(range(0, len(order), batch_size)):
+                if shard is not None and b % shard[1] != shard[0]:
+                    continue
                 idx = order[s:s + batch_size]
                 v = hidden_at_answer(model, [ids_list[i] for i in idx], aid, tokenizer.pad_token_id, batch_size)
                 table[torch.as_tensor(idx) + 1] = v.float().cpu()

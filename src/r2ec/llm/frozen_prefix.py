@@ -145,8 +145,9 @@ class FrozenPrefix:
             h = dec(inputs_embeds=h0, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
         return pool_at_last(h, ids, self.answer_id)
 
-    def table(self, model, batch_size: int = 16) -> torch.Tensor:
-        """Item table ``[N+1, H]`` float32 on CPU (row 0 = pad) under ``model``'s adapted layers (no grad)."""
+    def table(self, model, batch_size: int = 16, shard: tuple[int, int] | None = None) -> torch.Tensor:
+        """Item table ``[N+1, H]`` float32 on CPU (row 0 = pad) under ``model``'s adapted layers (no grad);
+        ``shard=(rank, n)``: only the batches ``b % n == rank`` (see :func:`r2ec.llm.encoder.encode_items`)."""
         H = self.states[0].shape[1]
         out = torch.zeros((len(self.prompts) + 1, H), dtype=torch.float32)
         order = sorted(range(len(self.prompts)), key=lambda i: len(self.prompts[i]))
@@ -154,7 +155,9 @@ class FrozenPrefix:
         model.eval()
         try:
             with torch.no_grad():
-                for s in range(0, len(order), batch_size):
+                for b, s in enumerate(range(0, len(order), batch_size)):
+                    if shard is not None and b % shard[1] != shard[0]:
+                        continue
                     idx = order[s:s + batch_size]
                     out[torch.as_tensor(idx) + 1] = self.vectors(model, idx).float().cpu()
         finally:

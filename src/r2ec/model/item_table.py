@@ -63,22 +63,29 @@ class ItemTable:
         from r2ec.llm.encoder import encode_items, load_item_table, save_item_table
         if not self.enabled or (self.table is not None and self.step == step):
             return 0.0
+        from r2ec.train import dist
         h = self.host
+        acc = getattr(h, "acc", None)
+        n_proc = dist.world(acc)
         t0 = time.perf_counter()
         cache = self.init_cache() if step == 0 else None
-        if cache is not None and cache.exists():
+        # N processes: the main process decides whether the cache is used, each rank encodes its shard of the
+        # batches and the shards are summed (disjoint rows, zeros elsewhere: exact)
+        if cache is not None and dist.from_main(acc, cache.exists()):
             self.table, _ = load_item_table(cache)
         else:
+            kw = {} if n_proc == 1 else {"shard": (int(acc.process_index), n_proc)}
             pf = self.prefix()
             model, ctx = h.infer()
             with ctx:
                 if pf is not None:
-                    self.table = pf.table(model, self.batch_size)
+                    self.table = pf.table(model, self.batch_size, **kw)
                 else:
                     self.table = encode_items(model, h.tok, h.ds.items, h.ds.name, h.p.llm,
                                               batch_size=self.batch_size, progress=h.progress,
-                                              prompt_ids=self.item_ids)
-            if cache is not None:
+                                              prompt_ids=self.item_ids, **kw)
+            self.table = dist.all_sum(acc, self.table)
+            if cache is not None and (n_proc == 1 or acc.is_main_process):
                 save_item_table(cache, self.table, {"dataset": h.ds.name, "backbone": h.p.llm.backbone})
         self.step = step
         return time.perf_counter() - t0

@@ -23,7 +23,7 @@ def negative_ids(tr: Any, exclude: list[int]) -> list[int]:
     k = tr.rc.uniform_negatives
     if k <= 0:
         return []
-    rng = np.random.default_rng([tr.rc.seed, tr.step, 3, tr.acc.process_index])
+    rng = np.random.default_rng([tr.rc.seed, tr.step, 3, 0])  # the same draws on every rank
     pool = np.setdiff1d(np.arange(1, tr.ds.n_items + 1), np.asarray(exclude, dtype=np.int64))
     return np.sort(rng.choice(pool, size=min(k, pool.size), replace=False)).tolist()
 
@@ -33,7 +33,13 @@ def contrastive_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
     rec: dict[str, Any] = {"refresh_s": 0.0, "rollout_s": 0.0, "reward_fwd_s": 0.0}
     if tr.readout is not None and tr.items.stale(tr.step, tr.rc.item_refresh_every):
         rec["refresh_s"] = tr.refresh_table()  # the readout's item statistics use the current table
-    uniq, labels = in_batch_labels(rows["target_item_id"].to_list())
+    # N processes: the candidates are the global batch's targets on every rank, the rows this rank's shard, and
+    # the loss this rank's share of the global mean (the ranks' gradients are summed)
+    multi = getattr(tr, "world", 1) > 1
+    targets_all = (tr.global_rows if multi else rows)["target_item_id"].to_list()
+    uniq, labels = in_batch_labels(targets_all)
+    if multi:
+        labels = labels[tr.shard[0]:tr.shard[1]]
     t = time.perf_counter()
     cand = uniq + negative_ids(tr, uniq)
     tr.policy.train()
@@ -41,8 +47,8 @@ def contrastive_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
     with tr.autocast():
         user = tr.users.train_vectors(rows)
         logp = tr.item_logprob(user, tr.items.vectors(cand), labels.to(tr.acc.device), cand)
-        loss = -logp.mean()
-    tr.acc.backward(loss)
+        loss = -logp.mean() if not multi else -logp.sum() / len(targets_all)
+    tr.backward(loss)
     gnorm = tr.optimizer_step()
     tr.policy.eval()
     rec["update_s"] = time.perf_counter() - t

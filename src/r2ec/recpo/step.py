@@ -47,8 +47,14 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
     rec: dict[str, Any] = {}
     t = time.perf_counter()
     rec["refresh_s"] = tr.refresh_table() if tr.items.stale(tr.step, rc.item_refresh_every) else 0.0
-    prompts = tr.users.prompts_of(rows)
-    targets = rows["target_item_id"].to_list()
+    # N processes: every rank rolls out the step's whole global batch (the same seeded draws one process makes)
+    # and keeps the groups of its shard ``[lo, hi)`` for the reward forward and the update passes
+    multi = getattr(tr, "world", 1) > 1
+    every = tr.global_rows if multi else rows
+    lo, hi = tr.shard if multi else (0, rows.height)
+    prompts = tr.users.prompts_of(every)
+    targets_all = every["target_item_id"].to_list()
+    targets = targets_all[lo:hi]
     hists = rows["history_item_ids"].to_list()
 
     # rollouts (eval mode, seeded); vLLM gets the current adapter (never merged)
@@ -58,6 +64,8 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
     with ctx:
         groups = tr.users.generate(prompts, G, rc.temperature, rc.top_k, step_seed(rc.seed, tr.step, 1),
                                    old_logprobs=False)
+    if multi:
+        groups = groups[lo:hi]
     rec["rollout_s"] = time.perf_counter() - t
     stats = getattr(tr.engine, "last_stats", {}) or {}
     trajs = [x for g in groups for x in g]
@@ -66,7 +74,9 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
     # reward forward (no grad, eval mode, the rollout policy's parameters): the REAL old log-probs and the
     # user vectors at the final <answer> from one pass; then rewards, advantages, gating
     t = time.perf_counter()
-    uniq, labels = in_batch_labels(targets)
+    uniq, labels = in_batch_labels(targets_all)  # candidates: the global batch's targets on every rank
+    if multi:
+        labels = labels[lo:hi]
     ent: list[torch.Tensor] = []
     with torch.no_grad(), tr.autocast():
         old, user_old = completion_logprobs(tr.policy, pairs, rc.temperature, pad_id=tr.pad_id,
@@ -160,7 +170,9 @@ def update_pass(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv, best_id
 
     Trajectories are processed ``recpo.micro_batch_size`` at a time; each chunk's token loss is weighted by
     its share of the batch's valid tokens and its item-loss terms by ``1/M``, so the accumulated gradient
-    equals the full-batch one. The in-batch item vectors are encoded once with grad; chunks backpropagate
+    equals the full-batch one. With N processes the token count and ``M`` are the global batch's (summed over
+    the ranks): each rank's loss is its share of the global loss and the summed gradients are one process's
+    (the returned losses and statistics stay this rank's own means). The in-batch item vectors are encoded once with grad; chunks backpropagate
     into a detached leaf copy and the item encoder gets the summed gradient at the end.
     """
     from r2ec.llm.rollout import completion_logprobs
@@ -170,6 +182,11 @@ def update_pass(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv, best_id
     tr.opt.zero_grad(set_to_none=True)
     n_valid = cmask.sum().clamp_min(1.0)
     M = int(best_idx.numel())
+    n_glob, M_glob = n_valid, M
+    if getattr(tr, "world", 1) > 1:
+        from r2ec.train import dist
+        tot = dist.all_sum(tr.acc, torch.tensor([float(cmask.sum()), float(M)], dtype=torch.float64))
+        n_glob, M_glob = torch.as_tensor(float(tot[0]), dtype=n_valid.dtype).clamp_min(1.0), int(tot[1])
     best_pos = {int(i): j for j, i in enumerate(best_idx.tolist())}
     mb = rc.micro_batch_size if rc.micro_batch_size > 0 else len(pairs)
     chunked = mb < len(pairs)
@@ -192,18 +209,19 @@ def update_pass(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv, best_id
                                                 pad_id=tr.pad_id, return_hidden=True,
                                                 answer_id=tr.answer_id)
             new_logp, _ = pad_logps(new)
-            w = cmask[idx].sum() / n_valid  # chunk's share of the valid tokens: token mean over the batch
+            w = cmask[idx].sum() / n_glob  # chunk's share of the valid tokens: token mean over the batch
+            w_own = w if n_glob is n_valid else cmask[idx].sum() / n_valid
             tc = new_logp.shape[1]
             om, cm = old_logp[idx][:, -tc:], cmask[idx][:, -tc:]
             tl, ts = clipped_token_loss(new_logp, om, tok_adv[idx], cm, rc.clip_low, rc.clip_high)
             loss = w * tl
-            tok_sum += float(w * tl.detach())
+            tok_sum += float(w_own * tl.detach())
             clip_n += ts["clip_frac"] * float(cm.sum())
             ratio_sum += ts["ratio_mean"] * float(cm.sum())
             if ref_logp is not None:
                 klc = kl_penalty(new_logp, ref_logp[idx][:, -tc:], cm)
                 loss = loss + rc.kl_coef * w * klc
-                kl_sum += float(w * klc.detach())
+                kl_sum += float(w_own * klc.detach())
             sel = [k for k, i in enumerate(idx) if i in best_pos]
             if sel:
                 js = torch.as_tensor([best_pos[idx[k]] for k in sel], device=dev)
@@ -213,13 +231,13 @@ def update_pass(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv, best_id
                 else:
                     nl = tr.item_logprob(u, leaf, sel_labels[js.cpu()].to(dev), cand)
                 il, ist = clipped_item_loss(nl, old_item_logp[js], item_adv[js], rc.clip_low, rc.clip_high)
-                loss = loss + il * (len(sel) / M)
+                loss = loss + il * (len(sel) / M_glob)
                 it_sum += float(il.detach()) * len(sel) / M
                 it_ratio.append(ist["item_ratio_mean"] * len(sel))
                 it_clip.append(ist["item_clip_frac"] * len(sel))
-        tr.acc.backward(loss)
+        tr.backward(loss)
     if chunked and items is not None and leaf.grad is not None:
-        tr.acc.backward((items * leaf.grad).sum())
+        tr.backward((items * leaf.grad).sum())
     nv = float(n_valid)
     tstats = {"clip_frac": clip_n / nv, "ratio_mean": ratio_sum / nv}
     istats = {"item_ratio_mean": sum(it_ratio) / max(M, 1), "item_clip_frac": sum(it_clip) / max(M, 1)}

@@ -55,9 +55,12 @@ reaches bit-identical weights (on CPU).
 
 Multi-GPU: launch with ``accelerate launch --config_file configs/accelerate/zero2.yaml -m r2ec train ...``.
 Forwards call the decoder directly, so gradient reduction relies on DeepSpeed's own backward hooks (ZeRO-2),
-not on DDP's forward wrapper; each process samples its own batch (``[seed, step, process_index]``); DeepSpeed
-steps on every backward, so use ``recpo.micro_batch_size=0`` there (checked). Only the main process writes files.
-This path has not been run on GPUs in this repository (CPU machines only).
+not on DDP's forward wrapper. With N processes (``accelerate launch`` / ``torchrun``) the global batch of
+``recpo.batch_size`` users is split into N shards: every rank rolls out the whole batch (the single-process
+sampling stream), keeps its shard's groups, normalises its loss by the global counts and the harness sums the
+gradients (:mod:`r2ec.train.dist`); the item table and evaluations are sharded and gathered, decisions are the main
+process's and only it writes files (proven with 2 CPU processes in tests/test_multiprocess.py). DeepSpeed steps on
+every backward, so use ``recpo.micro_batch_size=0`` there (checked); the DeepSpeed path has not been run here.
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ log = logging.getLogger(__name__)
 
 class R2ecTrainer(LLMHarness):
     """R2ec's model and step on the shared LLM harness (internal to :func:`train_r2ec`)."""
+
+    grad_reduce = "sum"  # the steps normalise by the global batch's counts (recpo.step, recpo.contrastive)
 
     def __init__(self, method: str, ds: Dataset, params: Params, run_dir: Path, cache_dir: Path | None,
                  progress: bool, use_dvclive: bool, hook: Callable[[int, dict], None] | None):

@@ -12,8 +12,8 @@ only its own step (:meth:`LLMHarness.train_step`) and its scorer (:meth:`LLMHarn
   whenever :attr:`LLMHarness.version` moved (call :meth:`LLMHarness.stepped` after changing weights);
 - **optimisation**: AdamW + warmup + schedule (``constant`` means ``constant_with_warmup``) over every trainable
   parameter, grad-norm clip; the schedule counts optimizer steps (``steps x`` :meth:`opt_steps_per_step`);
-- **loop**: seeded batches of ``tc.batch_size`` train samples (``numpy.random.default_rng([seed, step, rank])``
-  over the seeded ``tc.train_max_samples`` subsample), step and wall-clock budgets (``tc.steps``,
+- **loop**: seeded global batches of ``tc.batch_size`` train samples (``numpy.random.default_rng([seed, step, 0])``
+  over the seeded ``tc.train_max_samples`` subsample; with N processes each rank takes its contiguous 1/N shard), step and wall-clock budgets (``tc.steps``,
   ``tc.max_minutes`` summed over resumes; validations count), validation every ``tc.eval_every`` steps and at
   the last step on valid N@10 through the shared evaluator, early stopping after ``tc.patience`` validations
   without improvement, the best trainable state in ``run_dir/best/``;
@@ -50,6 +50,7 @@ from r2ec.config import Params, to_dict
 from r2ec.errors import UserError
 from r2ec.eval.evaluator import evaluate, write_run_outputs
 from r2ec.io import Dataset, append_jsonl, atomic_dir, read_jsonl, write_text
+from r2ec.train import dist
 from r2ec.train.checkpoint import (load_checkpoint, load_trainable_state, rng_state, save_checkpoint,
                                    set_rng_state, trainable_state)
 from r2ec.seeding import seed_all
@@ -111,6 +112,11 @@ class LLMHarness:
         # the schedule counts optimizer steps of this run, not samples: never step it num_processes times
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp,
                                step_scheduler_with_optimizer=False)
+        self.world, self.rank = dist.world(self.acc), int(self.acc.process_index)
+        if self.world > 1 and (tc.batch_size < self.world or tc.batch_size % self.world):
+            raise UserError(f"batch_size={tc.batch_size} (the global batch) must be a multiple of the "
+                            f"{self.world} processes and at least {self.world}")
+        self.clock_scale = dist.clock_scale(self.rank)
         seed_all(tc.seed)
         self.backbone_cache = (self.cache_dir / "backbones" / backbone_cache_name(params.llm.backbone)
                                if self.cache_dir else None)
@@ -135,6 +141,8 @@ class LLMHarness:
             self._copy = InferenceCopy(self.policy, bf16=mp == "bf16")
 
         self.step = 0
+        self.shard = (0, 0)  # [lo, hi) of this rank's rows in the step's global batch (batch_rows)
+        self.global_rows: pl.DataFrame | None = None
         self.best_score = -math.inf
         self.best_tie = -math.inf
         self.best_step = -1
@@ -151,6 +159,10 @@ class LLMHarness:
     def trains(self) -> bool:
         """False for a method that is only evaluated (R2ec zero-shot)."""
         return True
+
+    #: how per-rank gradients combine under N processes: "sum" when a step's loss is already this rank's share
+    #: of the global-batch loss (normalised by global counts), "mean" when it is a mean over the rank's rows
+    grad_reduce = "mean"
 
     def opt_steps_per_step(self) -> int:
         """Optimizer steps per training step (the schedule's length is ``tc.steps`` times this)."""
@@ -235,16 +247,32 @@ class LLMHarness:
 
     def optimizer_step(self) -> float:
         """Clip, step the optimizer and the schedule, mark the weights changed; returns the grad norm."""
+        from accelerate.utils import DistributedType
+        if self.world > 1 and self.acc.distributed_type != DistributedType.DEEPSPEED:
+            # forwards call the decoder, not DDP's wrapper: the gradients are reduced here, once per step
+            dist.sum_gradients(self.acc, self.opt_params(), 1.0 if self.grad_reduce == "sum" else 1.0 / self.world)
         gnorm = self.acc.clip_grad_norm_(self.opt_params(), self.tc.grad_clip)
         self.opt.step()
         self.sched.step()
         self.stepped()
         return num(gnorm)
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """``acc.backward`` of a loss; DeepSpeed averages gradients over the ranks, so a ``grad_reduce="sum"``
+        share is scaled by the number of processes there."""
+        from accelerate.utils import DistributedType
+        if self.world > 1 and self.grad_reduce == "sum" and self.acc.distributed_type == DistributedType.DEEPSPEED:
+            loss = loss * self.world
+        self.acc.backward(loss)
+
     def batch_rows(self, pool: pl.DataFrame) -> pl.DataFrame:
-        rng = np.random.default_rng([self.tc.seed, self.step, self.acc.process_index])
+        """This rank's rows of the step's seeded global batch of ``tc.batch_size`` train samples (the whole
+        batch with one process; ``global_rows`` keeps the whole batch, ``shard`` this rank's ``[lo, hi)``)."""
+        rng = np.random.default_rng([self.tc.seed, self.step, 0])  # the same global batch on every rank
         n = min(self.tc.batch_size, pool.height)
-        return pool[np.sort(rng.choice(pool.height, size=n, replace=False)).tolist()]
+        rows = pool[np.sort(rng.choice(pool.height, size=n, replace=False)).tolist()]
+        self.global_rows, self.shard = rows, dist.shard(n, self.rank, self.world)
+        return rows if self.world == 1 else rows[self.shard[0]:self.shard[1]]
 
     def train_pool(self) -> pl.DataFrame:
         pool = self.ds.split("train")
@@ -258,7 +286,7 @@ class LLMHarness:
         self.before_evaluate()
         with torch.random.fork_rng(devices=[]):
             return evaluate(self.scorer, self.ds, split, self.p.eval, desc=f"{self.method} {split}",
-                            progress=self.progress)
+                            progress=self.progress, acc=self.acc)
 
     # ------------------------------------------------------------------------------------------ state
     def fingerprint(self) -> str:
@@ -332,14 +360,15 @@ class LLMHarness:
         # full-ranking NDCG (every sample's rank counts) breaks the tie instead of the earlier step winning
         tie = float((1.0 / np.log2(ranks["rank"].to_numpy() + 1.0)).mean()) if ranks.height else 0.0
         improved = score > self.best_score or (score == self.best_score and tie > self.best_tie)
+        improved = dist.from_main(self.acc, improved)  # one decision for every rank
         if improved:
             self.best_score, self.best_step, self.best_valid, self.bad_evals = score, self.step, metrics, 0
             self.best_tie = tie
             if self.acc.is_main_process:
                 self.save_best(metrics, ranks)
-            self.acc.wait_for_everyone()
         else:
             self.bad_evals += 1
+        self.acc.wait_for_everyone()  # every rank, improved or not: best/ is complete before anyone reads it
         if self.acc.is_main_process:
             append_jsonl(self.run_dir / "valid_log.jsonl", {"step": self.step, **metrics, TIE_METRIC: tie,
                                                             "improved": improved,
@@ -361,7 +390,7 @@ class LLMHarness:
             self.acc.wait_for_everyone()
             st = None
         if st is not None:
-            self.restore(st)
+            self.restore(st)  # every rank loads the same files (written by the main process)
             log.info("resumed %s from %s at step %d", self.method, last, self.step)
             # drop log lines written after the checkpoint by the interrupted run
             if self.acc.is_main_process:
@@ -373,8 +402,10 @@ class LLMHarness:
             if self.acc.is_main_process:  # a fresh run: no stale logs of an earlier run
                 for name in ("train_log.jsonl", "valid_log.jsonl"):
                     (self.run_dir / name).unlink(missing_ok=True)
+            self.acc.wait_for_everyone()
             if self.on_fresh_start():
                 self.validate()  # step 0 = the starting weights: training is selected against them
+        self.acc.wait_for_everyone()  # no rank starts a step (or a checkpoint write) before all have resumed
         return st
 
     def run(self) -> dict[str, dict]:
@@ -400,6 +431,7 @@ class LLMHarness:
                                              "best_valid_score": self.best_score if self.trains() else None}}
         if self.acc.is_main_process:
             write_run_outputs(self.run_dir, metrics, [valid[1], test[1]], config)
+        self.acc.wait_for_everyone()
         return metrics
 
     def budget_s(self) -> float:
@@ -414,8 +446,10 @@ class LLMHarness:
             t0 = time.perf_counter()
             seed_all(step_seed(tc.seed, self.step, 2))
             rec = self.train_step(self.batch_rows(pool))
-            sec = time.perf_counter() - t0
-            self.train_s += sec
+            sec = (time.perf_counter() - t0) * self.clock_scale
+            self.train_s = dist.from_main(self.acc, self.train_s + sec)  # the main process's clock decides
+            if self.world > 1:
+                rec = mean_record(dist.gather_objects(self.acc, rec))
             rec = {"step": self.step, **rec, "lr": float(self.sched.get_last_lr()[0]), "seconds": sec,
                    "elapsed_s": self.train_s}
             self.step += 1
@@ -427,14 +461,27 @@ class LLMHarness:
             if self.step % tc.eval_every == 0 or last:
                 tv = time.perf_counter()
                 stop = self.validate()
-                self.train_s += time.perf_counter() - tv
+                self.train_s += (time.perf_counter() - tv) * self.clock_scale
             self.done = stop or last
+            if self.world > 1:  # budget, early stop and the end are decided once, on the main process
+                self.done, self.train_s = dist.from_main(self.acc, (self.done, self.train_s))
             if (self.step % tc.checkpoint_every == 0 or self.done) and self.acc.is_main_process:
                 save_checkpoint(self.run_dir / "last", self.state())
             self.acc.wait_for_everyone()
             if self.hook is not None:
                 self.hook(self.step, rec)
         bar.close()
+
+
+def mean_record(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One step record of N ranks' records: numbers averaged over the ranks that logged them (each rank's
+    statistics are over its shard), anything else as rank 0 has it."""
+    out = dict(recs[0])
+    for k, v in out.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            vals = [float(r[k]) for r in recs if isinstance(r.get(k), (int, float))]
+            out[k] = sum(vals) / len(vals)
+    return out
 
 
 def trained_scorer(t: LLMHarness):

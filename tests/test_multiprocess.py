@@ -1,0 +1,162 @@
+"""LLM runs under N processes (torchrun, 2 CPU processes, gloo) on the tiny model: R2ec and BigRec.
+
+Every launch has a timeout and runs in its own process group, killed whole on expiry: a hang fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from mp_worker import params_of
+from recpo_fixtures import tiny_dataset, tiny_params
+
+from r2ec.errors import UserError
+from r2ec.recpo.trainer import train_r2ec
+from r2ec.train import dist
+from r2ec.train.checkpoint import load_checkpoint
+from r2ec.train.harness import mean_record
+
+ROOT = Path(__file__).resolve().parents[1]
+# R2ec with reasoning; a global batch of 4 users = 2 per rank
+CFG = dict(steps=2, eval_every=2, checkpoint_every=1, batch_size=4, group_size=2, max_reasoning_tokens=4)
+TIMEOUT = 150
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(out: Path, recpo: dict, *, method: str = "r2ec", kill_at: int = 0, env: dict | None = None,
+           n: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node n tests/mp_worker.py`` on CPU; the whole group is killed after TIMEOUT s."""
+    job = {"method": method, "out": str(out), "recpo": recpo, "kill_at": kill_at}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr",
+           "127.0.0.1", "--master_port", str(_free_port()), str(ROOT / "tests" / "mp_worker.py"), json.dumps(job)]
+    e = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1",
+         "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+    p = subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, cwd=ROOT)
+    try:
+        so, se = p.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        so, se = p.communicate()
+        pytest.fail(f"{n}-process run did not end within {TIMEOUT}s (a hang)\n{se[-3000:]}")
+    assert p.returncode == 0, se[-5000:]
+    return subprocess.CompletedProcess(cmd, p.returncode, so, se)
+
+
+def ended(out: Path) -> list[str]:
+    return [(out / f"rank{r}.done").read_text() if (out / f"rank{r}.done").exists() else "-" for r in range(2)]
+
+
+def train_log(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def two_proc(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mp") / "straight"
+    launch(out, CFG)
+    assert ended(out) == ["finished", "finished"]
+    return out
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(two_proc, tmp_path):
+    torch.set_num_threads(1)
+    # eval.batch_size 2: the 6 valid/test samples are 3 eval batches (ranks 0, 1, 0); 12 items, 2 encoding batches
+    m1 = train_r2ec("r2ec", tiny_dataset(), params_of({"method": "r2ec", "recpo": CFG}), tmp_path, None,
+                    progress=False, dvclive=False)
+    m2 = json.loads((two_proc / "metrics.json").read_text())
+    # ranks: identical rows in identical order (evaluation is sharded by whole eval batches, item-table rows by
+    # whole encoding batches: every score is computed in the very batch one process computes it in)
+    assert pl.read_parquet(two_proc / "ranks.parquet").equals(pl.read_parquet(tmp_path / "ranks.parquet"))
+    assert m1 == m2  # metrics are functions of the ranks
+    # the loss scaling keeps the global mean: step 0's gradient norm (before any weight differs) equals one
+    # process's up to float summation order (two half-batch backwards summed vs one whole-batch backward)
+    g1, g2 = train_log(tmp_path)[0]["grad_norm"], train_log(two_proc)[0]["grad_norm"]
+    assert g2 == pytest.approx(g1, rel=1e-5)
+    # weights after 2 steps: Adam divides by sqrt(v), which magnifies the float-order differences of near-zero
+    # gradient entries up to ~lr; 1e-4 absolute (lr = 1e-2, weights ~0.1) still fails on any mis-scaled or
+    # missing reduction (a one-rank gradient moves weights by ~lr)
+    a = load_checkpoint(tmp_path / "last")["trainable"]
+    b = load_checkpoint(two_proc / "last")["trainable"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-4, msg=k)
+
+
+def test_kill_and_resume_under_two_processes_equals_the_uninterrupted_run(two_proc, tmp_path):
+    out = tmp_path / "resumed"
+    launch(out, CFG, kill_at=1)  # both ranks interrupted after step 1 of 2 (its checkpoint written)
+    assert ended(out) == ["killed", "killed"]
+    assert load_checkpoint(out / "last")["step"] == 1
+    launch(out, CFG)
+    assert ended(out) == ["finished", "finished"]
+    a, b = load_checkpoint(two_proc / "last"), load_checkpoint(out / "last")
+    assert a["step"] == b["step"] == 2
+    for k in a["trainable"]:
+        assert torch.equal(a["trainable"][k], b["trainable"][k]), k
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((two_proc / "metrics.json").read_text())
+    assert pl.read_parquet(out / "ranks.parquet").equals(pl.read_parquet(two_proc / "ranks.parquet"))
+    assert [r["step"] for r in train_log(out)] == [0, 1]
+
+
+@pytest.mark.parametrize("fast,steps_run", [(1, [0, 1]), (0, [0])])
+def test_no_hang_when_one_ranks_clock_ends_its_budget_first(tmp_path, fast, steps_run):
+    """Rank ``fast``'s clock runs 1e9 times fast: its own budget (1 minute) ends after its first step. The main
+    process's clock decides for both, so both ranks stop at the same step and end cleanly."""
+    t0 = time.perf_counter()
+    launch(tmp_path, {**CFG, "max_minutes": 1.0}, env={"R2EC_CLOCK_SCALE": f"{fast}:1e9"})
+    assert ended(tmp_path) == ["finished", "finished"]
+    assert [r["step"] for r in train_log(tmp_path)] == steps_run
+    assert json.loads((tmp_path / "metrics.json").read_text())["test"]["n_samples"] == 6
+    assert time.perf_counter() - t0 < TIMEOUT
+
+
+def test_bigrec_two_processes_match_one_process(tmp_path):
+    from r2ec.baselines.bigrec import train_bigrec
+    torch.set_num_threads(1)
+    m1 = train_bigrec(tiny_dataset(), params_of({"method": "bigrec"}), tmp_path / "one", None, progress=False,
+                      dvclive=False)
+    launch(tmp_path / "two", {}, method="bigrec")
+    assert ended(tmp_path / "two") == ["finished", "finished"]
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    wall = {"decode_s", "decode_samples_per_s"}
+    for split in ("valid", "test"):
+        assert {k: v for k, v in m2[split].items() if k not in wall} == \
+               {k: v for k, v in m1[split].items() if k not in wall}
+    assert pl.read_parquet(tmp_path / "two" / "ranks.parquet").equals(pl.read_parquet(tmp_path / "one" / "ranks.parquet"))
+    gens = [json.loads(x)["sample_id"] for x in open(tmp_path / "two" / "test_generations.jsonl")]
+    assert gens == [json.loads(x)["sample_id"] for x in open(tmp_path / "one" / "test_generations.jsonl")]
+    # token-mean SFT loss over the global batch: step 0's gradient norm is one process's (float order aside)
+    assert train_log(tmp_path / "two")[0]["grad_norm"] == pytest.approx(train_log(tmp_path / "one")[0]["grad_norm"],
+                                                                         rel=1e-5)
+
+
+def test_global_batch_must_split_evenly_over_the_processes(tmp_path, monkeypatch):
+    monkeypatch.setattr(dist, "world", lambda acc: 2)
+    with pytest.raises(UserError, match="batch_size=3 .* multiple of the 2 processes"):
+        train_r2ec("r2ec", tiny_dataset(), tiny_params(batch_size=3), tmp_path, None, progress=False,
+                   dvclive=False)
+
+
+def test_shards_and_mean_record():
+    assert [dist.shard(4, r, 2) for r in range(2)] == [(0, 2), (2, 4)]
+    assert [dist.shard(5, r, 2) for r in range(2)] == [(0, 3), (3, 5)]
+    assert dist.from_main(None, 3) == 3 and dist.gather_objects(None, 3) == [3]
+    assert mean_record([{"step": 0, "a": 1.0, "s": "x"}, {"step": 0, "a": 3.0, "s": "y"}]) == \
+        {"step": 0, "a": 2.0, "s": "x"}
