@@ -340,17 +340,73 @@ def vllm_lora_rank(model, default: int = 16) -> int:
     raise ValueError(f"LoRA rank {r} exceeds vLLM's maximum {VLLM_LORA_RANKS[-1]}")
 
 
+VLLM_MODES = ("colocate", "dedicated")
+
+
+def vllm_placement(mode: str, env: dict | None = None) -> dict[str, Any]:
+    """Where this process's vLLM engine lives under ``recpo.vllm_mode`` and the launcher's ``RANK`` /
+    ``LOCAL_RANK`` / ``WORLD_SIZE`` (``env``, default ``os.environ``; absent = one process).
+
+    ``colocate``: every training process builds its own engine on its own GPU, ``cuda:LOCAL_RANK``, with vLLM's
+    ``external_launcher`` executor (vLLM joins the launcher's process group instead of spawning workers, so N
+    processes do not all land on GPU 0). Returns ``{"rank", "local_rank", "world_size", "device", "llm_kwargs"}``.
+    ``dedicated`` (the paper's: the last GPU generates while the others train) is not built yet.
+    """
+    import os
+
+    env = os.environ if env is None else env
+    rank, local, world = (int(env.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    if mode == "dedicated":
+        from r2ec.config import ConfigError
+        raise ConfigError("recpo.vllm_mode=dedicated (one GPU generates for the others) is not built yet: use "
+                          "colocate")
+    if mode != "colocate":
+        from r2ec.config import ConfigError
+        raise ConfigError(f"recpo.vllm_mode: {mode!r} is not one of {list(VLLM_MODES)}")
+    return {"rank": rank, "local_rank": local, "world_size": world, "device": local,
+            "llm_kwargs": {"distributed_executor_backend": "external_launcher", "tensor_parallel_size": 1}}
+
+
+def engine_vocab(model_path: str | Path) -> tuple[int, int]:
+    """``(<answer> id, vocabulary size)`` of a saved backbone folder: its tokenizer's id and its config's
+    ``vocab_size`` (the rows of the embedding vLLM loads). One-line errors when the folder cannot serve."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from r2ec.llm.backbone import ANSWER, answer_token_id
+
+    path = Path(model_path)
+    if not path.is_dir():
+        raise ValueError(f"vLLM needs a local backbone folder with {ANSWER} in its tokenizer, got {model_path!r}")
+    try:
+        sid = answer_token_id(AutoTokenizer.from_pretrained(path))
+    except ValueError:
+        raise ValueError(f"{path}: its tokenizer has no single {ANSWER} token (save it with the resized "
+                         f"model, r2ec.llm.backbone.engine_backbone_dir)") from None
+    cfg = AutoConfig.from_pretrained(path)
+    vocab = int(cfg.get_text_config().vocab_size if hasattr(cfg, "get_text_config") else cfg.vocab_size)
+    if not 0 <= sid < vocab:
+        raise ValueError(f"{path}: {ANSWER} id {sid} lies outside the model's vocabulary of {vocab}")
+    return sid, vocab
+
+
 class VLLMRolloutEngine:
-    """vLLM sampling (CUDA only). The base model is a saved HF directory that already carries the
-    ``<answer>`` tokens (the backbone cache dir); the LoRA is served as an adapter: each :meth:`sync_weights`
-    saves the PEFT adapter to a fresh temp dir and the next :meth:`generate` passes it as a new
-    ``LoRARequest`` (never merged into the weights). Old log-probs are recomputed with the HF policy model via
+    """vLLM sampling (CUDA only). The base model is a saved local HF folder that already carries the
+    ``<answer>`` tokens (:func:`r2ec.llm.backbone.engine_backbone_dir`); its tokenizer's ``<answer>`` id, checked
+    against the policy's and the model's vocabulary, is the stop id. The LoRA is served as an adapter: each
+    :meth:`sync_weights` of new weights saves the PEFT adapter to a fresh temp dir, and the next :meth:`generate`
+    passes it as a ``LoRARequest`` with a new int id (vLLM caches adapters by id: a reused id would serve the stale
+    one; never merged into the weights). Old log-probs are recomputed with the HF policy model via
     :func:`completion_logprobs`, exactly like the new ones in the loss.
+
+    ``mode`` places the engine (:func:`vllm_placement`); ``seed`` seeds the engine (each request has its own seed).
     """
 
     def __init__(self, model, tokenizer, answer_id: int, *, model_path: str | Path,
                  max_lora_rank: int | None = None, gpu_memory_utilization: float = 0.4, dtype: str = "bfloat16",
-                 max_model_len: int = 4096, logprob_batch_size: int | None = None, **llm_kwargs: Any):
+                 max_model_len: int = 4096, logprob_batch_size: int | None = None, mode: str = "colocate",
+                 seed: int = 0, **llm_kwargs: Any):
+        import os
+
         try:
             from vllm import LLM
         except ImportError as e:  # pragma: no cover - exercised by the import-guard test via monkeypatch
@@ -361,27 +417,50 @@ class VLLMRolloutEngine:
         self.answer_id = int(answer_id)
         self.eos_ids, self.pad_id = stop_and_pad_ids(tokenizer)
         self.logprob_batch_size = logprob_batch_size
+        self.model_path = str(model_path)
+        sid, self.vocab_size = engine_vocab(model_path)
+        if sid != self.answer_id:
+            raise ValueError(f"{model_path}: {sid} is its <answer> id, the policy's tokenizer has {self.answer_id}")
+        if any(not 0 <= e < self.vocab_size for e in self.eos_ids):
+            raise ValueError(f"{model_path}: EOS ids {self.eos_ids} lie outside the vocabulary of {self.vocab_size}")
+        self.placement = vllm_placement(mode)
         if max_lora_rank is None:
             max_lora_rank = vllm_lora_rank(model)
-        self.llm = LLM(model=str(model_path), tokenizer=str(model_path), enable_lora=True,
+        # the external launcher reads the torch.distributed rendezvous from the environment (set by accelerate /
+        # torchrun under several processes; defaulted here for one)
+        for k, v in (("RANK", self.placement["rank"]), ("LOCAL_RANK", self.placement["local_rank"]),
+                     ("WORLD_SIZE", self.placement["world_size"]), ("MASTER_ADDR", "localhost"),
+                     ("MASTER_PORT", "29513")):
+            os.environ.setdefault(k, str(v))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.placement["device"])
+        kw = {**self.placement["llm_kwargs"], **llm_kwargs}
+        self.llm = LLM(model=self.model_path, tokenizer=self.model_path, enable_lora=True,
                        max_lora_rank=max_lora_rank, max_loras=1, dtype=dtype,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                       **llm_kwargs)
+                       seed=int(seed), **kw)
         self._lora_dir: str | None = None
         self._lora_id = 0
+        self._version: Any = None
         self.last_stats: dict[str, float] = {}
         if hasattr(model, "peft_config"):
             self.sync_weights(model)
 
-    def sync_weights(self, peft_model=None) -> None:
-        """Save the current LoRA adapter to a new temp dir; the next generate uses it (new adapter id)."""
+    def sync_weights(self, peft_model=None, version: Any = None) -> None:
+        """Save the current LoRA adapter to a new temp dir; the next generate requests it under a new int id.
+
+        ``version`` (the host's weight version, :meth:`r2ec.train.harness.LLMHarness.stepped`): an unchanged
+        version keeps the adapter already saved (same id); None always saves."""
         m = peft_model if peft_model is not None else self.model
         if not hasattr(m, "peft_config"):
+            return
+        if version is not None and version == self._version and self._lora_dir is not None:
             return
         new_dir = tempfile.mkdtemp(prefix="r2ec-lora-")
         m.save_pretrained(new_dir, save_embedding_layers=False)
         old, self._lora_dir = self._lora_dir, new_dir
         self._lora_id += 1
+        self._version = version
         if old:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -399,7 +478,8 @@ class VLLMRolloutEngine:
         # temperature 0 = greedy in vLLM; top_k -1 = off (accepted by old and new versions)
         params = [SamplingParams(n=group_size, temperature=max(float(temperature), 0.0),
                                  top_k=int(top_k) if top_k and top_k > 0 else -1,
-                                 max_tokens=int(max_new_tokens), stop_token_ids=[self.answer_id] + self.eos_ids,
+                                 max_tokens=int(max_new_tokens),
+                                 stop_token_ids=[self.answer_id] + [e for e in self.eos_ids if e != self.answer_id],
                                  seed=int(seed) + i) for i in range(len(prompts))]
         reqs = [{"prompt_token_ids": list(p)} for p in prompts]
         outs = self.llm.generate(reqs, params, lora_request=self._lora_request(), use_tqdm=False)
