@@ -22,12 +22,14 @@ class UserEncoder:
         self.host, self.rc, self.engine, self.reasoning = host, rc, engine, reasoning
         self.items_by_id = {int(r["item_id"]): r for r in host.ds.items.iter_rows(named=True)}
         self.gen_kw = set(inspect.signature(engine.generate).parameters)
+        from r2ec.llm.prompts import PromptTruncation
+        self.truncation = PromptTruncation()  # user prompts cut to llm.max_prompt_tokens, per stage
 
     def prompts_of(self, rows: pl.DataFrame) -> list[list[int]]:
         from r2ec.llm.prompts import sample_prompt_ids
         h = self.host
         return [sample_prompt_ids(h.tok, r, self.items_by_id, h.ds.name, h.p.llm.system_prompt,
-                                  h.p.llm.max_prompt_tokens)
+                                  h.p.llm.max_prompt_tokens, truncation=self.truncation)
                 for r in rows.iter_rows(named=True)]
 
     def sync_engine(self):

@@ -108,6 +108,10 @@ class R2ecTrainer(LLMHarness):
         self.rec = RecHead(self.rc.tau, lambda: self.items.table, self.readout, self.cls, self.log_prior)
 
     # ------------------------------------------------------------------------------------------ harness hooks
+    def prompt_truncation(self):
+        users = getattr(self, "users", None)
+        return users.truncation if users is not None else None
+
     def setup(self, model: torch.nn.Module) -> None:
         self.readout, self.cls = attach_heads(model, self.var, self.ro, self.rc, self.ds.n_items, self.acc.device)
 
