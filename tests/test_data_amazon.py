@@ -457,28 +457,21 @@ def test_paper_budget_holds_twenty_items(tmp_path):
     assert pt.counts["train"]["truncated"] == 0
 
 
-def test_harness_counts_prompts_per_stage_and_logs_them(monkeypatch, caplog):
-    """The harness switches the counter's stage during ``evaluate(split)`` and logs each stage once."""
-    from types import SimpleNamespace
-
-    import r2ec.train.harness as H
+def test_prompt_counts_per_stage_are_logged_once_and_written_beside_the_metrics(caplog):
+    """The trainer counts an evaluation split's prompts under its name (``at``) and writes the counts beside
+    the metrics (``beside``), logging each stage once."""
     from r2ec.llm.prompts import PromptTruncation
     pt = PromptTruncation()
-    seen = []
-
-    def fake_evaluate(*a, **k):  # renders one prompt, cut by two history lines
-        seen.append(pt.stage)
-        pt.add(30, 2, False)
-        return {"N@10": 0.0}, None
-    monkeypatch.setattr(H, "evaluate", fake_evaluate)
-    stub = SimpleNamespace(prompt_truncation=lambda: pt, before_evaluate=lambda: None, scorer=None, ds=None,
-                           p=SimpleNamespace(eval=None, llm=SimpleNamespace(max_prompt_tokens=16)), method="r2ec",
-                           progress=False)
     pt.add(10, 0, False)  # a training prompt
-    H.LLMHarness.evaluate(stub, "valid")
-    assert seen == ["valid"] and pt.stage == "train"
-    with caplog.at_level("INFO", logger=H.log.name):
-        counts = H.LLMHarness.report_prompts(stub)
+    with pt.at("valid"):
+        pt.add(30, 2, False)  # cut by two history lines
+    assert pt.stage == "train" and pt.truncated() == 0 and pt.truncated("valid") == 1
+    assert pt.beside({}, "r2ec", 16, ("test",)) == {}  # only the stages asked for are written
+    caplog.clear()
+    assert PromptTruncation().beside({"test": {}}, "m", 16) == {"test": {}}  # nothing counted: unchanged
+    with caplog.at_level("INFO", logger="r2ec.llm.prompts"):
+        written = pt.beside({"test": {}}, "r2ec", 16)
+    counts = written["prompts"]
     assert counts["train"]["truncated"] == 0 and counts["valid"] == {
         "prompts": 1, "truncated": 1, "history_lines_dropped": 2, "hard_cut": 0, "longest_tokens": 30}
     msgs = [(r.levelname, r.getMessage()) for r in caplog.records if "user prompts truncated" in r.getMessage()]

@@ -27,11 +27,15 @@ or milliseconds (Amazon 2023); ``ts_unit="auto"`` treats values above 1e11 as mi
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from r2ec.llm.backbone import ANSWER
+
+log = logging.getLogger(__name__)
 
 _MS_THRESHOLD = 1e11  # unix seconds stay below this until the year 5138
 
@@ -279,6 +283,34 @@ class PromptTruncation:
         c["history_lines_dropped"] += int(lines_dropped)
         c["hard_cut"] += int(hard_cut)
         c["longest_tokens"] = max(c["longest_tokens"], int(full_len))
+
+    @contextlib.contextmanager
+    def at(self, stage: str):
+        """Count under ``stage`` inside the block (an evaluation split), then go back to the current one."""
+        before, self.stage = self.stage, stage
+        try:
+            yield self
+        finally:
+            self.stage = before
+
+    def report(self, method: str, budget: int) -> dict[str, dict[str, int]]:
+        """Log each stage's counts once (a warning when a prompt was truncated); return them per stage."""
+        for stage, c in self.counts.items():
+            (log.warning if c["truncated"] else log.info)(
+                "%s %s: %d of %d user prompts truncated to llm.max_prompt_tokens=%d (%d history lines dropped, "
+                "%d hard cuts; longest prompt %d tokens)", method, stage, c["truncated"], c["prompts"], budget,
+                c["history_lines_dropped"], c["hard_cut"], c["longest_tokens"])
+        return {k: dict(v) for k, v in self.counts.items()}
+
+    def beside(self, metrics: dict, method: str, budget: int, stages: tuple[str, ...] | None = None) -> dict:
+        """``metrics`` with the counts of ``stages`` (None: all) as ``prompts``, every stage logged once by
+        :meth:`report`; unchanged when none of them was counted."""
+        counts = {k: v for k, v in self.report(method, budget).items() if stages is None or k in stages}
+        return {**metrics, "prompts": counts} if counts else metrics
+
+    def truncated(self, stage: str | None = None) -> int:
+        """Prompts truncated so far under ``stage`` (None: the current one)."""
+        return self.counts.get(stage or self.stage, {}).get("truncated", 0)
 
 
 def sample_prompt_ids(tokenizer, sample: dict, items_by_id: dict[int, dict], domain: str,

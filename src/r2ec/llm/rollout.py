@@ -26,6 +26,9 @@ from typing import Any, Sequence
 import torch
 
 from r2ec.llm.encoder import last_hidden, pad_left
+# the HF engine's KV-cache prefills (re-exported: callers and tests reach them here)
+from r2ec.llm.prefill import answer_states, prefix_prefill, shared_prefill  # noqa: F401
+from r2ec.llm.vllm_setup import VLLM_LORA_RANKS, engine_vocab, vllm_lora_rank, vllm_placement  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -246,147 +249,6 @@ class HFRolloutEngine:
                            "tokens_per_s": n_tok / max(gen_s, 1e-9),
                            "forced_frac": sum(t.forced for t in trajs) / max(len(trajs), 1)}
         return [trajs[i * group_size:(i + 1) * group_size] for i in range(len(prompts))]
-
-
-def shared_prefill(model, prompts: list[list[int]], group_size: int, pad_id: int):
-    """KV cache of every prompt but its last id, computed once per prompt and repeated ``group_size`` times.
-
-    ``generate`` continues from it (it feeds only the uncached last id), so G samples of one user cost one
-    prefill instead of G. Positions follow generate's own numbering (the mask's cumulative sum), and the prompts
-    are left-padded to a common length exactly as :func:`pad_left` pads the repeated batch. It is
-    :func:`prefix_prefill` without a common prefix (callers pass prompts of at least two ids in all).
-    """
-    return prefix_prefill(model, prompts, group_size, pad_id, common=False)[2]
-
-
-def prefix_prefill(model, prompts: list[list[int]], group_size: int, pad_id: int, common: bool = True):
-    """``(input_ids, attention_mask, cache)`` for ``generate`` on ``group_size`` samples of each prompt, prefilled
-    with the prompts' common prefix (chat template + instruction, ~40% of a user prompt) computed once
-    (``common=False``: no prefix is shared, every prompt is prefilled whole).
-
-    Layout per row: the prefix, then the row's own suffix left-padded to the longest suffix (the mask zeroes
-    the pads between them), then generation. The cache holds every position but the last prompt id, as
-    ``generate`` expects (:func:`shared_prefill`); positions are the mask's cumulative sum, generate's own
-    numbering, so each row's states equal a plain left-padded generation's up to float rounding. Each user's
-    suffix is prefilled once and its cache repeated ``group_size`` times.
-    """
-    from r2ec.llm.encoder import decoder_of, prefix_cache, shared_prefix_len
-
-    dev = next(model.parameters()).device
-    P = shared_prefix_len(prompts) if common else 0  # every prompt keeps at least one suffix id
-    suf, suf_mask, suf_pos = pad_left([p[P:] for p in prompts], pad_id, dev)
-    B = len(prompts)
-    head = torch.as_tensor([prompts[0][:P]], dtype=torch.long, device=dev)
-    cache = prefix_cache(model, head)
-    if P:
-        cache.batch_repeat_interleave(B)
-    ids = torch.cat([head.expand(B, P), suf], 1)
-    mask = torch.cat([torch.ones((B, P), dtype=torch.long, device=dev), suf_mask], 1)
-    if suf.shape[1] > 1:
-        decoder_of(model)(input_ids=suf[:, :-1], attention_mask=mask[:, :-1], position_ids=P + suf_pos[:, :-1],
-                          past_key_values=cache, use_cache=True)
-    if int(cache.get_seq_length()) == 0:  # one-id prompts: nothing to prefill, generate starts from scratch
-        cache = None
-    elif group_size > 1:
-        cache.batch_repeat_interleave(group_size)
-    return ids.repeat_interleave(group_size, 0), mask.repeat_interleave(group_size, 0), cache
-
-
-def answer_states(model, cache, sequences: torch.Tensor, prompt_mask: torch.Tensor, n_reasoning: list[int],
-                  answer_id: int, pad_id: int) -> torch.Tensor:
-    """Decoder states ``[B, H]`` at ``<answer>`` right after each row's reasoning, from a generation's KV cache.
-
-    ``sequences`` ``[B, T + L]`` = left-padded prompts (``prompt_mask`` ``[B, T]``) + L generated ids; ``cache``
-    holds the first ``C`` positions (``C = T + L - 1`` for HF generate: the last sampled id is never fed). Row
-    ``i`` keeps its first ``n_reasoning[i]`` generated ids; the ids it does not keep (its stop id and the pads
-    of a finished row) are masked out of attention, its kept ids that the cache lacks are fed again, then
-    ``<answer>`` at the position it would have in a fresh forward (generate numbers positions by the mask's
-    cumulative sum). Equal to ``hidden_at_answer`` on prompt + reasoning + ``<answer>`` up to float rounding.
-    """
-    from r2ec.llm.encoder import decoder_of
-
-    T = prompt_mask.shape[1]
-    C = int(cache.get_seq_length())
-    dev = sequences.device
-    in_cache = [min(n, C - T) for n in n_reasoning]
-    feed = [sequences[i, T + c:T + n].tolist() + [answer_id] for i, (c, n) in enumerate(zip(in_cache, n_reasoning))]
-    M = max(len(f) for f in feed)
-    new = torch.full((len(feed), M), pad_id, dtype=torch.long, device=dev)
-    mask = torch.zeros((len(feed), C + M), dtype=torch.long, device=dev)
-    mask[:, :T] = prompt_mask
-    for i, (c, f) in enumerate(zip(in_cache, feed)):
-        new[i, :len(f)] = torch.as_tensor(f, dtype=torch.long, device=dev)
-        mask[i, T:T + c] = 1
-        mask[i, C:C + len(f)] = 1
-    start = prompt_mask.sum(1, keepdim=True) + torch.as_tensor(in_cache, device=dev)[:, None]
-    pos = start + torch.arange(M, device=dev)[None, :]
-    h = decoder_of(model)(input_ids=new, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                          use_cache=True).last_hidden_state
-    return h[torch.arange(len(feed), device=dev), torch.as_tensor([len(f) - 1 for f in feed], device=dev)]
-
-
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
-
-
-def vllm_lora_rank(model, default: int = 16) -> int:
-    """Smallest ``max_lora_rank`` vLLM accepts that holds the PEFT model's LoRA rank."""
-    r = default
-    pc = getattr(model, "peft_config", None)
-    if pc:
-        r = max(int(c.r) for c in pc.values())
-    for allowed in VLLM_LORA_RANKS:
-        if allowed >= r:
-            return allowed
-    raise ValueError(f"LoRA rank {r} exceeds vLLM's maximum {VLLM_LORA_RANKS[-1]}")
-
-
-VLLM_MODES = ("colocate", "dedicated")
-
-
-def vllm_placement(mode: str, env: dict | None = None) -> dict[str, Any]:
-    """Where this process's vLLM engine lives under ``recpo.vllm_mode`` and the launcher's ``RANK`` /
-    ``LOCAL_RANK`` / ``WORLD_SIZE`` (``env``, default ``os.environ``; absent = one process).
-
-    ``colocate``: every training process builds its own engine on its own GPU, ``cuda:LOCAL_RANK``, with vLLM's
-    ``external_launcher`` executor (vLLM joins the launcher's process group instead of spawning workers, so N
-    processes do not all land on GPU 0). Returns ``{"rank", "local_rank", "world_size", "device", "llm_kwargs"}``.
-    ``dedicated`` (the paper's: the last GPU generates while the others train) is not built yet.
-    """
-    import os
-
-    env = os.environ if env is None else env
-    rank, local, world = (int(env.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
-    if mode == "dedicated":
-        from r2ec.config import ConfigError
-        raise ConfigError("recpo.vllm_mode=dedicated (one GPU generates for the others) is not built yet: use "
-                          "colocate")
-    if mode != "colocate":
-        from r2ec.config import ConfigError
-        raise ConfigError(f"recpo.vllm_mode: {mode!r} is not one of {list(VLLM_MODES)}")
-    return {"rank": rank, "local_rank": local, "world_size": world, "device": local,
-            "llm_kwargs": {"distributed_executor_backend": "external_launcher", "tensor_parallel_size": 1}}
-
-
-def engine_vocab(model_path: str | Path) -> tuple[int, int]:
-    """``(<answer> id, vocabulary size)`` of a saved backbone folder: its tokenizer's id and its config's
-    ``vocab_size`` (the rows of the embedding vLLM loads). One-line errors when the folder cannot serve."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from r2ec.llm.backbone import ANSWER, answer_token_id
-
-    path = Path(model_path)
-    if not path.is_dir():
-        raise ValueError(f"vLLM needs a local backbone folder with {ANSWER} in its tokenizer, got {model_path!r}")
-    try:
-        sid = answer_token_id(AutoTokenizer.from_pretrained(path))
-    except ValueError:
-        raise ValueError(f"{path}: its tokenizer has no single {ANSWER} token (save it with the resized "
-                         f"model, r2ec.llm.backbone.engine_backbone_dir)") from None
-    cfg = AutoConfig.from_pretrained(path)
-    vocab = int(cfg.get_text_config().vocab_size if hasattr(cfg, "get_text_config") else cfg.vocab_size)
-    if not 0 <= sid < vocab:
-        raise ValueError(f"{path}: {ANSWER} id {sid} lies outside the model's vocabulary of {vocab}")
-    return sid, vocab
 
 
 class VLLMRolloutEngine:

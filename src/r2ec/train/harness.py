@@ -145,11 +145,6 @@ class LLMHarness:
         self.live = None
 
     # ------------------------------------------------------------------------------------------ hooks
-    def prompt_truncation(self):
-        """The :class:`r2ec.llm.prompts.PromptTruncation` the method's user prompts are counted in (None: not
-        counted); its stage follows training / ``valid`` / ``test`` and ``run`` logs and writes it."""
-        return None
-
     def setup(self, model: torch.nn.Module) -> None:
         """Called with the LoRA model before the optimizer is built: attach extra trainable submodules here."""
 
@@ -261,31 +256,9 @@ class LLMHarness:
     def evaluate(self, split: str) -> tuple[dict, pl.DataFrame]:
         """Metrics and per-sample ranks of the current weights on ``split`` through the shared evaluator."""
         self.before_evaluate()
-        pt = self.prompt_truncation()
-        stage = pt.stage if pt is not None else None
-        if pt is not None:
-            pt.stage = split
-        try:
-            with torch.random.fork_rng(devices=[]):
-                return evaluate(self.scorer, self.ds, split, self.p.eval, desc=f"{self.method} {split}",
-                                progress=self.progress)
-        finally:
-            if pt is not None:
-                pt.stage = stage
-
-    def report_prompts(self) -> dict[str, dict[str, int]]:
-        """Log, once per stage, how many user prompts were cut to ``llm.max_prompt_tokens`` (a warning when any
-        was); returns the counts per stage (written into ``metrics.json`` as ``prompts``)."""
-        pt = self.prompt_truncation()
-        if pt is None:
-            return {}
-        for stage, c in pt.counts.items():
-            msg = ("%s %s: %d of %d user prompts truncated to llm.max_prompt_tokens=%d (%d history lines dropped, "
-                   "%d hard cuts; longest prompt %d tokens)")
-            args = (self.method, stage, c["truncated"], c["prompts"], self.p.llm.max_prompt_tokens,
-                    c["history_lines_dropped"], c["hard_cut"], c["longest_tokens"])
-            (log.warning if c["truncated"] else log.info)(msg, *args)
-        return {k: dict(v) for k, v in pt.counts.items()}
+        with torch.random.fork_rng(devices=[]):
+            return evaluate(self.scorer, self.ds, split, self.p.eval, desc=f"{self.method} {split}",
+                            progress=self.progress)
 
     # ------------------------------------------------------------------------------------------ state
     def fingerprint(self) -> str:
@@ -425,10 +398,8 @@ class LLMHarness:
         metrics = {"valid": valid[0], "test": test[0]}
         config = {**to_dict(self.p), "run": {"method": self.method, "best_step": self.best_step,
                                              "best_valid_score": self.best_score if self.trains() else None}}
-        prompts = self.report_prompts()
         if self.acc.is_main_process:
-            written = {**metrics, "prompts": prompts} if prompts else metrics
-            write_run_outputs(self.run_dir, written, [valid[1], test[1]], config)
+            write_run_outputs(self.run_dir, metrics, [valid[1], test[1]], config)
         return metrics
 
     def budget_s(self) -> float:
