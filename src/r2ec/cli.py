@@ -78,6 +78,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
                                 "(or --dataset CATEGORY --raw DIR)")
         stats = preprocess.prepare_amazon(inter, meta, p.data, out)
     print(json.dumps(stats, indent=2))
+    table = preprocess.report_paper_comparison(args.dataset or out.name, stats)
+    if table:  # the paper's categories: its counts beside ours
+        print(table)
 
 
 def _apply_threads(n: int) -> None:

@@ -313,6 +313,12 @@ class LangptuneCfg(Section):
 class RecpoCfg(Section):
     SECTION = "recpo"
     engine: Literal["hf", "vllm"] = _doc("rollout engine: transformers generate or vLLM (GPU)", default="hf")
+    vllm_mode: str = _doc(
+        "vLLM placement: colocate = one engine per training process on its own GPU (external launcher); dedicated "
+        "= the paper's, the last GPU generates for the others (not built yet)", choices=("colocate", "dedicated"),
+        default="colocate")
+    vllm_gpu_memory_utilization: float = _doc("share of its GPU's memory a vLLM engine may take (weights + KV cache)",
+                                              gt=0.0, le=1.0, default=0.4)
     group_size: int = _doc("trajectories sampled per user (G)", ge=1, default=4)
     temperature: float = _doc("rollout sampling temperature", gt=0.0, default=1.5)
     top_k: int = _doc("rollout top-k sampling", ge=0, default=200)

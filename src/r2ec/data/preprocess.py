@@ -36,6 +36,49 @@ log = logging.getLogger("r2ec.data")
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the paper's dataset statistics (reference facts: R2ec, NeurIPS 2025, Tables 3 and 5)
+
+# users / items / interactions and the train / valid / test sample counts the paper reports per Amazon 2023
+# category; None = not reported there. ``prepare`` prints its own counts beside these and warns where they differ
+# (the source files change over time, so a difference is a fact to report, not an error).
+PAPER_STATS: dict[str, dict[str, Any]] = {
+    "Video_Games": {"users": 29_230, "items": 10_144, "interactions": 63_502,
+                    "samples": {"train": 50_801, "valid": 6_350, "test": 6_351}},
+    "CDs_and_Vinyl": {"users": None, "items": None, "interactions": None,
+                      "samples": {"train": 10_748, "valid": 1_343, "test": 1_344}},
+    "Musical_Instruments": {"users": None, "items": None, "interactions": None,
+                            "samples": {"train": 27_498, "valid": 3_437, "test": 3_438}},
+}
+
+
+def paper_comparison(dataset: str, stats: dict) -> list[tuple[str, int | None, int | None]]:
+    """``(count, ours, paper's)`` rows for a category of :data:`PAPER_STATS` (empty for other datasets)."""
+    ref = PAPER_STATS.get(dataset)
+    if ref is None:
+        return []
+    rows: list[tuple[str, int | None, int | None]] = [(k, stats.get(k), ref[k])
+                                                      for k in ("users", "items", "interactions")]
+    rows += [(f"{k} samples", stats.get("samples", {}).get(k), v) for k, v in ref["samples"].items()]
+    return rows
+
+
+def report_paper_comparison(dataset: str, stats: dict) -> str:
+    """A small table of this preparation's counts beside the paper's (``""`` for datasets the paper does not
+    report); logs one warning per count that differs from a reported one."""
+    rows = paper_comparison(dataset, stats)
+    if not rows:
+        return ""
+    fmt = lambda v: "-" if v is None else f"{v:,}"  # noqa: E731
+    lines = [f"{dataset}: prepared vs the paper (Tables 3/5)", f"  {'count':<16}{'prepared':>12}{'paper':>12}"]
+    for name, ours, ref in rows:
+        lines.append(f"  {name:<16}{fmt(ours):>12}{fmt(ref):>12}")
+        if ref is not None and ours != ref:
+            log.warning("%s: %s = %s, the paper reports %s (the source files change over time)", dataset, name,
+                        fmt(ours), fmt(ref))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # shared steps
 
 def drop_duplicate_events(inter: pl.DataFrame) -> tuple[pl.DataFrame, int]:

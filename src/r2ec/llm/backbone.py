@@ -213,6 +213,29 @@ def load_backbone(cfg, cache_dir: Path | str | None = None):
     return model, tok
 
 
+def engine_backbone_dir(cfg, cache_dir: Path | str | None) -> Path:
+    """A local folder holding the backbone's weights AND tokenizer exactly as :func:`load_backbone` returns them,
+    ``<answer>`` / ``</answer>`` included (the resized embedding): what vLLM serves (``cfg: LlmCfg``).
+
+    Every kind is saved once into ``cache_dir`` (``results/cache/backbones/<name>/``; a fresh temp dir when None):
+    a GGUF backbone's safetensors copy is already that folder; a hub id, a local folder (whose own tokenizer
+    lacks ``<answer>``) and the tiny model are loaded, resized and saved there. Later calls return the folder.
+    """
+    import dataclasses
+    import tempfile
+
+    cache = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="r2ec-backbone-")) / "copy"
+    if _cache_ok(cache, cfg.backbone):
+        return cache
+    # no grouped-decode patch: the saved copy is the plain model
+    model, tok = load_backbone(dataclasses.replace(cfg, grouped_decode=False), cache)
+    if not _cache_ok(cache, cfg.backbone):  # a GGUF load wrote it already; another process may have won
+        _save_copy(model, tok, cache, cfg.backbone, resolve_backbone(cfg.backbone))
+        log.info("saved the backbone with its <answer> tokens to %s (vLLM serves it)", cache)
+    del model
+    return cache
+
+
 @functools.lru_cache(maxsize=None)
 def fast_bf16() -> bool:
     """Whether bfloat16 matmuls are fast on this machine: a CUDA GPU with bf16, or a CPU with AMX or AVX512-BF16.

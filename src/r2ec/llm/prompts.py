@@ -27,10 +27,15 @@ or milliseconds (Amazon 2023); ``ts_unit="auto"`` treats values above 1e11 as mi
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from r2ec.llm.backbone import ANSWER
+
+log = logging.getLogger(__name__)
 
 _MS_THRESHOLD = 1e11  # unix seconds stay below this until the year 5138
 
@@ -262,20 +267,72 @@ def history_dicts(items_by_id: dict[int, dict], item_ids: list[int], ratings: li
             for i, r, t in zip(item_ids, ratings, timestamps)]
 
 
+@dataclass
+class PromptTruncation:
+    """Counts of the user prompts :func:`sample_prompt_ids` rendered, per stage (``stage``: the one counted now):
+    how many, how many were truncated to ``max_tokens`` (oldest history lines dropped, or a hard left cut), the
+    history lines dropped, and the longest prompt before truncation (the budget that would hold them all)."""
+    stage: str = "train"
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, full_len: int, lines_dropped: int, hard_cut: bool) -> None:
+        c = self.counts.setdefault(self.stage, {"prompts": 0, "truncated": 0, "history_lines_dropped": 0,
+                                                "hard_cut": 0, "longest_tokens": 0})
+        c["prompts"] += 1
+        c["truncated"] += int(lines_dropped > 0 or hard_cut)
+        c["history_lines_dropped"] += int(lines_dropped)
+        c["hard_cut"] += int(hard_cut)
+        c["longest_tokens"] = max(c["longest_tokens"], int(full_len))
+
+    @contextlib.contextmanager
+    def at(self, stage: str):
+        """Count under ``stage`` inside the block (an evaluation split), then go back to the current one."""
+        before, self.stage = self.stage, stage
+        try:
+            yield self
+        finally:
+            self.stage = before
+
+    def report(self, method: str, budget: int) -> dict[str, dict[str, int]]:
+        """Log each stage's counts once (a warning when a prompt was truncated); return them per stage."""
+        for stage, c in self.counts.items():
+            (log.warning if c["truncated"] else log.info)(
+                "%s %s: %d of %d user prompts truncated to llm.max_prompt_tokens=%d (%d history lines dropped, "
+                "%d hard cuts; longest prompt %d tokens)", method, stage, c["truncated"], c["prompts"], budget,
+                c["history_lines_dropped"], c["hard_cut"], c["longest_tokens"])
+        return {k: dict(v) for k, v in self.counts.items()}
+
+    def beside(self, metrics: dict, method: str, budget: int, stages: tuple[str, ...] | None = None) -> dict:
+        """``metrics`` with the counts of ``stages`` (None: all) as ``prompts``, every stage logged once by
+        :meth:`report`; unchanged when none of them was counted."""
+        counts = {k: v for k, v in self.report(method, budget).items() if stages is None or k in stages}
+        return {**metrics, "prompts": counts} if counts else metrics
+
+    def truncated(self, stage: str | None = None) -> int:
+        """Prompts truncated so far under ``stage`` (None: the current one)."""
+        return self.counts.get(stage or self.stage, {}).get("truncated", 0)
+
+
 def sample_prompt_ids(tokenizer, sample: dict, items_by_id: dict[int, dict], domain: str,
                       system_prompt: str = "", max_tokens: int | None = None, task: str = "recommend",
-                      show_year: bool = False) -> list[int]:
+                      show_year: bool = False, truncation: PromptTruncation | None = None) -> list[int]:
     """Prompt ids of one sample row (dict with history_item_ids/ratings/timestamps, target_timestamp).
 
     Over ``max_tokens``, the oldest history lines are dropped until it fits (then hard left truncation).
-    ``task``: see :func:`user_messages`; ``show_year``: see :func:`display_title`.
+    ``task``: see :func:`user_messages`; ``show_year``: see :func:`display_title`. ``truncation`` counts the
+    prompt (:class:`PromptTruncation`).
     """
     hist = history_dicts(items_by_id, sample["history_item_ids"], sample["history_ratings"],
                          sample["history_timestamps"], show_year)
+    n_hist, full_len = len(hist), None
     while True:
         ids = render_prompt(tokenizer, user_messages(hist, sample["target_timestamp"], domain, task=task),
                             system_prompt)
+        full_len = len(ids) if full_len is None else full_len
         if not max_tokens or len(ids) <= max_tokens or len(hist) <= 1:
             break
         hist = hist[1:]
-    return ids[-max_tokens:] if max_tokens and len(ids) > max_tokens else ids
+    hard = bool(max_tokens and len(ids) > max_tokens)
+    if truncation is not None:
+        truncation.add(full_len, n_hist - len(hist), hard)
+    return ids[-max_tokens:] if hard else ids

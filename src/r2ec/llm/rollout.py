@@ -26,6 +26,9 @@ from typing import Any, Sequence
 import torch
 
 from r2ec.llm.encoder import last_hidden, pad_left
+# the HF engine's KV-cache prefills (re-exported: callers and tests reach them here)
+from r2ec.llm.prefill import answer_states, prefix_prefill, shared_prefill  # noqa: F401
+from r2ec.llm.vllm_setup import VLLM_LORA_RANKS, engine_vocab, vllm_lora_rank, vllm_placement  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -248,109 +251,24 @@ class HFRolloutEngine:
         return [trajs[i * group_size:(i + 1) * group_size] for i in range(len(prompts))]
 
 
-def shared_prefill(model, prompts: list[list[int]], group_size: int, pad_id: int):
-    """KV cache of every prompt but its last id, computed once per prompt and repeated ``group_size`` times.
-
-    ``generate`` continues from it (it feeds only the uncached last id), so G samples of one user cost one
-    prefill instead of G. Positions follow generate's own numbering (the mask's cumulative sum), and the prompts
-    are left-padded to a common length exactly as :func:`pad_left` pads the repeated batch. It is
-    :func:`prefix_prefill` without a common prefix (callers pass prompts of at least two ids in all).
-    """
-    return prefix_prefill(model, prompts, group_size, pad_id, common=False)[2]
-
-
-def prefix_prefill(model, prompts: list[list[int]], group_size: int, pad_id: int, common: bool = True):
-    """``(input_ids, attention_mask, cache)`` for ``generate`` on ``group_size`` samples of each prompt, prefilled
-    with the prompts' common prefix (chat template + instruction, ~40% of a user prompt) computed once
-    (``common=False``: no prefix is shared, every prompt is prefilled whole).
-
-    Layout per row: the prefix, then the row's own suffix left-padded to the longest suffix (the mask zeroes
-    the pads between them), then generation. The cache holds every position but the last prompt id, as
-    ``generate`` expects (:func:`shared_prefill`); positions are the mask's cumulative sum, generate's own
-    numbering, so each row's states equal a plain left-padded generation's up to float rounding. Each user's
-    suffix is prefilled once and its cache repeated ``group_size`` times.
-    """
-    from r2ec.llm.encoder import decoder_of, prefix_cache, shared_prefix_len
-
-    dev = next(model.parameters()).device
-    P = shared_prefix_len(prompts) if common else 0  # every prompt keeps at least one suffix id
-    suf, suf_mask, suf_pos = pad_left([p[P:] for p in prompts], pad_id, dev)
-    B = len(prompts)
-    head = torch.as_tensor([prompts[0][:P]], dtype=torch.long, device=dev)
-    cache = prefix_cache(model, head)
-    if P:
-        cache.batch_repeat_interleave(B)
-    ids = torch.cat([head.expand(B, P), suf], 1)
-    mask = torch.cat([torch.ones((B, P), dtype=torch.long, device=dev), suf_mask], 1)
-    if suf.shape[1] > 1:
-        decoder_of(model)(input_ids=suf[:, :-1], attention_mask=mask[:, :-1], position_ids=P + suf_pos[:, :-1],
-                          past_key_values=cache, use_cache=True)
-    if int(cache.get_seq_length()) == 0:  # one-id prompts: nothing to prefill, generate starts from scratch
-        cache = None
-    elif group_size > 1:
-        cache.batch_repeat_interleave(group_size)
-    return ids.repeat_interleave(group_size, 0), mask.repeat_interleave(group_size, 0), cache
-
-
-def answer_states(model, cache, sequences: torch.Tensor, prompt_mask: torch.Tensor, n_reasoning: list[int],
-                  answer_id: int, pad_id: int) -> torch.Tensor:
-    """Decoder states ``[B, H]`` at ``<answer>`` right after each row's reasoning, from a generation's KV cache.
-
-    ``sequences`` ``[B, T + L]`` = left-padded prompts (``prompt_mask`` ``[B, T]``) + L generated ids; ``cache``
-    holds the first ``C`` positions (``C = T + L - 1`` for HF generate: the last sampled id is never fed). Row
-    ``i`` keeps its first ``n_reasoning[i]`` generated ids; the ids it does not keep (its stop id and the pads
-    of a finished row) are masked out of attention, its kept ids that the cache lacks are fed again, then
-    ``<answer>`` at the position it would have in a fresh forward (generate numbers positions by the mask's
-    cumulative sum). Equal to ``hidden_at_answer`` on prompt + reasoning + ``<answer>`` up to float rounding.
-    """
-    from r2ec.llm.encoder import decoder_of
-
-    T = prompt_mask.shape[1]
-    C = int(cache.get_seq_length())
-    dev = sequences.device
-    in_cache = [min(n, C - T) for n in n_reasoning]
-    feed = [sequences[i, T + c:T + n].tolist() + [answer_id] for i, (c, n) in enumerate(zip(in_cache, n_reasoning))]
-    M = max(len(f) for f in feed)
-    new = torch.full((len(feed), M), pad_id, dtype=torch.long, device=dev)
-    mask = torch.zeros((len(feed), C + M), dtype=torch.long, device=dev)
-    mask[:, :T] = prompt_mask
-    for i, (c, f) in enumerate(zip(in_cache, feed)):
-        new[i, :len(f)] = torch.as_tensor(f, dtype=torch.long, device=dev)
-        mask[i, T:T + c] = 1
-        mask[i, C:C + len(f)] = 1
-    start = prompt_mask.sum(1, keepdim=True) + torch.as_tensor(in_cache, device=dev)[:, None]
-    pos = start + torch.arange(M, device=dev)[None, :]
-    h = decoder_of(model)(input_ids=new, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                          use_cache=True).last_hidden_state
-    return h[torch.arange(len(feed), device=dev), torch.as_tensor([len(f) - 1 for f in feed], device=dev)]
-
-
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
-
-
-def vllm_lora_rank(model, default: int = 16) -> int:
-    """Smallest ``max_lora_rank`` vLLM accepts that holds the PEFT model's LoRA rank."""
-    r = default
-    pc = getattr(model, "peft_config", None)
-    if pc:
-        r = max(int(c.r) for c in pc.values())
-    for allowed in VLLM_LORA_RANKS:
-        if allowed >= r:
-            return allowed
-    raise ValueError(f"LoRA rank {r} exceeds vLLM's maximum {VLLM_LORA_RANKS[-1]}")
-
-
 class VLLMRolloutEngine:
-    """vLLM sampling (CUDA only). The base model is a saved HF directory that already carries the
-    ``<answer>`` tokens (the backbone cache dir); the LoRA is served as an adapter: each :meth:`sync_weights`
-    saves the PEFT adapter to a fresh temp dir and the next :meth:`generate` passes it as a new
-    ``LoRARequest`` (never merged into the weights). Old log-probs are recomputed with the HF policy model via
+    """vLLM sampling (CUDA only). The base model is a saved local HF folder that already carries the
+    ``<answer>`` tokens (:func:`r2ec.llm.backbone.engine_backbone_dir`); its tokenizer's ``<answer>`` id, checked
+    against the policy's and the model's vocabulary, is the stop id. The LoRA is served as an adapter: each
+    :meth:`sync_weights` of new weights saves the PEFT adapter to a fresh temp dir, and the next :meth:`generate`
+    passes it as a ``LoRARequest`` with a new int id (vLLM caches adapters by id: a reused id would serve the stale
+    one; never merged into the weights). Old log-probs are recomputed with the HF policy model via
     :func:`completion_logprobs`, exactly like the new ones in the loss.
+
+    ``mode`` places the engine (:func:`vllm_placement`); ``seed`` seeds the engine (each request has its own seed).
     """
 
     def __init__(self, model, tokenizer, answer_id: int, *, model_path: str | Path,
                  max_lora_rank: int | None = None, gpu_memory_utilization: float = 0.4, dtype: str = "bfloat16",
-                 max_model_len: int = 4096, logprob_batch_size: int | None = None, **llm_kwargs: Any):
+                 max_model_len: int = 4096, logprob_batch_size: int | None = None, mode: str = "colocate",
+                 seed: int = 0, **llm_kwargs: Any):
+        import os
+
         try:
             from vllm import LLM
         except ImportError as e:  # pragma: no cover - exercised by the import-guard test via monkeypatch
@@ -361,27 +279,50 @@ class VLLMRolloutEngine:
         self.answer_id = int(answer_id)
         self.eos_ids, self.pad_id = stop_and_pad_ids(tokenizer)
         self.logprob_batch_size = logprob_batch_size
+        self.model_path = str(model_path)
+        sid, self.vocab_size = engine_vocab(model_path)
+        if sid != self.answer_id:
+            raise ValueError(f"{model_path}: {sid} is its <answer> id, the policy's tokenizer has {self.answer_id}")
+        if any(not 0 <= e < self.vocab_size for e in self.eos_ids):
+            raise ValueError(f"{model_path}: EOS ids {self.eos_ids} lie outside the vocabulary of {self.vocab_size}")
+        self.placement = vllm_placement(mode)
         if max_lora_rank is None:
             max_lora_rank = vllm_lora_rank(model)
-        self.llm = LLM(model=str(model_path), tokenizer=str(model_path), enable_lora=True,
+        # the external launcher reads the torch.distributed rendezvous from the environment (set by accelerate /
+        # torchrun under several processes; defaulted here for one)
+        for k, v in (("RANK", self.placement["rank"]), ("LOCAL_RANK", self.placement["local_rank"]),
+                     ("WORLD_SIZE", self.placement["world_size"]), ("MASTER_ADDR", "localhost"),
+                     ("MASTER_PORT", "29513")):
+            os.environ.setdefault(k, str(v))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.placement["device"])
+        kw = {**self.placement["llm_kwargs"], **llm_kwargs}
+        self.llm = LLM(model=self.model_path, tokenizer=self.model_path, enable_lora=True,
                        max_lora_rank=max_lora_rank, max_loras=1, dtype=dtype,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                       **llm_kwargs)
+                       seed=int(seed), **kw)
         self._lora_dir: str | None = None
         self._lora_id = 0
+        self._version: Any = None
         self.last_stats: dict[str, float] = {}
         if hasattr(model, "peft_config"):
             self.sync_weights(model)
 
-    def sync_weights(self, peft_model=None) -> None:
-        """Save the current LoRA adapter to a new temp dir; the next generate uses it (new adapter id)."""
+    def sync_weights(self, peft_model=None, version: Any = None) -> None:
+        """Save the current LoRA adapter to a new temp dir; the next generate requests it under a new int id.
+
+        ``version`` (the host's weight version, :meth:`r2ec.train.harness.LLMHarness.stepped`): an unchanged
+        version keeps the adapter already saved (same id); None always saves."""
         m = peft_model if peft_model is not None else self.model
         if not hasattr(m, "peft_config"):
+            return
+        if version is not None and version == self._version and self._lora_dir is not None:
             return
         new_dir = tempfile.mkdtemp(prefix="r2ec-lora-")
         m.save_pretrained(new_dir, save_embedding_layers=False)
         old, self._lora_dir = self._lora_dir, new_dir
         self._lora_id += 1
+        self._version = version
         if old:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -399,7 +340,8 @@ class VLLMRolloutEngine:
         # temperature 0 = greedy in vLLM; top_k -1 = off (accepted by old and new versions)
         params = [SamplingParams(n=group_size, temperature=max(float(temperature), 0.0),
                                  top_k=int(top_k) if top_k and top_k > 0 else -1,
-                                 max_tokens=int(max_new_tokens), stop_token_ids=[self.answer_id] + self.eos_ids,
+                                 max_tokens=int(max_new_tokens),
+                                 stop_token_ids=[self.answer_id] + [e for e in self.eos_ids if e != self.answer_id],
                                  seed=int(seed) + i) for i in range(len(prompts))]
         reqs = [{"prompt_token_ids": list(p)} for p in prompts]
         outs = self.llm.generate(reqs, params, lora_request=self._lora_request(), use_tqdm=False)

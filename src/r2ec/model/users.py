@@ -22,19 +22,24 @@ class UserEncoder:
         self.host, self.rc, self.engine, self.reasoning = host, rc, engine, reasoning
         self.items_by_id = {int(r["item_id"]): r for r in host.ds.items.iter_rows(named=True)}
         self.gen_kw = set(inspect.signature(engine.generate).parameters)
+        from r2ec.llm.prompts import PromptTruncation
+        self.truncation = PromptTruncation()  # user prompts cut to llm.max_prompt_tokens, per stage
 
     def prompts_of(self, rows: pl.DataFrame) -> list[list[int]]:
         from r2ec.llm.prompts import sample_prompt_ids
         h = self.host
         return [sample_prompt_ids(h.tok, r, self.items_by_id, h.ds.name, h.p.llm.system_prompt,
-                                  h.p.llm.max_prompt_tokens)
+                                  h.p.llm.max_prompt_tokens, truncation=self.truncation)
                 for r in rows.iter_rows(named=True)]
 
     def sync_engine(self):
         """Point the rollout engine at the current weights (vLLM: the adapter; HF: the inference model);
         returns the context generation runs in."""
         model, ctx = self.host.infer()
-        self.engine.sync_weights(self.host.policy if self.rc.engine == "vllm" else model)
+        if self.rc.engine == "vllm":  # a new adapter (new request id) only when the weights moved
+            self.engine.sync_weights(self.host.policy, version=getattr(self.host, "version", None))
+        else:
+            self.engine.sync_weights(model)
         return ctx
 
     def generate(self, prompts, group_size, temperature, top_k, seed, **opt):
@@ -110,7 +115,24 @@ def make_engine_for(host: Any, rc: Any):
     # vLLM caches shared prefixes itself (automatic prefix caching)
     engine_kw: dict[str, Any] = {"shared_prefix": p.llm.shared_prefix}
     if rc.engine == "vllm":  # serves the saved base model (with <answer> tokens) + LoRA adapter requests
-        bb = getattr(host, "backbone_cache", None)
-        engine_kw = {"model_path": str(bb) if bb is not None and bb.exists() else p.llm.backbone,
-                     "dtype": p.llm.dtype}
+        from r2ec.llm.rollout import vllm_placement
+        vllm_placement(rc.vllm_mode)  # an unbuilt mode fails before the backbone is saved
+        engine_kw = {"model_path": str(vllm_backbone_dir(host)), "dtype": p.llm.dtype, "mode": rc.vllm_mode,
+                     "gpu_memory_utilization": rc.vllm_gpu_memory_utilization, "seed": rc.seed,
+                     # a prompt is cut to max_prompt_tokens; vLLM then samples at most max_reasoning_tokens
+                     "max_model_len": p.llm.max_prompt_tokens + rc.max_reasoning_tokens + 1}
     return make_engine(rc.engine, host.policy, host.tok, rc, **engine_kw)
+
+
+def vllm_backbone_dir(host: Any):
+    """The local backbone folder vLLM serves (:func:`r2ec.llm.backbone.engine_backbone_dir` in the host's
+    ``backbone_cache``); under several processes the main one saves it while the others wait."""
+    from r2ec.llm.backbone import engine_backbone_dir
+    cache = getattr(host, "backbone_cache", None)
+    acc = getattr(host, "acc", None)
+    if acc is None or acc.num_processes == 1 or cache is None:
+        return engine_backbone_dir(host.p.llm, cache)
+    if acc.is_main_process:
+        engine_backbone_dir(host.p.llm, cache)
+    acc.wait_for_everyone()
+    return engine_backbone_dir(host.p.llm, cache)

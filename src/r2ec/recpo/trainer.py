@@ -33,7 +33,8 @@ One RecPO step (method ``r2ec``, ``r2ec_no_rd``, ``r2ec_no_rc``, ``r2ec_cls_head
 Log-probs follow the rollout engine's convention (:func:`r2ec.llm.rollout.completion_logprobs`:
 ``log_softmax(logits / temperature)``, TRL's), for the old, new and reference (KL) policies alike.
 Per step ``train_log.jsonl`` (and dvclive ``train/<key>``) records reward, reward_ndcg, reward_prob, adv_mean,
-adv_std, token_loss, item_loss, kl, ratio/clip statistics, reasoning_len, tokens_per_s, grad_norm, lr and the
+adv_std, token_loss, item_loss, kl, ratio/clip statistics, reasoning_len, tokens_per_s, grad_norm, lr,
+prompts_truncated (the step's user prompts cut to ``llm.max_prompt_tokens``) and the
 seconds of each phase (refresh_s, rollout_s, reward_fwd_s, diag_s, update_s, seconds), plus the diagnostics of
 :mod:`r2ec.recpo.diagnostics`: the std of each reward (``*_std``), the shares of groups whose rewards
 (``flat_group_frac``) or ranks (``flat_rank_frac``) are all equal, ``adv_abs_mean``, ``kl_ref`` (k3 KL of the
@@ -113,6 +114,21 @@ class R2ecTrainer(LLMHarness):
         self.rec = RecHead(self.rc.tau, lambda: self.items.table, self.readout, self.cls, self.log_prior)
 
     # ------------------------------------------------------------------------------------------ harness hooks
+    def evaluate(self, split: str):
+        with self.users.truncation.at(split):  # the split's user prompts are counted under its name
+            return super().evaluate(split)
+
+    def run(self) -> dict[str, dict]:
+        """The harness's run, then the user prompts cut to ``llm.max_prompt_tokens``: logged once per stage of this
+        process, the final test pass's counts written into ``metrics.json`` as ``prompts`` (a resumed run repeats
+        only that pass, so the file stays identical; training steps log theirs in ``train_log.jsonl``)."""
+        metrics = super().run()
+        written = self.users.truncation.beside(metrics, self.method, self.p.llm.max_prompt_tokens, ("test",))
+        if written is not metrics and self.acc.is_main_process:
+            from r2ec.io import write_json
+            write_json(self.run_dir / "metrics.json", written)
+        return metrics
+
     def setup(self, model: torch.nn.Module) -> None:
         self.readout, self.cls = attach_heads(model, self.var, self.ro, self.rc, self.ds.n_items, self.acc.device)
 
@@ -123,7 +139,10 @@ class R2ecTrainer(LLMHarness):
         return self.rc.mu if self.var.reasoning else 1
 
     def train_step(self, rows: pl.DataFrame) -> dict[str, Any]:
-        return recpo_step(self, rows) if self.var.reasoning else contrastive_step(self, rows)
+        cut = self.users.truncation.truncated()
+        rec = recpo_step(self, rows) if self.var.reasoning else contrastive_step(self, rows)
+        # the step's user prompts cut to llm.max_prompt_tokens (train_log.jsonl; 0 under the paper profile)
+        return {**rec, "prompts_truncated": self.users.truncation.truncated() - cut}
 
     def before_evaluate(self) -> None:
         self.refresh_table()
