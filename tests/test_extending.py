@@ -60,7 +60,7 @@ def test_a_plugin_method_goes_through_the_pipeline_and_table1(tmp_path):
     with serve(remote) as (base, _state):
         (work / "params.yaml").write_text(yaml.safe_dump(_with_toy(_tiny_params(base))))
         dry = snakemake("-n", "-p", "results/table1.tex")
-        assert f"method=toy" in dry and "--method toy" in dry and "-S 'toy={\"step\":1}'" in dry
+        assert "method=toy" in dry and "--method toy" in dry and "-S 'toy={\"step\":1}'" in dry
         snakemake("results/table1.tex")
     table1 = (work / "results/table1.tex").read_text()
     assert "Successor" in table1 and "Popularity" in table1

@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from fixtures.data_fixtures import meta_item, ms, serve, write_csv_gz, write_jsonl_gz

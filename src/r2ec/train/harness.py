@@ -33,11 +33,8 @@ checkpoint_every, max_minutes, train_max_samples``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -49,10 +46,10 @@ import torch
 from r2ec.config import Params, to_dict
 from r2ec.errors import UserError
 from r2ec.eval.evaluator import evaluate, write_run_outputs
-from r2ec.io import Dataset, append_jsonl, atomic_dir, read_jsonl, write_text
+from r2ec.io import Dataset, append_jsonl
 from r2ec.train import dist
-from r2ec.train.checkpoint import (load_checkpoint, load_trainable_state, rng_state, save_checkpoint,
-                                   set_rng_state, trainable_state)
+from r2ec.train.checkpoint import save_checkpoint
+from r2ec.train.state import RunState
 from r2ec.seeding import seed_all
 
 log = logging.getLogger(__name__)
@@ -82,7 +79,7 @@ def allow_precision(mp: str) -> None:
         AcceleratorState._reset_state()
 
 
-class LLMHarness:
+class LLMHarness(RunState):
     """Model, optimizer, loop, checkpoints, validation and logging of one LLM run (see the module docstring).
 
     Subclasses implement :meth:`train_step` and :meth:`scorer` (or :meth:`evaluate`) and may override the hooks
@@ -289,56 +286,6 @@ class LLMHarness:
                             progress=self.progress, acc=self.acc)
 
     # ------------------------------------------------------------------------------------------ state
-    def fingerprint(self) -> str:
-        """Hash of everything a checkpoint's validity depends on (method, params, data)."""
-        key = {"method": self.method, "llm": to_dict(self.p.llm), "lora": to_dict(self.p.lora),
-               "train": to_dict(self.tc), "eval": to_dict(self.p.eval), "dataset": self.ds.name,
-               "n_items": self.ds.n_items, "splits": {k: v.height for k, v in self.ds.splits.items()},
-               **self.fingerprint_extra()}
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
-    def state(self) -> dict[str, Any]:
-        return {"method": self.method, "fingerprint": self.fingerprint(), "step": self.step,
-                "trainable": trainable_state(self.modules()),
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rng_state(),
-                "best_score": self.best_score, "best_tie": self.best_tie, "best_step": self.best_step,
-                "best_valid": self.best_valid,
-                "bad_evals": self.bad_evals, "done": self.done, "train_s": self.train_s, **self.extra_state()}
-
-    def restore(self, st: dict[str, Any]) -> None:
-        if st.get("method") != self.method:
-            raise UserError(f"{self.run_dir / 'last'}: checkpoint of method {st.get('method')!r}, not "
-                             f"{self.method!r}; remove it to start over")
-        load_trainable_state(self.modules(), st["trainable"])
-        self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
-        set_rng_state(st["rng"])
-        self.step, self.best_score, self.best_step = st["step"], st["best_score"], st["best_step"]
-        self.best_valid, self.bad_evals, self.done = st["best_valid"], st["bad_evals"], st["done"]
-        self.train_s = float(st.get("train_s", 0.0))
-        self.best_tie = float(st.get("best_tie", -math.inf))
-        self.restore_extra(st)
-        self.stepped()
-
-    def save_best(self, valid: dict, ranks: pl.DataFrame) -> None:
-        with atomic_dir(self.run_dir / "best") as tmp:
-            self.policy.save_pretrained(tmp / "adapter")
-            torch.save(trainable_state(self.modules()), tmp / "trainable.pt")
-            self.save_best_extra(tmp)
-            ranks.write_parquet(tmp / "valid_ranks.parquet")
-            (tmp / "valid.json").write_text(json.dumps({"step": self.step, **valid}, indent=2))
-
-    def load_best(self) -> tuple[dict, pl.DataFrame] | None:
-        d = self.run_dir / "best"
-        if not (d / "trainable.pt").exists():
-            return None
-        load_trainable_state(self.modules(), torch.load(d / "trainable.pt", map_location="cpu"))
-        self.stepped()
-        self.load_best_extra(d)
-        valid = json.loads((d / "valid.json").read_text())
-        valid.pop("step", None)
-        return valid, pl.read_parquet(d / "valid_ranks.parquet")
-
     def log(self, rec: dict[str, Any]) -> None:
         if not self.acc.is_main_process:
             return
@@ -378,35 +325,6 @@ class LLMHarness:
         log.info("%s step %d valid %s=%.4f (best %.4f @ %d)", self.method, self.step, SELECT_METRIC, score,
                  self.best_score, self.best_step)
         return self.bad_evals >= self.tc.patience
-
-    def _resume(self) -> dict[str, Any] | None:
-        last = self.run_dir / "last"
-        st = load_checkpoint(last)
-        if st is not None and st.get("fingerprint") != self.fingerprint():
-            log.warning("%s holds a checkpoint of other params/data; starting over", last)
-            if self.acc.is_main_process:
-                for d in (last, self.run_dir / "best"):
-                    shutil.rmtree(d, ignore_errors=True)
-            self.acc.wait_for_everyone()
-            st = None
-        if st is not None:
-            self.restore(st)  # every rank loads the same files (written by the main process)
-            log.info("resumed %s from %s at step %d", self.method, last, self.step)
-            # drop log lines written after the checkpoint by the interrupted run
-            if self.acc.is_main_process:
-                for name, keep in (("train_log.jsonl", lambda r: r.get("step", 0) < self.step),
-                                   ("valid_log.jsonl", lambda r: r.get("step", 0) <= self.step)):
-                    kept = [r for r in read_jsonl(self.run_dir / name) if keep(r)]
-                    write_text(self.run_dir / name, "".join(json.dumps(r) + "\n" for r in kept))
-        else:
-            if self.acc.is_main_process:  # a fresh run: no stale logs of an earlier run
-                for name in ("train_log.jsonl", "valid_log.jsonl"):
-                    (self.run_dir / name).unlink(missing_ok=True)
-            self.acc.wait_for_everyone()
-            if self.on_fresh_start():
-                self.validate()  # step 0 = the starting weights: training is selected against them
-        self.acc.wait_for_everyone()  # no rank starts a step (or a checkpoint write) before all have resumed
-        return st
 
     def run(self) -> dict[str, dict]:
         """Train (resuming ``run_dir/last`` if present), evaluate the best state on test, write the outputs."""
