@@ -23,7 +23,7 @@ from recpo_fixtures import tiny_dataset, tiny_params
 
 from r2ec.errors import UserError
 from r2ec.recpo.trainer import train_r2ec
-from r2ec.train import dist
+from r2ec import dist
 from r2ec.train.checkpoint import load_checkpoint
 from r2ec.train.harness import mean_record
 

@@ -89,8 +89,8 @@ def test_variant_writes_run_outputs(ds, tmp_path, method):
     p = tiny_params(steps=1, eval_every=1, group_size=2, batch_size=2, max_reasoning_tokens=3)
     m = train_r2ec(method, ds, p, tmp_path, tmp_path / "cache", progress=False, dvclive=(method == "r2ec"))
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(m))  # what the run returns is what it wrote
     prompts = on_disk.pop("prompts")  # user prompts rendered / cut to llm.max_prompt_tokens, per stage
-    assert on_disk == json.loads(json.dumps(m))
     assert set(on_disk) == {"valid", "test"} and "N@10" in on_disk["test"]
     c = prompts["test"]  # the final test pass (a resumed run repeats only that pass)
     assert set(prompts) == {"test"} and c["prompts"] > 0 and 0 <= c["truncated"] <= c["prompts"]

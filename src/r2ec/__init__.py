@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 # (layer, module prefixes); a module belongs to the layer of its longest matching prefix
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("r2ec.errors", "r2ec.io", "r2ec.seeding", "r2ec", "r2ec.methods")),
+    ("base", ("r2ec.errors", "r2ec.io", "r2ec.seeding", "r2ec", "r2ec.methods", "r2ec.dist")),
     ("config", ("r2ec.config",)),
     ("data", ("r2ec.data",)),
     ("eval", ("r2ec.eval",)),

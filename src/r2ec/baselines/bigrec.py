@@ -44,7 +44,7 @@ import torch
 from r2ec.config import BigrecCfg, Params
 from r2ec.io import Dataset, slug, write_text
 from r2ec.train.harness import SELECT_METRIC, LLMHarness, trained_scorer
-from r2ec.train import dist
+from r2ec import dist
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ def evaluate(scorer: Scorer, ds: Dataset, split: str, cfg: EvalCfg, *, samples: 
     returns the metrics and ranks of a single-process evaluation (same rows, same order). A collective then:
     every rank calls it.
     """
-    from r2ec.train import dist
+    from r2ec import dist
     df = evaluation_samples(ds, split, cfg) if samples is None else samples
     n_items = ds.n_items
     ranks: list[np.ndarray] = []

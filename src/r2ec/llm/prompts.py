@@ -308,6 +308,17 @@ class PromptTruncation:
         counts = {k: v for k, v in self.report(method, budget).items() if stages is None or k in stages}
         return {**metrics, "prompts": counts} if counts else metrics
 
+    @staticmethod
+    def merged(per_rank: list[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+        """The counts of several processes' shards as one run's: sums, and the longest prompt of all."""
+        out: dict[str, dict[str, int]] = {}
+        for counts in per_rank:
+            for stage, c in counts.items():
+                o = out.setdefault(stage, dict.fromkeys(c, 0))
+                for k, v in c.items():
+                    o[k] = max(o[k], v) if k == "longest_tokens" else o[k] + v
+        return out
+
     def truncated(self, stage: str | None = None) -> int:
         """Prompts truncated so far under ``stage`` (None: the current one)."""
         return self.counts.get(stage or self.stage, {}).get("truncated", 0)

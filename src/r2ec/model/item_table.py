@@ -63,7 +63,7 @@ class ItemTable:
         from r2ec.llm.encoder import encode_items, load_item_table, save_item_table
         if not self.enabled or (self.table is not None and self.step == step):
             return 0.0
-        from r2ec.train import dist
+        from r2ec import dist
         h = self.host
         acc = getattr(h, "acc", None)
         n_proc = dist.world(acc)

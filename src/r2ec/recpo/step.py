@@ -184,7 +184,7 @@ def update_pass(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv, best_id
     M = int(best_idx.numel())
     n_glob, M_glob = n_valid, M
     if getattr(tr, "world", 1) > 1:
-        from r2ec.train import dist
+        from r2ec import dist
         tot = dist.all_sum(tr.acc, torch.tensor([float(cmask.sum()), float(M)], dtype=torch.float64))
         n_glob, M_glob = torch.as_tensor(float(tot[0]), dtype=n_valid.dtype).clamp_min(1.0), int(tot[1])
     best_pos = {int(i): j for j, i in enumerate(best_idx.tolist())}

@@ -59,7 +59,7 @@ Forwards call the decoder directly, so gradient reduction relies on DeepSpeed's 
 not on DDP's forward wrapper. With N processes (``accelerate launch`` / ``torchrun``) the global batch of
 ``recpo.batch_size`` users is split into N shards: every rank rolls out the whole batch (the single-process
 sampling stream), keeps its shard's groups, normalises its loss by the global counts and the harness sums the
-gradients (:mod:`r2ec.train.dist`); the item table and evaluations are sharded and gathered, decisions are the main
+gradients (:mod:`r2ec.dist`); the item table and evaluations are sharded and gathered, decisions are the main
 process's and only it writes files (proven with 2 CPU processes in tests/test_multiprocess.py). DeepSpeed steps on
 every backward, so use ``recpo.micro_batch_size=0`` there (checked); the DeepSpeed path has not been run here.
 """
@@ -74,7 +74,8 @@ import polars as pl
 import torch
 
 from r2ec.config import Params, to_dict
-from r2ec.io import Dataset
+from r2ec import dist
+from r2ec.io import Dataset, write_json
 from r2ec.model.head import RecHead, attach_heads
 from r2ec.model.item_table import ItemTable, build_item_table  # noqa: F401 (the item-table stage, re-exported)
 from r2ec.model.run import load_run
@@ -123,11 +124,13 @@ class R2ecTrainer(LLMHarness):
         process, the final test pass's counts written into ``metrics.json`` as ``prompts`` (a resumed run repeats
         only that pass, so the file stays identical; training steps log theirs in ``train_log.jsonl``)."""
         metrics = super().run()
-        written = self.users.truncation.beside(metrics, self.method, self.p.llm.max_prompt_tokens, ("test",))
+        counter = self.users.truncation
+        if dist.world(self.acc) > 1:  # each process counted its shard of the evaluation
+            counter.counts = counter.merged(dist.gather_objects(self.acc, counter.counts))
+        written = counter.beside(metrics, self.method, self.p.llm.max_prompt_tokens, ("test",))
         if written is not metrics and self.acc.is_main_process:
-            from r2ec.io import write_json
             write_json(self.run_dir / "metrics.json", written)
-        return metrics
+        return written
 
     def setup(self, model: torch.nn.Module) -> None:
         self.readout, self.cls = attach_heads(model, self.var, self.ro, self.rc, self.ds.n_items, self.acc.device)

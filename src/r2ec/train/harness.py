@@ -47,7 +47,7 @@ from r2ec.config import Params, to_dict
 from r2ec.errors import UserError
 from r2ec.eval.evaluator import evaluate, write_run_outputs
 from r2ec.io import Dataset, append_jsonl
-from r2ec.train import dist
+from r2ec import dist
 from r2ec.train.checkpoint import save_checkpoint
 from r2ec.train.state import RunState
 from r2ec.seeding import seed_all
