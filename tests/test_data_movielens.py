@@ -1,8 +1,10 @@
-"""MovieLens-100K from the recbole wheel: parser quirks on a tiny fake wheel, the real wheel when cached."""
+"""MovieLens-100K from the recbole wheel: parser quirks on a tiny fake wheel; the real wheel, fetched from PyPI as the
+pipeline fetches it, checked against 943 users / 1,682 items / 100,000 ratings."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import polars as pl
@@ -11,10 +13,10 @@ import pytest
 from fixtures.data_fixtures import fake_recbole_wheel
 from r2ec.config import DataCfg
 from r2ec.data import DataError
+from r2ec.data.download import download_recbole_wheel
 from r2ec.data.preprocess import prepare_movielens
 from r2ec.io import SAMPLE_SCHEMA, load_dataset
 
-REAL_WHEEL = Path("/tmp/wheels/recbole-1.2.1-py3-none-any.whl")
 
 INTER = """user_id:token\titem_id:token\trating:float\ttimestamp:float
 7\t10\t4\t881250949
@@ -87,9 +89,12 @@ def test_bad_wheels(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
-@pytest.mark.skipif(not REAL_WHEEL.exists(), reason="real recbole wheel not cached (the pipeline downloads it)")
 def test_real_movielens_100k(tmp_path):
-    stats = prepare_movielens(REAL_WHEEL, DataCfg(), tmp_path / "movielens-100k")
+    """The real data, fetched the way the pipeline fetches it (pip download from PyPI, sha256 against
+    data.recbole_sha256), into a cache kept between test runs (R2EC_TEST_CACHE, default ~/.cache/r2ec-tests)."""
+    cache = Path(os.environ.get("R2EC_TEST_CACHE", Path.home() / ".cache" / "r2ec-tests")) / "recbole"
+    wheel = download_recbole_wheel(DataCfg(), cache)
+    stats = prepare_movielens(wheel, DataCfg(), tmp_path / "movielens-100k")
     assert (stats["users"], stats["items"], stats["interactions"]) == (943, 1682, 100000)
     assert stats["samples"] == {"train": 79245, "valid": 9906, "test": 9906}
     ds = load_dataset(tmp_path / "movielens-100k")
