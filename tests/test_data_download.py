@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,6 @@ from fixtures.data_fixtures import meta_item, serve, write_csv_gz, write_jsonl_g
 from r2ec.config import DataCfg
 from r2ec.data import DataError, DownloadError, download
 
-REAL_WHEEL = Path("/tmp/wheels/recbole-1.2.1-py3-none-any.whl")
 
 
 @pytest.fixture(autouse=True)
@@ -170,8 +170,11 @@ def test_recbole_pip_failure_is_one_clear_error(tmp_path, monkeypatch):
         download.download_recbole_wheel(dataclasses.replace(DataCfg(), recbole_version="9.9"), tmp_path)
 
 
-@pytest.mark.skipif(not REAL_WHEEL.exists(), reason="real recbole wheel not cached on this machine")
 def test_real_wheel_is_reused_without_pip(tmp_path, monkeypatch):
+    # the real wheel, fetched once into the tests' cache (as tests/test_data_movielens.py does), then a copy of it
+    # with a matching sha256 is used as it is
+    cache = Path(os.environ.get("R2EC_TEST_CACHE", Path.home() / ".cache" / "r2ec-tests")) / "recbole"
+    real = download.download_recbole_wheel(DataCfg(), cache)
     monkeypatch.setattr(download, "_pip_download", lambda *a: pytest.fail("pip must not run"))
-    shutil.copy(REAL_WHEEL, tmp_path / REAL_WHEEL.name)
-    assert download.download_recbole_wheel(DataCfg(), tmp_path) == tmp_path / REAL_WHEEL.name
+    shutil.copy(real, tmp_path / real.name)
+    assert download.download_recbole_wheel(DataCfg(), tmp_path) == tmp_path / real.name
