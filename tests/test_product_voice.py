@@ -1,5 +1,5 @@
 """The project speaks of itself as a product: no tracked file labels the period of work in which something was built
-or measured ("session 14", "the fifth round", "sprint", "iteration 3", "phase 2"). Results carry a date, a
+or measured (a numbered work period, an ordinal round, a sprint, a numbered iteration or phase). Results carry a date, a
 machine, a commit and a command instead (benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ _ORDINALS = "first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|el
 # phrases, case-insensitive; "round" alone (rounding, round(), LangPTune's alternating rounds) and "session" alone
 # (HTTP / library sessions) are fine
 LABELS = re.compile(
-    r"\bsessions? ?\d+"                                   # session 14, session13, sessions 4
-    r"|\b(?:this|previous|last|next|that) session\b"      # "taken at the start of this session"
+    r"\bsessions? ?\d+"                                   # the word and a number, with or without a space
+    r"|\b(?:this|previous|last|next|that) session\b"      # a work period named relative to another
     r"|\bsession (?:machines?|label)"                     # "the session machines"
     r"|\brounds? \d+\b"                                   # round 3
     r"|\b(?:" + _ORDINALS + r") rounds?\b"                # fifth round

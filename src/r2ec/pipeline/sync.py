@@ -15,29 +15,17 @@ import logging
 import os
 from pathlib import Path
 
-from r2ec.pipeline.dag import DEFAULT_TARGET, PAPER_TARGET, jobs
+from r2ec.pipeline.dag import PAPER_TARGET, jobs
 
 log = logging.getLogger("r2ec")
 
 
 def committable(root: Path, snakefile: Path | None = None) -> list[str]:
-    """Names of the DVC stages whose Snakemake job is done, in a topological order."""
+    """Names of the DVC stages whose Snakemake job is done, in a topological order. One DAG serves both DVC
+    files: ``rule paper`` includes ``rule all``, so its jobs are every stage of either."""
     root = Path(root)
-    done = []
-    for target in (DEFAULT_TARGET, PAPER_TARGET):
-        stages, stale = jobs([target], root, snakefile)
-        for s in stages:
-            if s.name in stale or s.name in done:
-                continue
-            if all((root / f).exists() for f in s.outs):
-                done.append(s.name)
-    return done
-
-
-def _dvc_stage_names(root: Path) -> set[str]:
-    from dvc.repo import Repo
-    with Repo(str(root)) as repo:
-        return {s.name for s in repo.index.stages if s.name}
+    stages, stale = jobs([PAPER_TARGET], root, snakefile)
+    return [s.name for s in stages if s.name not in stale and all((root / f).exists() for f in s.outs)]
 
 
 def sync(root: Path = Path("."), snakefile: Path | None = None) -> list[str]:
@@ -49,15 +37,15 @@ def sync(root: Path = Path("."), snakefile: Path | None = None) -> list[str]:
         return []
     from dvc.repo import Repo
 
-    known = _dvc_stage_names(root)
-    names = [n for n in committable(root, snakefile) if n in known]
+    done = committable(root, snakefile)
     cwd = os.getcwd()
     os.chdir(root)  # DVC resolves stage addresses against the working directory
     try:
         with Repo(str(root)) as repo:
+            known = {s.name: s for s in repo.index.stages if s.name}
+            names = [n for n in done if n in known]
             for n in names:
-                stage = next(s for s in repo.index.stages if s.name == n)
-                repo.commit(stage.addressing, force=True)
+                repo.commit(known[n].addressing, force=True)
     finally:
         os.chdir(cwd)
     return names

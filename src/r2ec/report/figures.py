@@ -133,6 +133,18 @@ DIAGNOSTIC_PANELS = (
 )
 
 
+def _step_panel(a, title: str, ylabel: str) -> bool:
+    """Title, axes and grid of a per-step panel, its legend when it drew anything; whether it did."""
+    a.set_title(title, fontsize=10)
+    a.set_xlabel("step")
+    a.set_ylabel(ylabel)
+    a.grid(alpha=0.3)
+    drew = bool(a.get_legend_handles_labels()[0])
+    if drew:
+        a.legend(fontsize=8)
+    return drew
+
+
 def dynamics_figure(runs: Path, datasets: list[str], out: Path, methods: tuple[str, ...] = DYNAMICS_RUNS) -> list[Path]:
     """RecPO training dynamics per dataset: train reward, valid N@10 and reasoning length vs step, and below them
     the step diagnostics: the share of groups whose G rewards are all equal (no signal) and of trajectories cut at
@@ -179,22 +191,11 @@ def dynamics_figure(runs: Path, datasets: list[str], out: Path, methods: tuple[s
                 a.set_axis_off()
             continue
         for a, (title, yl, _) in zip(diag, DIAGNOSTIC_PANELS):
-            a.set_title(f"{name}: {title}", fontsize=10)
-            a.set_xlabel("step")
-            a.set_ylabel(yl)
-            a.grid(alpha=0.3)
-            if a.get_legend_handles_labels()[0]:
-                a.legend(fontsize=8)
-            else:
+            if not _step_panel(a, f"{name}: {title}", yl):
                 a.text(0.5, 0.5, "not in the train logs", ha="center", va="center", transform=a.transAxes)
         for a, (title, yl) in zip(ax, [("train reward", "mean reward"), (f"valid {SELECT}", SELECT),
                                        ("reasoning length", "tokens")]):
-            a.set_title(f"{name}: {title}", fontsize=10)
-            a.set_xlabel("step")
-            a.set_ylabel(yl)
-            a.grid(alpha=0.3)
-            if a.get_legend_handles_labels()[0]:
-                a.legend(fontsize=8)
+            _step_panel(a, f"{name}: {title}", yl)
     fig.tight_layout()
     return _save(fig, out)
 
