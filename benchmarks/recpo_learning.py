@@ -9,7 +9,13 @@ loss gets the step's advantages shuffled across its trajectories while the item 
 difference between the arms is what RL on the reasoning adds. Example::
 
     python benchmarks/recpo_learning.py --data results/data/movielens-100k --cache results/cache \\
-        --users 32 --steps 40 -S llm.threads=1 -S recpo.warm_start= -S readout.rank=0
+        --users 16 --steps 30 --eval-every 0 --threads 1 --jobs 2 --sampled 4 -S llm.threads=1 \\
+        -S recpo.warm_start= -S readout.rank=0 -S contrastive.steps=1 -S recpo.max_minutes=0 -S recpo.temperature=1.0 \\
+        -S recpo.top_k=50 -S recpo.item_loss_coef=0 -S recpo.lr=1e-3
+
+(``recpo.item_loss_coef=0``: RL on the reasoning alone; ``--jobs 2``: the arms in two processes at once;
+``--sampled 4``: also each user's mean reward over 4 sampled trajectories, the objective RL maximises, with
+``p_rise_sampled`` / ``p_vs_control_sampled``.)
 
 Writes ``--out`` (default ``benchmarks/results/recpo_learning-<machine>-<date>.json``: the command, date,
 machine, params, per arm the per-step training records (the sampled batch's reward and the step diagnostics),
@@ -43,26 +49,50 @@ CURVE_KEYS = ("reward", "reward_std", "reward_ndcg", "reward_prob", "reward_best
               "mean_rank", "seconds")
 
 
-def pool_eval(tr, pool) -> dict[str, list]:
+def pool_eval(tr, pool, sampled: int = 0) -> dict[str, list]:
     """Per-user fused reward, N@10 and rank of the pool's targets with greedy reasoning (the current weights;
-    the item table refreshed first; the global random streams untouched)."""
+    the item table refreshed first; the global random streams untouched). ``sampled`` = G > 0 adds
+    ``reward_sampled``: each user's mean fused reward over G trajectories sampled at the training temperature and
+    top-k with one fixed seed (the objective RL maximises, measured the same way before and after)."""
+    from r2ec.llm.rollout import completion_logprobs
     from r2ec.recpo.rewards import rewards_from_scores
     tr.before_evaluate()
+    targets, hists = pool["target_item_id"].to_list(), pool["history_item_ids"].to_list()
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         scores = tr.scorer(pool)
-    r, _, _, ranks = rewards_from_scores(scores, pool["target_item_id"].to_list(),
-                                         pool["history_item_ids"].to_list(), tr.beta, tr.rc.k_r)
+    r, _, _, ranks = rewards_from_scores(scores, targets, hists, tr.beta, tr.rc.k_r)
     rk = ranks.float()
     n10 = torch.where(rk <= 10, 1.0 / torch.log2(rk + 1.0), torch.zeros_like(rk))
-    return {"reward": r.tolist(), "N@10": n10.tolist(), "rank": ranks.tolist()}
+    out = {"reward": r.tolist(), "N@10": n10.tolist(), "rank": ranks.tolist()}
+    if sampled:
+        rc = tr.rc
+        tr.policy.eval()
+        with torch.random.fork_rng(devices=[]):
+            ctx = tr.users.sync_engine()
+            with ctx:
+                groups = tr.users.generate(tr.users.prompts_of(pool), sampled, rc.temperature, rc.top_k, 7919)
+            pairs = [(x.prompt_ids, x.completion_ids) for g in groups for x in g]
+            with torch.no_grad(), tr.autocast():
+                _, u = completion_logprobs(tr.policy, pairs, rc.temperature, pad_id=tr.pad_id,
+                                           batch_size=rc.eval_batch_size, return_hidden=True,
+                                           answer_id=tr.answer_id)
+                rs, _, _, _ = rewards_from_scores(tr.rec.scores(u.float()),
+                                                  torch.as_tensor(targets).repeat_interleave(sampled),
+                                                  [h for h in hists for _ in range(sampled)], tr.beta, rc.k_r)
+        out["reward_sampled"] = rs.view(-1, sampled).mean(dim=1).tolist()
+    return out
 
 
 def _mean(d: dict[str, list]) -> dict[str, float]:
-    return {"reward": float(np.mean(d["reward"])), "N@10": float(np.mean(d["N@10"])),
-            "median_rank": float(np.median(d["rank"]))}
+    m = {"reward": float(np.mean(d["reward"])), "N@10": float(np.mean(d["N@10"])),
+         "median_rank": float(np.median(d["rank"]))}
+    if "reward_sampled" in d:
+        m["reward_sampled"] = float(np.mean(d["reward_sampled"]))
+    return m
 
 
-def run_arm(p, ds, cache: Path | None, run_dir: Path, steps: int, eval_every: int, log=print) -> dict:
+def run_arm(p, ds, cache: Path | None, run_dir: Path, steps: int, eval_every: int, sampled: int = 0,
+            log=print) -> dict:
     """One arm: the trainer as ``train_r2ec`` builds it, its fresh start (warm start), ``steps`` steps of the
     harness's seeded batches over the pool, greedy pool evaluations."""
     from r2ec.recpo.trainer import _Trainer
@@ -71,7 +101,7 @@ def run_arm(p, ds, cache: Path | None, run_dir: Path, steps: int, eval_every: in
     tr = _Trainer("r2ec", ds, p, run_dir, cache, progress=False, use_dvclive=False, hook=None)
     tr.on_fresh_start()
     pool = tr.train_pool()
-    before = pool_eval(tr, pool)
+    before = pool_eval(tr, pool, sampled)
     pool_curve = [{"step": 0, **_mean(before)}]
     curve = []
     ts = time.perf_counter()
@@ -85,9 +115,9 @@ def run_arm(p, ds, cache: Path | None, run_dir: Path, steps: int, eval_every: in
         log(f"  step {tr.step}: reward {rec['reward']:.4f} flat {rec['flat_group_frac']:.2f} "
             f"kl_ref {rec['kl_ref']:.2e} entropy {rec['entropy']:.2f} len {rec['reasoning_len']:.1f}")
         if eval_every and tr.step % eval_every == 0 and tr.step < steps:
-            pool_curve.append({"step": tr.step, **_mean(pool_eval(tr, pool))})
+            pool_curve.append({"step": tr.step, **_mean(pool_eval(tr, pool, sampled))})
     train_s = time.perf_counter() - ts
-    after = pool_eval(tr, pool)
+    after = pool_eval(tr, pool, sampled)
     pool_curve.append({"step": tr.step, **_mean(after)})
     out = {"curve": curve, "pool_curve": pool_curve, "before": before, "after": after,
            "sample_ids": pool["sample_id"].to_list(), "train_minutes": train_s / 60,
@@ -144,6 +174,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", type=Path, default=Path("/tmp/recpo_learning"), help="run directories")
     ap.add_argument("--warm", type=Path, help="an existing run directory of recpo.warm_start to start from")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--sampled", type=int, default=0, metavar="G", help="also measure each user's mean reward over G "
+                    "trajectories sampled at the training temperature (0 = greedy only)")
+    ap.add_argument("--jobs", type=int, default=1, choices=(1, 2), help="2 = the two arms in two processes at once "
+                    "(give each --threads 1 on a 2-core machine)")
+    ap.add_argument("--arm", choices=[n for n, _ in ARMS], help=argparse.SUPPRESS)  # one arm, for --jobs 2
     ap.add_argument("--out", type=Path, help="JSON (default benchmarks/results/recpo_learning-<machine>-<date>"
                                              ".json); the PNG goes next to it")
     a = ap.parse_args(argv)
@@ -170,12 +205,29 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.copytree(a.warm, src)
         if not (src / "best" / "trainable.pt").exists():
             train_r2ec(p0.recpo.warm_start, ds, p0, src, cache, progress=False, dvclive=False)
+    if a.arm:  # a child of --jobs 2: one arm, its result as JSON under --work
+        run = a.work / a.arm
+        shutil.rmtree(run, ignore_errors=True)
+        res = run_arm(params[a.arm], ds, cache, run, a.steps, a.eval_every, a.sampled,
+                      log=lambda m: print(f"[{a.arm}] {m}", flush=True))
+        (a.work / f"{a.arm}.json").write_text(json.dumps(res))
+        return res
     arms = {}
+    if a.jobs == 2:
+        import subprocess
+        argv_ = list(argv if argv is not None else sys.argv[1:])
+        kids = {name: subprocess.Popen([sys.executable, __file__, *argv_, "--arm", name]) for name, _ in ARMS}
+        for name, kid in kids.items():
+            if kid.wait() != 0:
+                raise SystemExit(f"arm {name} failed (exit {kid.returncode})")
+            arms[name] = json.loads((a.work / f"{name}.json").read_text())
     for name, _ in ARMS:
+        if name in arms:
+            continue
         print(f"== {name}", flush=True)
         run = a.work / name
         shutil.rmtree(run, ignore_errors=True)
-        arms[name] = run_arm(params[name], ds, cache, run, a.steps, a.eval_every)
+        arms[name] = run_arm(params[name], ds, cache, run, a.steps, a.eval_every, a.sampled)
     rp, ct = arms["recpo"], arms["control"]
     date = datetime.date.today().isoformat()
     machine = "gpu" if torch.cuda.is_available() else "cpu"
@@ -191,6 +243,10 @@ def main(argv: list[str] | None = None) -> dict:
         "p_rise_n10": wilcoxon_greater(rp["after"]["N@10"], rp["before"]["N@10"]),
         "p_vs_control_n10": wilcoxon_greater(rp["after"]["N@10"], ct["after"]["N@10"]),
         "p_rise_control": wilcoxon_greater(ct["after"]["reward"], ct["before"]["reward"]),
+        **({"p_rise_sampled": wilcoxon_greater(rp["after"]["reward_sampled"], rp["before"]["reward_sampled"]),
+            "p_vs_control_sampled": wilcoxon_greater(rp["after"]["reward_sampled"], ct["after"]["reward_sampled"]),
+            "p_rise_control_sampled": wilcoxon_greater(ct["after"]["reward_sampled"], ct["before"]["reward_sampled"])}
+           if a.sampled else {}),
         "summary": {name: {"before": _mean(arm["before"]), "after": _mean(arm["after"]),
                            "minutes": arm["minutes"]} for name, arm in arms.items()},
         "minutes": (time.perf_counter() - t0) / 60,

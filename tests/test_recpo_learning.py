@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import yaml
 
 from r2ec.config import to_dict
@@ -20,7 +21,7 @@ def _bench():
     return mod
 
 
-def test_recpo_learning_benchmark_end_to_end(tmp_path):
+def _setup(tmp_path):
     ds = tiny_dataset()
     data = tmp_path / "data"
     data.mkdir()
@@ -29,6 +30,11 @@ def test_recpo_learning_benchmark_end_to_end(tmp_path):
         df.write_parquet(data / f"{name}.parquet")
     p = with_recpo(tiny_params(), batch_size=2, group_size=3, max_reasoning_tokens=4, item_refresh_every=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(p)))
+    return data
+
+
+def test_recpo_learning_benchmark_end_to_end(tmp_path):
+    data = _setup(tmp_path)
     out = tmp_path / "res" / "learning.json"
     res = _bench().main(["--params", str(tmp_path / "params.yaml"), "--data", str(data), "--cache", "",
                          "--users", "4", "--steps", "2", "--eval-every", "1", "--work", str(tmp_path / "work"),
@@ -58,3 +64,30 @@ def test_recpo_learning_benchmark_end_to_end(tmp_path):
     r0, c0 = js["arms"]["recpo"]["curve"][0], js["arms"]["control"]["curve"][0]
     assert r0["reward"] == c0["reward"] and r0["item_loss"] == c0["item_loss"]
     assert res["p_rise"] == js["p_rise"]
+
+
+def test_two_jobs_give_the_arms_of_one_process_and_sampled_rewards(tmp_path):
+    """``--jobs 2`` runs each arm in its own process: the same curves and pool rewards as running them in turn;
+    ``--sampled G`` adds each user's mean reward over G sampled trajectories and its p-values."""
+    data = _setup(tmp_path)
+    common = ["--params", str(tmp_path / "params.yaml"), "--data", str(data), "--cache", "", "--users", "4",
+              "--steps", "1", "--eval-every", "0", "--sampled", "2"]
+    one = _bench().main(common + ["--work", str(tmp_path / "w1"), "--out", str(tmp_path / "one.json")])
+    two = _bench().main(common + ["--work", str(tmp_path / "w2"), "--out", str(tmp_path / "two.json"),
+                                  "--jobs", "2"])
+    for name in ("recpo", "control"):
+        a, b = one["arms"][name], two["arms"][name]
+        # the same rollouts and rewards; losses and pool rewards to float rounding (the child process may run
+        # another number of torch threads, which reorders reductions)
+        assert [c["reward"] for c in a["curve"]] == pytest.approx([c["reward"] for c in b["curve"]], rel=1e-4)
+        assert [c["token_loss"] for c in a["curve"]] == pytest.approx([c["token_loss"] for c in b["curve"]],
+                                                                     rel=1e-2, abs=1e-7)
+        for when in ("before", "after"):
+            assert a[when]["rank"] == b[when]["rank"]
+            assert a[when]["reward_sampled"] == pytest.approx(b[when]["reward_sampled"], rel=1e-4)
+        assert len(a["after"]["reward_sampled"]) == 4
+        assert all(0.0 <= x <= 1.0 for x in a["after"]["reward_sampled"])
+    # the sampled reward is seeded: both arms measure the same start
+    assert one["arms"]["recpo"]["before"]["reward_sampled"] == one["arms"]["control"]["before"]["reward_sampled"]
+    for k in ("p_rise_sampled", "p_vs_control_sampled", "p_rise_control_sampled"):
+        assert 0.0 <= two[k] <= 1.0

@@ -464,3 +464,26 @@ def test_shuffle_advantages_permutes_the_token_advantages_and_leaves_the_item_lo
     assert recs[True]["reward"] == recs[False]["reward"]
     assert recs[True]["adv_shuffled_frac"] > 0 and recs[False]["adv_shuffled_frac"] == 0
     assert recs[True]["token_loss"] != pytest.approx(recs[False]["token_loss"])
+
+
+def test_item_loss_coef_zero_leaves_the_token_loss_alone(ds, tmp_path, monkeypatch):
+    """``recpo.item_loss_coef = 0`` (RL on the reasoning alone) updates the LoRA exactly as a zero item-loss
+    advantage does (no item-loss gradient); 1 (the paper's sum) updates it differently."""
+    import r2ec.recpo.step as S
+    real = S.update_pass
+
+    def no_item(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv, *rest):
+        return real(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv * 0.0, *rest)
+
+    after = {}
+    for name, coef in (("coef0", 0.0), ("zero_adv", 1.0), ("coef1", 1.0)):
+        with monkeypatch.context() as m:
+            if name == "zero_adv":
+                m.setattr(S, "update_pass", no_item)
+            tr = _trainer(ds, tmp_path / name, batch_size=3, item_loss_coef=coef)
+            torch.manual_seed(0)
+            rec = tr.recpo_step(tr.batch_rows(tr.ds.split("train")))
+            assert math.isfinite(rec["item_loss"])
+            after[name] = _lora(tr)
+    assert all(torch.equal(after["coef0"][n], after["zero_adv"][n]) for n in after["coef0"])
+    assert any(not torch.equal(after["coef0"][n], after["coef1"][n]) for n in after["coef0"])

@@ -331,6 +331,8 @@ class RecpoCfg(Section):
     clip_high: float = _doc("PPO clip epsilon above 1", ge=0.0, default=0.28)
     mu: int = _doc("policy update passes per rollout batch", ge=1, default=1)
     item_topk: int = _doc("best trajectories per user trained with the item loss", ge=1, default=1)
+    item_loss_coef: float = _doc("weight of the item loss against the token loss (1 = the paper's sum; 0 = RL on "
+                                 "the reasoning alone)", ge=0.0, le=100.0, default=1.0)
     uniform_negatives: int = _doc(
         "catalogue items drawn uniformly per step as extra item-loss negatives (0 = in-batch only, the paper)",
         ge=0, default=0)

@@ -1,7 +1,7 @@
 """One RecPO step (methods ``r2ec``, ``r2ec_no_rd``, ``r2ec_no_rc``, ``r2ec_cls_head``; see
 :mod:`r2ec.recpo.trainer` for the whole recipe): item-table refresh, rollouts, the reward forward (REAL old
 log-probs and user vectors from one pass), rewards, advantages, best-trajectory gating, then ``recpo.mu`` update
-passes of ``token_loss + item_loss (+ kl_coef * kl)``, each accumulated over micro-batches.
+passes of ``token_loss + item_loss_coef * item_loss (+ kl_coef * kl)``, each accumulated over micro-batches.
 
 ``tr`` is the R2ec trainer (:class:`r2ec.recpo.trainer.R2ecTrainer`).
 """
@@ -163,7 +163,7 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
 
 def update_pass(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv, best_idx, old_item_logp, cand, sel_labels,
                 sel_targets):
-    """One gradient of ``token_loss + item_loss + kl_coef * kl``, accumulated over micro-batches.
+    """One gradient of ``token_loss + item_loss_coef * item_loss + kl_coef * kl``, accumulated over micro-batches.
 
     ``tok_adv`` ``[B]``: each trajectory's advantage in the token loss; ``item_adv`` ``[M]``: the advantages of
     the ``best_idx`` trajectories in the item loss (the same numbers unless ``recpo.shuffle_advantages``).
@@ -231,7 +231,7 @@ def update_pass(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv, best_id
                 else:
                     nl = tr.item_logprob(u, leaf, sel_labels[js.cpu()].to(dev), cand)
                 il, ist = clipped_item_loss(nl, old_item_logp[js], item_adv[js], rc.clip_low, rc.clip_high)
-                loss = loss + il * (len(sel) / M_glob)
+                loss = loss + rc.item_loss_coef * il * (len(sel) / M_glob)
                 it_sum += float(il.detach()) * len(sel) / M
                 it_ratio.append(ist["item_ratio_mean"] * len(sel))
                 it_clip.append(ist["item_clip_frac"] * len(sel))
