@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from r2ec.report.significance import paired_ranks, paired_tests
+
 from fixtures.data_fixtures import meta_item, ms, serve, write_csv_gz, write_jsonl_gz
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +46,7 @@ def _tiny_params(base_url: str) -> dict:
     for m in p["baselines"]:
         if m not in ("popularity", "random"):  # the reference rows train nothing
             p[m].update(epochs=2, patience=1, hidden=16, batch_size=64)
+    p["sasrec"].update(epochs=30, patience=30)  # long enough to learn the fixture's next-item pattern (seconds)
     p["eval"].update(max_samples=10, valid_max_samples=8)
     # R2ec on a tiny random LM built in memory (no download): 2 RecPO steps
     p["r2ec_variants"] = ["r2ec_zeroshot", "r2ec"]
@@ -92,6 +95,10 @@ def test_pipeline_end_to_end(tmp_path):
         metrics = json.loads((work / f"results/runs/{CAT}/{m}/metrics.json").read_text())
         assert metrics["test"]["n_samples"] == 10 and 0.0 <= metrics["test"]["N@10"] <= 1.0
     assert json.loads((work / f"results/data/{CAT}/stats.json").read_text())["items"] == 30
+    # a method that learns beats Random on the same 10 test samples (one-sided paired Wilcoxon on N@5)
+    _, learned, chance = paired_ranks(work / f"results/runs/{CAT}/sasrec", work / f"results/runs/{CAT}/random")
+    test = paired_tests(learned, chance, "N@5", alternative="greater")
+    assert test["mean_a"] > test["mean_b"] and test["wilcoxon_p"] < 0.05, test
 
     log = [json.loads(line) for line in (work / f"results/runs/{CAT}/r2ec/train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [0, 1] and all("reward" in r for r in log)

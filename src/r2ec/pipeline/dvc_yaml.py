@@ -7,8 +7,9 @@ How a job becomes a DVC stage:
 - ``outs``: a run's ``metrics.json`` + ``ranks.parquet`` become the run directory (checkpoints and resume state
   are versioned with it; ``persist`` so a killed run resumes instead of restarting), ``results/metrics.json``
   becomes DVC metrics and ``results/plots/*`` stay in git (``cache: false``, see .gitignore) so that
-  ``dvc exp show`` / ``dvc plots diff`` read every experiment; everything else is cached, so ``dvc exp apply``
-  brings an experiment's tables and figures back.
+  ``dvc exp show`` / ``dvc plots diff`` read every experiment; so do the default job's small outputs a reader
+  opens without running anything (``table1.md``, ``report.md``, ``figures/*.png``: DVC refuses to cache a file
+  git tracks); everything else is cached, so ``dvc exp apply`` brings an experiment's tables and figures back.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from r2ec.pipeline.dag import DEFAULT_TARGET, PAPER_TARGET, Stage, jobs
 PAPER_FILE = Path("workflow/paper/dvc.yaml")
 RUN_FILE = re.compile(r"^(results/(?:seeds/\d+/)?runs/[^/]+/[^/]+)/(metrics\.json|ranks\.parquet)$")
 GIT_TRACKED = ("results/metrics.json",)  # un-ignored in .gitignore, with results/plots/
+COMMITTED = re.compile(r"^results/(table1\.md|report\.md|figures/[^/]+\.png)$")  # git-tracked, see .gitignore
 PERSISTENT = re.compile(r"^results/raw/")  # downloads resume from their partial files
 
 HEADER = """\
@@ -49,7 +51,7 @@ def _outs(stage: Stage) -> tuple[list, list]:
                 outs.append({m.group(1): {"persist": True}})
         elif f in GIT_TRACKED:
             metrics.append({f: {"cache": False}})
-        elif f.startswith("results/plots/"):
+        elif f.startswith("results/plots/") or COMMITTED.match(f):
             outs.append({f: {"cache": False}})
         elif PERSISTENT.match(f):
             outs.append({f: {"persist": True}})
