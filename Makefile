@@ -29,10 +29,16 @@ table1: install
 paper: install
 	snakemake --cores $(CORES) paper
 
-test: install
+# the tests also run the 2-process ZeRO-2 path on CPU: DeepSpeed from its sdist without prebuilt ops (its one
+# communication op is JIT-built with the machine's g++ at first use); for users it stays the `gpu` extra
+$(VENV)/.deepspeed: $(VENV)/.installed
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet deepspeed==0.19.8
+	touch $@
+
+test: install $(VENV)/.deepspeed
 	$(PY) -m pytest -m "not slow" -q
 
-test-all: install
+test-all: install $(VENV)/.deepspeed
 	$(PY) -m pytest -q
 
 # the same stages through DVC (one stage at a time; each runs its Snakemake job)

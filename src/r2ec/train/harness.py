@@ -49,6 +49,7 @@ from r2ec.eval.evaluator import evaluate, write_run_outputs
 from r2ec.io import Dataset, append_jsonl
 from r2ec import dist
 from r2ec.train.checkpoint import save_checkpoint
+from r2ec.train.engine import make_accelerator, optimizer_state, uses_deepspeed
 from r2ec.train.state import RunState
 from r2ec.seeding import seed_all
 
@@ -90,7 +91,6 @@ class LLMHarness(RunState):
 
     def __init__(self, method: str, ds: Dataset, params: Params, tc: Any, run_dir: Path, cache_dir: Path | None,
                  progress: bool, use_dvclive: bool, hook: Callable[[int, dict], None] | None):
-        from accelerate import Accelerator
         from transformers import get_scheduler
 
         from r2ec.llm.backbone import add_lora, backbone_cache_name, load_backbone
@@ -106,9 +106,7 @@ class LLMHarness(RunState):
         allow_precision(mp)
         log.info("%s: %s matmuls (llm.autocast=%s)", method, "bf16" if mp == "bf16" else "full-precision",
                  params.llm.autocast)
-        # the schedule counts optimizer steps of this run, not samples: never step it num_processes times
-        self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp,
-                               step_scheduler_with_optimizer=False)
+        self.acc = make_accelerator(mp)
         self.world, self.rank = dist.world(self.acc), int(self.acc.process_index)
         if self.world > 1 and (tc.batch_size < self.world or tc.batch_size % self.world):
             raise UserError(f"batch_size={tc.batch_size} (the global batch) must be a multiple of the "
@@ -244,8 +242,7 @@ class LLMHarness(RunState):
 
     def optimizer_step(self) -> float:
         """Clip, step the optimizer and the schedule, mark the weights changed; returns the grad norm."""
-        from accelerate.utils import DistributedType
-        if self.world > 1 and self.acc.distributed_type != DistributedType.DEEPSPEED:
+        if self.world > 1 and not uses_deepspeed(self.acc):
             # forwards call the decoder, not DDP's wrapper: the gradients are reduced here, once per step
             dist.sum_gradients(self.acc, self.opt_params(), 1.0 if self.grad_reduce == "sum" else 1.0 / self.world)
         gnorm = self.acc.clip_grad_norm_(self.opt_params(), self.tc.grad_clip)
@@ -257,8 +254,7 @@ class LLMHarness(RunState):
     def backward(self, loss: torch.Tensor) -> None:
         """``acc.backward`` of a loss; DeepSpeed averages gradients over the ranks, so a ``grad_reduce="sum"``
         share is scaled by the number of processes there."""
-        from accelerate.utils import DistributedType
-        if self.world > 1 and self.grad_reduce == "sum" and self.acc.distributed_type == DistributedType.DEEPSPEED:
+        if self.world > 1 and self.grad_reduce == "sum" and uses_deepspeed(self.acc):
             loss = loss * self.world
         self.acc.backward(loss)
 
@@ -383,8 +379,10 @@ class LLMHarness(RunState):
             self.done = stop or last
             if self.world > 1:  # budget, early stop and the end are decided once, on the main process
                 self.done, self.train_s = dist.from_main(self.acc, (self.done, self.train_s))
-            if (self.step % tc.checkpoint_every == 0 or self.done) and self.acc.is_main_process:
-                save_checkpoint(self.run_dir / "last", self.state())
+            if self.step % tc.checkpoint_every == 0 or self.done:
+                opt_state = optimizer_state(self.acc, self.opt)  # DeepSpeed: every rank's partition
+                if self.acc.is_main_process:
+                    save_checkpoint(self.run_dir / "last", self.state(opt_state))
             self.acc.wait_for_everyone()
             if self.hook is not None:
                 self.hook(self.step, rec)

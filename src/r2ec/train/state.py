@@ -19,6 +19,7 @@ from r2ec.config import to_dict
 from r2ec.errors import UserError
 from r2ec.io import atomic_dir, read_jsonl, write_text
 from r2ec.train.checkpoint import load_checkpoint, load_trainable_state, rng_state, set_rng_state, trainable_state
+from r2ec.train.engine import load_optimizer_state, sync_master_weights
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,12 @@ class RunState:
                **self.fingerprint_extra()}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
-    def state(self) -> dict[str, Any]:
+    def state(self, opt_state: Any = None) -> dict[str, Any]:
+        """The whole training state; ``opt_state`` from :func:`r2ec.train.engine.optimizer_state` (a collective
+        under DeepSpeed, so taken on every rank before the main process calls this)."""
         return {"method": self.method, "fingerprint": self.fingerprint(), "step": self.step,
                 "trainable": trainable_state(self.modules()),
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rng_state(),
+                "optimizer": self.opt.state_dict() if opt_state is None else opt_state, "scheduler": self.sched.state_dict(), "rng": rng_state(),
                 "best_score": self.best_score, "best_tie": self.best_tie, "best_step": self.best_step,
                 "best_valid": self.best_valid,
                 "bad_evals": self.bad_evals, "done": self.done, "train_s": self.train_s, **self.extra_state()}
@@ -45,7 +48,7 @@ class RunState:
             raise UserError(f"{self.run_dir / 'last'}: checkpoint of method {st.get('method')!r}, not "
                              f"{self.method!r}; remove it to start over")
         load_trainable_state(self.modules(), st["trainable"])
-        self.opt.load_state_dict(st["optimizer"])
+        load_optimizer_state(self.acc, self.opt, st["optimizer"], str(self.run_dir / "last"))
         self.sched.load_state_dict(st["scheduler"])
         set_rng_state(st["rng"])
         self.step, self.best_score, self.best_step = st["step"], st["best_score"], st["best_step"]
@@ -100,5 +103,7 @@ class RunState:
             self.acc.wait_for_everyone()
             if self.on_fresh_start():
                 self.validate()  # step 0 = the starting weights: training is selected against them
+        # weights written after `prepare` (restore, warm start, readout fit) become ZeRO's master copies
+        sync_master_weights(self.acc, self.model)
         self.acc.wait_for_everyone()  # no rank starts a step (or a checkpoint write) before all have resumed
         return st
