@@ -233,3 +233,11 @@ def test_zero2_refuses_a_checkpoint_of_the_plain_engine(tmp_path):
     launch(out, CFG, kill_at=1)  # a plain 2-process checkpoint after step 1
     r = launch(out, CFG, env=ZERO2, check=False)
     assert r.returncode != 0 and "checkpoint written without DeepSpeed" in r.stderr, r.stderr[-3000:]
+
+
+def test_a_deepspeed_config_without_deepspeed_is_a_one_line_error(monkeypatch):
+    from r2ec.train import engine
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"deepspeed is not installed: pip install 'r2ec\[gpu\]'"):
+        engine.make_accelerator("no")
