@@ -24,16 +24,19 @@ Numbers depend on the machine's load; compare runs taken on the same machine und
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import base_parser  # noqa: E402
 
 from r2ec import config as C
 from r2ec.eval.evaluator import evaluate, evaluation_samples
@@ -248,11 +251,7 @@ def table(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--data", default="results/data/movielens-100k")
-    ap.add_argument("--cache", default="results/cache")
+    ap = base_parser(__doc__)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--items", type=int, default=256)
     ap.add_argument("--eval-samples", type=int, default=32)
@@ -275,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                              a.overrides)]
     out = {}
     for name, over in configs:
-        p = C.load(a.params, over)
+        p = C.load(a.params or ["params.yaml"], over)
         seed_all(p.recpo.seed)
         with tempfile.TemporaryDirectory(prefix="r2ec_speed_") as tmp:
             tr, setup_s = make_trainer(p, Path(a.data), Path(a.cache), Path(tmp) / "run")

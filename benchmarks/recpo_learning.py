@@ -42,6 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import base_parser  # noqa: E402
+
 ARMS = (("recpo", False), ("control", True))  # (name, recpo.shuffle_advantages)
 CURVE_KEYS = ("reward", "reward_std", "reward_ndcg", "reward_prob", "reward_best", "flat_group_frac",
               "flat_rank_frac", "adv_abs_mean", "adv_shuffled_frac", "token_loss", "item_loss", "ratio_mean",
@@ -162,11 +165,7 @@ def figure(res: dict, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--data", default="results/data/movielens-100k")
-    ap.add_argument("--cache", default="results/cache")
+    ap = base_parser(__doc__)
     ap.add_argument("--users", type=int, default=32, help="training users of the fixed pool (recpo.train_max_samples)")
     ap.add_argument("--steps", type=int, default=40, help="RecPO steps per arm")
     ap.add_argument("--eval-every", type=int, default=10, help="greedy pool evaluation every N steps (0 = "
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     ds = load_dataset(a.data)
     over = a.overrides + [f"recpo.train_max_samples={a.users}"]
-    params = {name: C.load(a.params, over + [f"recpo.shuffle_advantages={str(sh).lower()}"]) for name, sh in ARMS}
+    params = {name: C.load(a.params or ["params.yaml"], over + [f"recpo.shuffle_advantages={str(sh).lower()}"]) for name, sh in ARMS}
     p0 = params["recpo"]
     if p0.recpo.batch_size > a.users:
         ap.error(f"recpo.batch_size={p0.recpo.batch_size} exceeds --users {a.users}")

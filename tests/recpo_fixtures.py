@@ -41,6 +41,27 @@ def tiny_dataset(n_items: int = 12, n_users: int = 6, hist: int = 3) -> Dataset:
     return Dataset(name="tiny", root=Path("."), items=items, splits=splits, stats={})
 
 
+def write_tiny_dataset(root: Path) -> tuple[Dataset, Path]:
+    """:func:`tiny_dataset` written as a prepared dataset directory ``root/data`` (what ``--data`` reads)."""
+    ds = tiny_dataset()
+    data = Path(root) / "data"
+    data.mkdir()
+    ds.items.write_parquet(data / "items.parquet")
+    for name, df in ds.splits.items():
+        df.write_parquet(data / f"{name}.parquet")
+    return ds, data
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the scripts are not a package)."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def tiny_params(**recpo) -> Params:
     base = dict(group_size=4, batch_size=2, steps=2, max_reasoning_tokens=6, eval_every=2, checkpoint_every=1,
                 item_refresh_every=1, lr=1e-2, temperature=1.0, top_k=0, patience=3, item_batch_size=8,

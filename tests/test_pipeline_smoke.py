@@ -7,13 +7,16 @@ re-runs only SASRec and the table.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import yaml
 
 from r2ec.report.significance import paired_ranks, paired_tests
@@ -125,6 +128,26 @@ def test_pipeline_end_to_end(tmp_path):
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, flags=re.M))
     jobs.pop("total", None)
     assert jobs == {"train_r2ec": "3", "table1": "1"}, r.stdout  # zero-shot, contrastive, r2ec
+
+    if importlib.util.find_spec("deepspeed") is not None:  # `make test` installs it
+        p["recpo"]["beta"] = 0.05
+        (work / "params.yaml").write_text(yaml.safe_dump(p))
+        _launch_profile_reruns_the_zero_shot_job_identically(work)
+
+
+def _launch_profile_reruns_the_zero_shot_job_identically(work: Path) -> None:
+    """Under configs/profiles/zero2-cpu2.yaml the workflow starts the LLM job as 2 torchrun processes under
+    DeepSpeed ZeRO-2; the sharded evaluation gives the single process's ranks. (The job's command is one of its
+    params: Snakemake then counts the single-process run as out of date.)"""
+    shutil.copytree(ROOT / "configs", work / "configs", dirs_exist_ok=True)  # the profile names its files relatively
+    run = work / f"results/runs/{CAT}/r2ec_zeroshot"
+    before = pl.read_parquet(run / "ranks.parquet")
+    r = _snakemake(work, "--configfile", str(ROOT / "configs/profiles/zero2-cpu2.yaml"), "--force",
+                   str(run.relative_to(work) / "metrics.json"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    log = (work / f"results/logs/train/{CAT}/r2ec_zeroshot.log").read_text()
+    assert log.count("world size 2, engine deepspeed") == 2, log[-3000:]  # one line per process
+    assert pl.read_parquet(run / "ranks.parquet").equals(before)
 
 
 def test_cli_reports_bad_params_cleanly(tmp_path):

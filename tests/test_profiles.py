@@ -105,7 +105,7 @@ def test_profile_yaml_reads_back_with_the_registry_types():
 
 def test_bad_profile_input_names_the_file_and_key(tmp_path):
     r = _cli("profile", "nosuch")
-    assert r.returncode == 2 and "nosuch" in r.stderr and "known: paper" in r.stderr
+    assert r.returncode == 2 and "nosuch" in r.stderr and "known: gpus4, paper, zero2-cpu2" in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("recpo:\n  lrr: 1\n")
     r = _cli("check-params", "--params", "params.yaml", "--params", str(bad))
@@ -131,3 +131,12 @@ def test_apply_writes_params_yaml_with_the_paper_values_and_every_comment(tmp_pa
     assert "  lr: 1.0e-05                    # AdamW learning rate\n" in after  # the comment column kept
     with pytest.raises(C.ConfigError, match="key recpo.nope is not in the params file"):
         P.apply_text(before, {"recpo": {"nope": 1}}, "x.yaml")
+
+
+@pytest.mark.parametrize("name", ["zero2-cpu2", "gpus4"])
+def test_hardware_profiles_load_over_params_yaml(name):
+    """The hand-written launch profiles are valid overlays that touch only the launch section."""
+    path = ROOT / "configs" / "profiles" / f"{name}.yaml"
+    assert set(yaml.safe_load(path.read_text())) == {"launch"}
+    p = C.load([ROOT / "params.yaml", path])
+    assert p.launch.processes > 1 and C.to_dict(p.recpo) == C.to_dict(C.load(ROOT / "params.yaml").recpo)

@@ -1,6 +1,5 @@
 """benchmarks/recpo_learning.py end to end on the tiny random Llama: JSON structure and a real control arm."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -9,25 +8,17 @@ import pytest
 import yaml
 
 from r2ec.config import to_dict
-from recpo_fixtures import tiny_dataset, tiny_params, with_recpo
+from recpo_fixtures import load_benchmark, tiny_params, with_recpo, write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("recpo_learning", ROOT / "benchmarks" / "recpo_learning.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("recpo_learning")
 
 
 def _setup(tmp_path):
-    ds = tiny_dataset()
-    data = tmp_path / "data"
-    data.mkdir()
-    ds.items.write_parquet(data / "items.parquet")
-    for name, df in ds.splits.items():
-        df.write_parquet(data / f"{name}.parquet")
+    _, data = write_tiny_dataset(tmp_path)
     p = with_recpo(tiny_params(), batch_size=2, group_size=3, max_reasoning_tokens=4, item_refresh_every=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(p)))
     return data

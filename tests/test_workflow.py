@@ -144,3 +144,35 @@ def test_snakemake_configfile_selects_the_paper_profile(tmp_path):
     assert sections["recpo"]["max_minutes"] == sections["contrastive"]["max_minutes"] == 0
     table1 = _job(out, "table1")
     assert '"backbone":"google/gemma-2-2b-it"' in table1 and '"max_samples":0' in table1
+
+
+def test_llm_jobs_start_under_the_launch_section(tmp_path):
+    """`launch.processes` > 1 starts every LLM training job (R2ec variants, BigRec, D3, LangPTune) under the
+    launcher with processes x threads cores and the GPU resource; the other jobs keep a plain python process."""
+    (tmp_path / "one").mkdir()
+    out, _ = _dry_run(tmp_path / "one")
+    r2ec = _job(out, "train_r2ec", "tree=, dataset=movielens-100k, method=r2ec")
+    assert "gpu=0" in r2ec and "Shell command: python -m r2ec train --quiet --threads 1 --method r2ec " in r2ec
+    (tmp_path / "two").mkdir()
+    out, _ = _dry_run(tmp_path / "two", "--cores", "4", "--configfile", str(ROOT / "configs/profiles/zero2-cpu2.yaml"))
+    for rule, wc in (("train_r2ec", "tree=, dataset=movielens-100k, method=r2ec"),
+                     ("train_bigrec", "tree=, dataset=movielens-100k"), ("train_d3", "tree=, dataset=movielens-100k"),
+                     ("train_langptune", "tree=, dataset=movielens-100k")):
+        job = _job(out, rule, wc)
+        assert "    threads: 2\n" in job and "gpu=0" in job, rule
+        assert ("Shell command: OMP_NUM_THREADS=1 ACCELERATE_USE_DEEPSPEED=true ACCELERATE_DEEPSPEED_CONFIG_FILE="
+                "configs/accelerate/ds_config_zero2.json DS_ACCELERATOR=cpu torchrun --standalone --nproc_per_node 2 "
+                "-m r2ec train --quiet --threads 1 ") in job, rule
+    sasrec = _job(out, "train_baseline", "tree=, dataset=movielens-100k, method=sasrec")
+    assert "torchrun" not in sasrec and "Shell command: python -m r2ec train" in sasrec
+
+
+def test_launcher_commands():
+    from r2ec.config import LaunchCfg
+    from r2ec.pipeline.launch import job_threads, launcher
+    assert launcher(LaunchCfg()) == "python" and job_threads(LaunchCfg()) == 1
+    gpu = LaunchCfg(processes=4, launcher="accelerate", threads=2)
+    assert launcher(gpu) == ("accelerate launch --config_file configs/accelerate/zero2.yaml --num_machines 1 "
+                             "--num_processes 4")
+    assert job_threads(gpu) == 8
+    assert launcher(LaunchCfg(processes=2)) == "OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from r2ec import methods
 from r2ec.config import from_dict, to_dict
+from r2ec.pipeline.launch import job_threads, launcher
 
 # `--config 'seeds=[2025,7]'` arrives as strings (Snakemake reads list values with YAML's base loader)
 if isinstance(config.get("seeds"), list):
@@ -13,6 +14,14 @@ if isinstance(config.get("seeds"), list):
 # the CLI's own strict check (unknown keys, types, ranges), which also imports the params' plugins, so that their
 # methods are in the registry the rules read
 PARAMS = from_dict(config, "params (Snakemake config)")
+
+# an LLM training job (R2ec variants, BigRec / D3, LangPTune) starts under `launch`: one python process, or N
+# processes under torchrun / accelerate launch; it takes processes x threads of Snakemake's cores and asks a
+# cluster executor for `launch.gpus` GPUs (resource gpu)
+LLM_RUN = launcher(PARAMS.launch)
+LLM_THREADS = job_threads(PARAMS.launch)
+LLM_PROCESS_THREADS = PARAMS.launch.threads
+LLM_GPUS = PARAMS.launch.gpus
 
 # `seeds`: the first seed's runs are results/runs/<dataset>/<method> (the sections' own seed keys), each further
 # seed s has its own tree results/seeds/<s>/runs/<dataset>/<method>; the training rules' {tree} wildcard is ''

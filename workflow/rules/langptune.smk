@@ -9,11 +9,15 @@ rule train_langptune:
         metrics="results/{tree}runs/{dataset}/langptune/metrics.json",
         ranks="results/{tree}runs/{dataset}/langptune/ranks.parquet",
     params:
+        run=LLM_RUN,
+        threads=LLM_PROCESS_THREADS,
         S=lambda wc: seeded(sections(*methods.get("langptune").sections), wc.tree, "langptune"),
-    # one torch thread per job, as the other training rules
-    threads: 1
+    # cores and processes: see train_r2ec
+    threads: LLM_THREADS
+    resources:
+        gpu=LLM_GPUS,
     log:
         "results/logs/train/{tree}{dataset}/langptune.log",
     shell:
-        "python -m r2ec train --quiet --threads {threads} --method langptune --data {input.data} "
+        "{params.run} -m r2ec train --quiet --threads {params.threads} --method langptune --data {input.data} "
         "--out results/{wildcards.tree}runs/{wildcards.dataset}/langptune --cache results/cache {params.S} 2> {log}"

@@ -21,13 +21,17 @@ rule train_bigrec:
         metrics="results/{tree}runs/{dataset}/bigrec/metrics.json",
         ranks="results/{tree}runs/{dataset}/bigrec/ranks.parquet",
     params:
+        run=LLM_RUN,
+        threads=LLM_PROCESS_THREADS,
         S=lambda wc: seeded(sections(*methods.get("bigrec").sections), wc.tree, "bigrec"),
-    # one torch thread per job (see train_r2ec)
-    threads: 1
+    # cores and processes: see train_r2ec
+    threads: LLM_THREADS
+    resources:
+        gpu=LLM_GPUS,
     log:
         "results/logs/train/{tree}{dataset}/bigrec.log",
     shell:
-        "python -m r2ec train --quiet --threads {threads} --method bigrec --data {input.data} "
+        "{params.run} -m r2ec train --quiet --threads {params.threads} --method bigrec --data {input.data} "
         "--out results/{wildcards.tree}runs/{wildcards.dataset}/bigrec --cache results/cache {params.S} 2> {log}"
 
 
@@ -43,10 +47,14 @@ rule train_d3:
         metrics="results/{tree}runs/{dataset}/d3/metrics.json",
         ranks="results/{tree}runs/{dataset}/d3/ranks.parquet",
     params:
+        run=LLM_RUN,
+        threads=LLM_PROCESS_THREADS,
         S=lambda wc: seeded(sections(*methods.get("d3").sections), wc.tree),
-    threads: 1
+    threads: LLM_THREADS
+    resources:
+        gpu=LLM_GPUS,
     log:
         "results/logs/train/{tree}{dataset}/d3.log",
     shell:
-        "python -m r2ec train --quiet --threads {threads} --method d3 --data {input.data} "
+        "{params.run} -m r2ec train --quiet --threads {params.threads} --method d3 --data {input.data} "
         "--out results/{wildcards.tree}runs/{wildcards.dataset}/d3 --cache results/cache {params.S} 2> {log}"

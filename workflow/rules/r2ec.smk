@@ -43,14 +43,18 @@ rule train_r2ec:
     wildcard_constraints:
         method="r2ec[a-z_]*",
     params:
+        run=LLM_RUN,
+        threads=LLM_PROCESS_THREADS,
         S=lambda wc: seeded(sections(*methods.get(wc.method).sections), wc.tree, "recpo", "readout"),
-    # one torch thread per job: jobs run side by side on the cores Snakemake is given (more threads than
-    # cores makes torch's OpenMP pool spin; measured 10x slower per step on a loaded 2-core machine)
-    threads: 1
+    # launch.processes x launch.threads cores (default 1 x 1: jobs run side by side on the cores Snakemake is
+    # given; more threads than cores makes torch's OpenMP pool spin, measured 10x slower per step on 2 cores)
+    threads: LLM_THREADS
+    resources:
+        gpu=LLM_GPUS,
     log:
         "results/logs/train/{tree}{dataset}/{method}.log",
     shell:
-        "python -m r2ec train --quiet --threads {threads} --method {wildcards.method} --data {input.data} "
+        "{params.run} -m r2ec train --quiet --threads {params.threads} --method {wildcards.method} --data {input.data} "
         "--out results/{wildcards.tree}runs/{wildcards.dataset}/{wildcards.method} --cache results/cache "
         "{params.S} 2> {log}"
 
@@ -69,11 +73,15 @@ rule train_r2ec_sweep:
         key="beta|temperature|group_size",
         value="[0-9.]+",
     params:
+        run=LLM_RUN,
+        threads=LLM_PROCESS_THREADS,
         S=sections(*methods.get("r2ec").sections),
-    threads: 1
+    threads: LLM_THREADS
+    resources:
+        gpu=LLM_GPUS,
     log:
         "results/logs/train/{dataset}/r2ec@{key}={value}.log",
     shell:
-        "python -m r2ec train --quiet --threads {threads} --method r2ec --data {input.data} "
+        "{params.run} -m r2ec train --quiet --threads {params.threads} --method r2ec --data {input.data} "
         "--out results/runs/{wildcards.dataset}/r2ec@{wildcards.key}={wildcards.value} --cache results/cache "
         "{params.S} -S recpo.{wildcards.key}={wildcards.value} 2> {log}"

@@ -26,13 +26,13 @@ from r2ec.config.names import (AMAZON_CATEGORIES, BASELINE_METHODS, CLASSIC_METH
                                LLM_BASELINES, METHODS, MOVIELENS, R2EC_VARIANTS, REFERENCE_METHODS, TIGER)
 from r2ec.config.params import Params
 from r2ec.config.schema import json_schema, write_json_schema
-from r2ec.config.sections import DataCfg, EvalCfg, LatencyCfg, LlmCfg, LoraCfg, ReportCfg
+from r2ec.config.sections import DataCfg, EvalCfg, LatencyCfg, LaunchCfg, LlmCfg, LoraCfg, ReportCfg
 
 __all__ = [
     "AMAZON_CATEGORIES", "BASELINE_METHODS", "CLASSIC_METHODS", "CONTRASTIVE_METHOD", "LLM_BASELINES", "METHODS",
     "MOVIELENS", "R2EC_VARIANTS", "REFERENCE_METHODS", "TIGER",
     "BigrecCfg", "CaserCfg", "ConfigError", "ContrastiveCfg", "D3Cfg", "DataCfg", "EvalCfg", "Gru4recCfg",
-    "LangptuneCfg", "LatencyCfg", "LlmCfg", "LoraCfg", "Params", "PopularityCfg", "RandomCfg", "ReadoutCfg",
+    "LangptuneCfg", "LatencyCfg", "LaunchCfg", "LlmCfg", "LoraCfg", "Params", "PopularityCfg", "RandomCfg", "ReadoutCfg",
     "RecpoCfg", "ReportCfg", "SasrecCfg", "Section", "SeqModelCfg", "TigerCfg",
     "apply_overrides", "check_keys", "check_params", "from_dict", "json_schema", "load", "merge", "param",
     "parse_override",

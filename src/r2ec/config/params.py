@@ -9,7 +9,7 @@ from r2ec.config.fields import ConfigError, Section, _doc, check_fields, check_n
 from r2ec.config.methods import (BigrecCfg, CaserCfg, ContrastiveCfg, D3Cfg, Gru4recCfg, LangptuneCfg, PopularityCfg,
                                  RandomCfg, ReadoutCfg, RecpoCfg, SasrecCfg, TigerCfg)
 from r2ec.config.names import AMAZON_CATEGORIES, CLASSIC_METHODS, CONTRASTIVE_METHOD, MOVIELENS
-from r2ec.config.sections import DataCfg, EvalCfg, LatencyCfg, LlmCfg, LoraCfg, ReportCfg
+from r2ec.config.sections import DataCfg, EvalCfg, LatencyCfg, LaunchCfg, LlmCfg, LoraCfg, ReportCfg
 
 
 BASELINE_KINDS = tuple(k for k, lst in methods.KIND_LIST.items() if lst == "baselines")
@@ -50,6 +50,8 @@ class Params(Section):
                                        default_factory=ContrastiveCfg)
     readout: ReadoutCfg = _doc("R2ec's learned readout (a deviation: the paper's head is a bare cosine)",
                                default_factory=ReadoutCfg)
+    launch: LaunchCfg = _doc("how the workflow starts LLM training jobs (processes, launcher)",
+                             default_factory=LaunchCfg)
     report: ReportCfg = _doc("tables and figures", default_factory=ReportCfg)
     latency: LatencyCfg = _doc("inference latency (Table 4)", default_factory=LatencyCfg)
 

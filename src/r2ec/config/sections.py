@@ -1,4 +1,4 @@
-"""The shared sections of params.yaml: data, evaluation, LLM backbone, LoRA, report, latency."""
+"""The shared sections of params.yaml: data, evaluation, LLM backbone, LoRA, launch, report, latency."""
 
 from __future__ import annotations
 
@@ -98,6 +98,23 @@ class LoraCfg(Section):
     targets: tuple[str, ...] = _doc("target module names", nonempty=True,
                                     default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                              "down_proj"))
+
+
+@dataclass(frozen=True)
+class LaunchCfg(Section):
+    """How the workflow starts an LLM training job (R2ec variants, BigRec / D3, LangPTune): one process, or N
+    processes under torchrun or ``accelerate launch``; the global batches are the same either way."""
+    SECTION = "launch"
+    processes: int = _doc("processes per LLM training job (1 = a plain python process)", ge=1, default=1)
+    launcher: Literal["torchrun", "accelerate"] = _doc(
+        "what starts N processes: torchrun (CPU, gloo) or accelerate launch with launch.accelerate_config (GPUs)",
+        default="torchrun")
+    accelerate_config: str = _doc("accelerate launch config file (launcher accelerate)",
+                                  default="configs/accelerate/zero2.yaml")
+    deepspeed_config: str = _doc("DeepSpeed config for torchrun-started processes ('' = none; ZeRO-2 on CPU: "
+                                 "configs/accelerate/ds_config_zero2.json)", default="")
+    threads: int = _doc("torch CPU threads per process", ge=1, default=1)
+    gpus: int = _doc("GPUs an LLM job asks the scheduler for (Snakemake resource gpu; 0 on CPU)", ge=0, default=0)
 
 
 @dataclass(frozen=True)

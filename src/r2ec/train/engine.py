@@ -51,6 +51,14 @@ def uses_deepspeed(acc: Any) -> bool:
     return acc.distributed_type == DistributedType.DEEPSPEED
 
 
+def engine_name(acc: Any) -> str:
+    """``deepspeed``, ``single`` (one process) or accelerate's distributed type (``multi_cpu``, ``multi_gpu``)."""
+    if uses_deepspeed(acc):
+        return "deepspeed"
+    kind = acc.distributed_type.value.lower()
+    return "single" if kind == "no" else kind
+
+
 def sync_master_weights(acc: Any, model: Any) -> None:
     """After weights were written into the model outside an optimizer step: make ZeRO's fp32 master copies (this
     rank's partition) equal to them, so that the next step updates them instead of restoring the old ones. A
@@ -66,8 +74,15 @@ def optimizer_state(acc: Any, opt: Any) -> Any:
     return dist.gather_objects(acc, sd) if uses_deepspeed(acc) else sd
 
 
+def engine_fingerprint(acc: Any) -> dict[str, Any]:
+    """What a checkpoint's optimizer state depends on beyond the params: under DeepSpeed, its partitioning over
+    the processes (a checkpoint of another engine or process count is not resumed: the run starts over)."""
+    return {"engine": f"deepspeed/{dist.world(acc)}"} if uses_deepspeed(acc) else {}
+
+
 def load_optimizer_state(acc: Any, opt: Any, state: Any, where: str) -> None:
-    """Load what :func:`optimizer_state` saved; a checkpoint of the other engine (or process count) is refused."""
+    """Load what :func:`optimizer_state` saved; a checkpoint of the other engine (or process count) is refused
+    (:func:`engine_fingerprint` keeps a run from resuming one; this names the file if one is handed over)."""
     if uses_deepspeed(acc) != isinstance(state, list) or (isinstance(state, list) and len(state) != dist.world(acc)):
         saved = f"DeepSpeed with {len(state)} processes" if isinstance(state, list) else "without DeepSpeed"
         now = f"DeepSpeed with {dist.world(acc)} processes" if uses_deepspeed(acc) else "without DeepSpeed"

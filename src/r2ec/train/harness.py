@@ -49,7 +49,7 @@ from r2ec.eval.evaluator import evaluate, write_run_outputs
 from r2ec.io import Dataset, append_jsonl
 from r2ec import dist
 from r2ec.train.checkpoint import save_checkpoint
-from r2ec.train.engine import make_accelerator, optimizer_state, uses_deepspeed
+from r2ec.train.engine import engine_name, make_accelerator, optimizer_state, uses_deepspeed
 from r2ec.train.state import RunState
 from r2ec.seeding import seed_all
 
@@ -108,6 +108,7 @@ class LLMHarness(RunState):
                  params.llm.autocast)
         self.acc = make_accelerator(mp)
         self.world, self.rank = dist.world(self.acc), int(self.acc.process_index)
+        log.info("%s: world size %d, engine %s", method, self.world, engine_name(self.acc))
         if self.world > 1 and (tc.batch_size < self.world or tc.batch_size % self.world):
             raise UserError(f"batch_size={tc.batch_size} (the global batch) must be a multiple of the "
                             f"{self.world} processes and at least {self.world}")

@@ -19,7 +19,7 @@ from r2ec.config import to_dict
 from r2ec.errors import UserError
 from r2ec.io import atomic_dir, read_jsonl, write_text
 from r2ec.train.checkpoint import load_checkpoint, load_trainable_state, rng_state, set_rng_state, trainable_state
-from r2ec.train.engine import load_optimizer_state, sync_master_weights
+from r2ec.train.engine import engine_fingerprint, load_optimizer_state, sync_master_weights
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class RunState:
         key = {"method": self.method, "llm": to_dict(self.p.llm), "lora": to_dict(self.p.lora),
                "train": to_dict(self.tc), "eval": to_dict(self.p.eval), "dataset": self.ds.name,
                "n_items": self.ds.n_items, "splits": {k: v.height for k, v in self.ds.splits.items()},
-               **self.fingerprint_extra()}
+               **engine_fingerprint(self.acc), **self.fingerprint_extra()}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     def state(self, opt_state: Any = None) -> dict[str, Any]:
