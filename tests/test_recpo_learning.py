@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import yaml
@@ -10,7 +9,6 @@ import yaml
 from r2ec.config import to_dict
 from recpo_fixtures import load_benchmark, tiny_params, with_recpo, write_tiny_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench():
