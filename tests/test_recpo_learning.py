@@ -10,7 +10,6 @@ from r2ec.config import to_dict
 from recpo_fixtures import load_benchmark, tiny_params, with_recpo, write_tiny_dataset
 
 
-
 def _bench():
     return load_benchmark("recpo_learning")
 
