@@ -86,6 +86,16 @@ def pool_eval(tr, pool, sampled: int = 0) -> dict[str, list]:
     return out
 
 
+BAR = {"p_rise": 0.01, "p_vs_control": 0.05, "minutes": 30.0}  # the learning check's bar (greedy reasoning)
+
+
+def verdict(res: dict) -> dict:
+    """Each condition of the bar (p_rise < 0.01, p_vs_control < 0.05, within 30 minutes) and whether all hold."""
+    checks = {f"{k} < {v:g}" if k != "minutes" else f"minutes <= {v:g}":
+              bool(res[k] <= v if k == "minutes" else res[k] < v) for k, v in BAR.items()}
+    return {"checks": checks, "passed": all(checks.values())}
+
+
 def _mean(d: dict[str, list]) -> dict[str, float]:
     m = {"reward": float(np.mean(d["reward"])), "N@10": float(np.mean(d["N@10"])),
          "median_rank": float(np.median(d["rank"]))}
@@ -251,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
         "minutes": (time.perf_counter() - t0) / 60,
         "arms": arms,
     }
+    res["bar"] = verdict(res)
     out = a.out or Path("benchmarks/results") / f"recpo_learning-{machine}-{date}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
@@ -258,7 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, s in res["summary"].items():
         print(f"{name:8s} reward {s['before']['reward']:.4f} -> {s['after']['reward']:.4f}  "
               f"N@10 {s['before']['N@10']:.4f} -> {s['after']['N@10']:.4f}  ({s['minutes']:.1f} min)")
-    print(f"p_rise={res['p_rise']:.4g} p_vs_control={res['p_vs_control']:.4g} -> {out}")
+    print(f"p_rise={res['p_rise']:.4g} p_vs_control={res['p_vs_control']:.4g} bar "
+          f"{'passed' if res['bar']['passed'] else 'not met'} -> {out}")
     return res
 
 

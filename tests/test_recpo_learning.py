@@ -36,6 +36,10 @@ def test_recpo_learning_benchmark_end_to_end(tmp_path):
     assert js["params"]["recpo"]["shuffle_advantages"] is False
     assert 0.0 <= js["p_rise"] <= 1.0 and 0.0 <= js["p_vs_control"] <= 1.0
     assert js["same_start"] is True  # both arms start from the same state
+    bar = js["bar"]
+    assert bar["checks"] == {"p_rise < 0.01": js["p_rise"] < 0.01, "p_vs_control < 0.05": js["p_vs_control"] < 0.05,
+                             "minutes <= 30": js["minutes"] <= 30}
+    assert bar["passed"] == all(bar["checks"].values())
     assert set(js["arms"]) == {"recpo", "control"}
     for name, arm in js["arms"].items():
         assert [c["step"] for c in arm["curve"]] == [1, 2]
