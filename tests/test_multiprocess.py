@@ -54,6 +54,10 @@ def launch(out: Path, recpo: dict, *, method: str = "r2ec", kill_at: int = 0, en
     try:
         so, se = p.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
+        import psutil
+        # torchrun starts each worker in a session of its own: kill them one by one, then the launcher's group
+        for kid in psutil.Process(p.pid).children(recursive=True):
+            kid.kill()
         os.killpg(p.pid, signal.SIGKILL)
         so, se = p.communicate()
         pytest.fail(f"{n}-process run did not end within {TIMEOUT}s (a hang)\n{se[-3000:]}")

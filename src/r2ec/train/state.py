@@ -80,6 +80,9 @@ class RunState:
     def _resume(self) -> dict[str, Any] | None:
         last = self.run_dir / "last"
         st = load_checkpoint(last)
+        # every rank has read `last` before the main process may remove it below (a rank reading it after the
+        # removal would take the fresh-start branch alone and pair its collectives with the wrong ones)
+        self.acc.wait_for_everyone()
         if st is not None and st.get("fingerprint") != self.fingerprint():
             log.warning("%s holds a checkpoint of other params/data; starting over", last)
             if self.acc.is_main_process:
