@@ -57,8 +57,8 @@ def pool_eval(tr, pool, sampled: int = 0) -> dict[str, list]:
     the item table refreshed first; the global random streams untouched). ``sampled`` = G > 0 adds
     ``reward_sampled``: each user's mean fused reward over G trajectories sampled at the training temperature and
     top-k with one fixed seed (the objective RL maximises, measured the same way before and after)."""
-    from r2ec.llm.rollout import completion_logprobs
     from r2ec.recpo.rewards import rewards_from_scores
+    from r2ec.recpo.step import reward_forward
     tr.before_evaluate()
     targets, hists = pool["target_item_id"].to_list(), pool["history_item_ids"].to_list()
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -75,13 +75,7 @@ def pool_eval(tr, pool, sampled: int = 0) -> dict[str, list]:
             with ctx:
                 groups = tr.users.generate(tr.users.prompts_of(pool), sampled, rc.temperature, rc.top_k, 7919)
             pairs = [(x.prompt_ids, x.completion_ids) for g in groups for x in g]
-            with torch.no_grad(), tr.autocast():
-                _, u = completion_logprobs(tr.policy, pairs, rc.temperature, pad_id=tr.pad_id,
-                                           batch_size=rc.eval_batch_size, return_hidden=True,
-                                           answer_id=tr.answer_id)
-                rs, _, _, _ = rewards_from_scores(tr.rec.scores(u.float()),
-                                                  torch.as_tensor(targets).repeat_interleave(sampled),
-                                                  [h for h in hists for _ in range(sampled)], tr.beta, rc.k_r)
+            _, _, _, (rs, _, _, _) = reward_forward(tr, pairs, targets, hists, sampled)
         out["reward_sampled"] = rs.view(-1, sampled).mean(dim=1).tolist()
     return out
 

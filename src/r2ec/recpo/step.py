@@ -40,6 +40,25 @@ def pad_logps(logps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, mask
 
 
+def reward_forward(tr: Any, pairs: list, targets: list[int], hists: list[list[int]], G: int,
+                   entropy: list | None = None) -> tuple[list, torch.Tensor, torch.Tensor, tuple]:
+    """One no-grad pass of the policy over G trajectories per user (``pairs`` = (prompt ids, completion ids),
+    user-major): their per-token log-probs at ``recpo.temperature``, the user vectors at the final ``<answer>``,
+    the targets repeated per trajectory and the fused rewards ``(r, r_d, r_c, ranks)`` of
+    :func:`r2ec.recpo.rewards.rewards_from_scores` (``entropy`` collects per-token entropies when given)."""
+    from r2ec.llm.rollout import completion_logprobs
+    rc = tr.rc
+    with torch.no_grad(), tr.autocast():
+        logp, user = completion_logprobs(tr.policy, pairs, rc.temperature, pad_id=tr.pad_id,
+                                         batch_size=rc.eval_batch_size, return_hidden=True,
+                                         answer_id=tr.answer_id, entropy=entropy)
+        user = user.float()
+        tgt_rep = torch.as_tensor(targets).repeat_interleave(G)
+        rewards = rewards_from_scores(tr.rec.scores(user), tgt_rep, [h for h in hists for _ in range(G)], tr.beta,
+                                      rc.k_r)
+    return logp, user, tgt_rep, rewards
+
+
 def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
     from r2ec.llm.rollout import completion_logprobs
 
@@ -78,16 +97,9 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
     if multi:
         labels = labels[lo:hi]
     ent: list[torch.Tensor] = []
+    old, user_old, tgt_rep, (r, rd, rcont, ranks) = reward_forward(tr, pairs, targets, hists, G, entropy=ent)
     with torch.no_grad(), tr.autocast():
-        old, user_old = completion_logprobs(tr.policy, pairs, rc.temperature, pad_id=tr.pad_id,
-                                            batch_size=rc.eval_batch_size, return_hidden=True,
-                                            answer_id=tr.answer_id, entropy=ent)
         old_logp, cmask = pad_logps(old)
-        user_old = user_old.float()
-        scores = tr.rec.scores(user_old)
-        tgt_rep = torch.as_tensor(targets).repeat_interleave(G)
-        hist_rep = [h for h in hists for _ in range(G)]
-        r, rd, rcont, ranks = rewards_from_scores(scores, tgt_rep, hist_rep, tr.beta, rc.k_r)
         R = r.view(-1, G)
         adv = compute_advantages(R, rc.advantage)
         best = best_trajectory_mask(R, rc.item_topk).view(-1)
