@@ -48,6 +48,8 @@ def main() -> None:
         ended = "killed"
     import os
     (out / f"rank{os.environ['RANK']}.done").write_text(ended)
+    from r2ec.train.engine import shutdown
+    shutdown()
 
 
 if __name__ == "__main__":

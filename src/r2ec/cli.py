@@ -109,9 +109,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     used = {k: C.to_dict(getattr(p, k)) for k in m.sections}
     fp = {"method": args.method, "data": str(ds.stats), "params": used}
     if _launched_processes() > 1:  # accelerate launch: only the main process resets, the others wait for it
-        import torch
-        from accelerate import PartialState
-        st = PartialState(cpu=not torch.cuda.is_available())
+        from r2ec.train.engine import process_state
+        st = process_state()
         if st.is_main_process:
             reset_run_if_params_changed(run_dir, fp)
         st.wait_for_everyone()
@@ -119,6 +118,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         reset_run_if_params_changed(run_dir, fp)
     t0 = time.time()
     metrics = methods.resolve(m.train)(args.method, ds, p, run_dir, Path(args.cache), not args.quiet)
+    if _launched_processes() > 1:
+        from r2ec.train.engine import shutdown
+        shutdown()
     test = metrics.get("test", {})
     print(f"{args.method} on {ds.name}: " + " ".join(f"{k}={v:.4f}" for k, v in test.items()
                                                   if k.startswith(("H@", "N@"))) + f" ({time.time() - t0:.0f}s)")

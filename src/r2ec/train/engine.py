@@ -27,13 +27,31 @@ def deepspeed_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
+def process_state():
+    """accelerate's process-wide state, built the way :func:`make_accelerator` needs it (gloo under DeepSpeed
+    without CUDA); the CLI takes it before the run to let only the main process reset the run directory."""
+    from accelerate import PartialState
+    cuda = torch.cuda.is_available()
+    if deepspeed_requested() and not cuda:
+        return PartialState(cpu=False, backend="gloo")
+    return PartialState(cpu=not cuda)
+
+
+def shutdown() -> None:
+    """The end of a multi-process run: every rank meets once more, then the default process group is destroyed
+    (left to interpreter exit, its background threads can abort the process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def make_accelerator(mixed_precision: str):
     """The run's Accelerator (the schedule counts this run's optimizer steps: never stepped once per process).
 
     Without CUDA, accelerate has no route to DeepSpeed (its CPU state ignores the DeepSpeed plugin and each
     process would train alone), so the process group is named gloo here and DeepSpeed's CPU accelerator runs the
     ZeRO step: that is how the 2-process ZeRO-2 tests run on a CPU machine."""
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     cuda = torch.cuda.is_available()
     if deepspeed_requested():
         if importlib.util.find_spec("deepspeed") is None:
@@ -41,7 +59,7 @@ def make_accelerator(mixed_precision: str):
                             "installed: pip install 'r2ec[gpu]' (deepspeed==0.19.8; on a CPU machine "
                             "DS_BUILD_OPS=0 pip install deepspeed==0.19.8)")
         if not cuda:
-            PartialState(cpu=False, backend="gloo")
+            process_state()
             return Accelerator(cpu=False, mixed_precision=mixed_precision, step_scheduler_with_optimizer=False)
     return Accelerator(cpu=not cuda, mixed_precision=mixed_precision, step_scheduler_with_optimizer=False)
 
