@@ -56,14 +56,11 @@ def run_steps(tr, steps: int) -> list[dict]:
     """``steps`` training steps as the harness's loop takes them (seeded batches, the global batch's mean record
     under N processes), without validation or checkpoints."""
     from r2ec import dist
-    from r2ec.train.harness import mean_record, seed_all, step_seed
+    from r2ec.train.harness import mean_record
     pool = tr.train_pool()
     out = []
     for _ in range(steps):
-        t0 = time.perf_counter()
-        seed_all(step_seed(tr.tc.seed, tr.step, 2))
-        rec = tr.train_step(tr.batch_rows(pool))
-        sec = time.perf_counter() - t0
+        rec, sec = tr.take_step(pool)
         if tr.world > 1:
             rec = mean_record(dist.gather_objects(tr.acc, rec))
         out.append({"step": tr.step, "seconds": sec, **{k: rec.get(k) for k in STEP_KEYS}})

@@ -31,9 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
-import shlex
 import shutil
 import sys
 import time
@@ -43,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_parser  # noqa: E402
+from common import base_parser, command, machine  # noqa: E402
 
 ARMS = (("recpo", False), ("control", True))  # (name, recpo.shuffle_advantages)
 CURVE_KEYS = ("reward", "reward_std", "reward_ndcg", "reward_prob", "reward_best", "flat_group_frac",
@@ -103,7 +100,6 @@ def run_arm(p, ds, cache: Path | None, run_dir: Path, steps: int, eval_every: in
     """One arm: the trainer as ``train_r2ec`` builds it, its fresh start (warm start), ``steps`` steps of the
     harness's seeded batches over the pool, greedy pool evaluations."""
     from r2ec.recpo.trainer import _Trainer
-    from r2ec.train.harness import seed_all, step_seed
     t0 = time.perf_counter()
     tr = _Trainer("r2ec", ds, p, run_dir, cache, progress=False, use_dvclive=False, hook=None)
     tr.on_fresh_start()
@@ -113,10 +109,8 @@ def run_arm(p, ds, cache: Path | None, run_dir: Path, steps: int, eval_every: in
     curve = []
     ts = time.perf_counter()
     for _ in range(steps):
-        t = time.perf_counter()
-        seed_all(step_seed(tr.rc.seed, tr.step, 2))  # as the harness's train_loop
-        rec = tr.train_step(tr.batch_rows(pool))
-        rec["seconds"] = time.perf_counter() - t
+        rec, sec = tr.take_step(pool)  # as the harness's train_loop
+        rec["seconds"] = sec
         tr.step += 1
         curve.append({"step": tr.step, **{k: float(rec[k]) for k in CURVE_KEYS if k in rec}})
         log(f"  step {tr.step}: reward {rec['reward']:.4f} flat {rec['flat_group_frac']:.2f} "
@@ -233,12 +227,11 @@ def main(argv: list[str] | None = None) -> dict:
         arms[name] = run_arm(params[name], ds, cache, run, a.steps, a.eval_every, a.sampled)
     rp, ct = arms["recpo"], arms["control"]
     date = datetime.date.today().isoformat()
-    machine = "gpu" if torch.cuda.is_available() else "cpu"
+    m = machine() | {"torch_threads": torch.get_num_threads()}
     res = {
-        "command": " ".join(shlex.quote(x) for x in ([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))),
+        "command": command(argv),
         "date": date,
-        "machine": {"kind": machine, "hostname": platform.node(), "platform": platform.platform(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "machine": m,
         "params": C.to_dict(p0), "users": a.users, "steps": a.steps, "eval_every": a.eval_every,
         "same_start": rp["before"] == ct["before"],
         "p_rise": wilcoxon_greater(rp["after"]["reward"], rp["before"]["reward"]),
@@ -256,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         "arms": arms,
     }
     res["bar"] = verdict(res)
-    out = a.out or Path("benchmarks/results") / f"recpo_learning-{machine}-{date}.json"
+    out = a.out or Path("benchmarks/results") / f"recpo_learning-{m['kind']}-{date}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     res["figure"] = str(figure(res, out.with_suffix(".png")))

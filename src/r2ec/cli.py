@@ -108,7 +108,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     # a checkpoint left by a run with other params must not be resumed into this one
     used = {k: C.to_dict(getattr(p, k)) for k in m.sections}
     fp = {"method": args.method, "data": str(ds.stats), "params": used}
-    if _launched_processes() > 1:  # accelerate launch: only the main process resets, the others wait for it
+    multi = _launched_processes() > 1
+    if multi:  # accelerate launch: only the main process resets, the others wait for it
         from r2ec.train.engine import process_state
         st = process_state()
         if st.is_main_process:
@@ -118,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         reset_run_if_params_changed(run_dir, fp)
     t0 = time.time()
     metrics = methods.resolve(m.train)(args.method, ds, p, run_dir, Path(args.cache), not args.quiet)
-    if _launched_processes() > 1:
+    if multi:
         from r2ec.train.engine import shutdown
         shutdown()
     test = metrics.get("test", {})

@@ -352,16 +352,22 @@ class LLMHarness(RunState):
     def budget_s(self) -> float:
         return 60.0 * self.tc.max_minutes if self.tc.max_minutes > 0 else math.inf
 
+    def take_step(self, pool: pl.DataFrame) -> tuple[dict[str, Any], float]:
+        """One training step as :meth:`train_loop` takes it (seeded by ``(seed, step)``, on the step's batch of
+        ``pool``): this rank's record and its wall seconds; advancing ``step`` is the caller's."""
+        t0 = time.perf_counter()
+        seed_all(step_seed(self.tc.seed, self.step, 2))
+        rec = self.train_step(self.batch_rows(pool))
+        return rec, time.perf_counter() - t0
+
     def train_loop(self) -> None:
         from tqdm.auto import tqdm
         pool = self.train_pool()
         tc = self.tc
         bar = tqdm(total=tc.steps, initial=self.step, desc=f"train {self.method}", disable=not self.progress)
         while not self.done and self.step < tc.steps and self.train_s < self.budget_s():
-            t0 = time.perf_counter()
-            seed_all(step_seed(tc.seed, self.step, 2))
-            rec = self.train_step(self.batch_rows(pool))
-            sec = (time.perf_counter() - t0) * self.clock_scale
+            rec, sec = self.take_step(pool)
+            sec *= self.clock_scale
             self.train_s = dist.from_main(self.acc, self.train_s + sec)  # the main process's clock decides
             if self.world > 1:
                 rec = mean_record(dist.gather_objects(self.acc, rec))

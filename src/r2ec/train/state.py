@@ -38,7 +38,8 @@ class RunState:
         under DeepSpeed, so taken on every rank before the main process calls this)."""
         return {"method": self.method, "fingerprint": self.fingerprint(), "step": self.step,
                 "trainable": trainable_state(self.modules()),
-                "optimizer": self.opt.state_dict() if opt_state is None else opt_state, "scheduler": self.sched.state_dict(), "rng": rng_state(),
+                "optimizer": self.opt.state_dict() if opt_state is None else opt_state,
+                "scheduler": self.sched.state_dict(), "rng": rng_state(),
                 "best_score": self.best_score, "best_tie": self.best_tie, "best_step": self.best_step,
                 "best_valid": self.best_valid,
                 "bad_evals": self.bad_evals, "done": self.done, "train_s": self.train_s, **self.extra_state()}
