@@ -125,4 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from r2ec.errors import UserError
+    try:
+        main()
+    except UserError as e:  # bad params, data or install: one line, as the CLI reports it
+        raise SystemExit(f"error: {e}") from None

@@ -2,6 +2,10 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,3 +42,12 @@ def test_gpu_check_dry_run_writes_the_evidence(tmp_path):
 def test_gpu_check_refuses_without_a_gpu():
     with pytest.raises(SystemExit, match="no CUDA device here"):
         _script().main(["--steps", "1"])
+
+
+def test_gpu_check_names_a_missing_dataset_in_one_line(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--cpu", "--data",
+                        str(tmp_path / "missing"), "--steps", "1"], capture_output=True, text=True, cwd=root,
+                       env={**os.environ, "PYTHONPATH": str(root / "src")})
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"error: {tmp_path / 'missing'}: prepared dataset directory not found" in r.stderr
