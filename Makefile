@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 CORES ?= $(shell nproc 2>/dev/null || echo 4)
 
-.PHONY: install table1 paper test test-all dvc-repro dvc-paper
+.PHONY: install table1 paper paper-smoke test test-all dvc-repro dvc-paper
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -28,6 +28,11 @@ table1: install
 # the paper's long targets besides: Table 2 (trains the ablations), Table 4 (latency), the RecPO sweeps
 paper: install
 	snakemake --cores $(CORES) paper
+
+# the paper's setting end to end at tiny scale (configs/profiles/paper-smoke.yaml over paper.yaml and zero2-cpu2.yaml):
+# two tiny backbone groups, 2 ZeRO-2 processes per LLM job, Table 1 in build/paper-smoke/results/table1.tex
+paper-smoke: install $(VENV)/.deepspeed
+	$(PY) -m r2ec paper-smoke --work build/paper-smoke --cores $(CORES)
 
 # the tests also run the 2-process ZeRO-2 path on CPU: DeepSpeed from its sdist without prebuilt ops (its one
 # communication op is JIT-built with the machine's g++ at first use); for users it stays the `gpu` extra

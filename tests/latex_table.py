@@ -27,7 +27,7 @@ class Cell:
 class Table:
     columns: list[tuple[str, str]]  # (dataset label, metric)
     groups: list[tuple[str, list[str]]]  # (group name or '', row labels in order)
-    rows: dict[str, list[Cell]]  # row label (deviation mark removed) -> cells
+    rows: dict[str, list[Cell]]  # row label (deviation mark removed; "<group>: <label>" when repeated) -> cells
     deviated: set[str]  # rows carrying the deviation mark
     footer: dict[str, list[str]]  # e.g. Improve -> texts
 
@@ -52,15 +52,17 @@ FORMATS = {"tex": (FOOTER_TEX, DEVIATION[0], STYLE_TEX, MARK_TEX), "md": (FOOTER
 def _add(table: "Table", label: str, cells: list[str], fmt: str) -> None:
     """A body line of the table in format ``fmt``: a footer row (Improve, p (seeds)) or a method's row."""
     footer, mark, styles, marks = FORMATS[fmt]
-    if label in footer:
+    if any(label == f or label.startswith(f + " (") for f in footer):  # "Improve (<backbone>)" with backbone groups
         table.footer[label] = cells
         return
     if label.endswith(mark):
         label = label[: -len(mark)]
         table.deviated.add(label)
+    table.groups[-1][1].append(label)
+    if label in table.rows:  # a method shown in several backbone groups: "<group>: <label>"
+        label = f"{table.groups[-1][0]}: {label}"
     assert label not in table.rows, f"row {label!r} twice"
     table.rows[label] = [_cell(c, styles, marks) for c in cells]
-    table.groups[-1][1].append(label)
 
 
 def parse_tex(text: str) -> Table:

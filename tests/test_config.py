@@ -67,6 +67,8 @@ def test_every_key_line_has_a_comment():
     ("seeds=[-1]", "seeds: need one or more distinct non-negative"),
     ("seeds=[1.5]", "seeds[0]: expected an integer"),
     ("seeds=7", "seeds: expected a list"),
+    ("backbones=[tiny-random]", "backbones: ['tiny-random'] does not hold llm.backbone"),
+    ("backbones=[a/tiny-random,tiny-random]", "backbones: two entries share a short name"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(C.ConfigError, match=re.escape(message)):
@@ -76,6 +78,17 @@ def test_bad_values_are_named(override, message):
 def test_seeds_default_and_override():
     assert C.load(ROOT / "params.yaml").seeds == (2025,)
     assert C.load(ROOT / "params.yaml", ["seeds=[2025,7,13]"]).seeds == (2025, 7, 13)
+
+
+def test_backbone_groups_and_tags():
+    from r2ec.config.backbones import backbone_groups, backbone_tag
+    p = C.load(ROOT / "params.yaml")
+    assert [(b.tag, b.prefix) for b in backbone_groups(p)] == [("SmolLM2-135M-Instruct.Q4_1", "")]
+    p = C.load(ROOT / "params.yaml", [f"backbones=[Qwen/Qwen2.5-3B-Instruct,{p.llm.backbone}]"])
+    assert [(b.spec, b.prefix) for b in backbone_groups(p)] == [
+        ("Qwen/Qwen2.5-3B-Instruct", "backbones/Qwen2.5-3B-Instruct/"), (p.llm.backbone, "")]
+    assert backbone_tag("/data/models/my model/") == "my-model" and backbone_tag("tiny-random-gemma2") == \
+        "tiny-random-gemma2"
 
 
 def test_overrides_apply_and_json_sections():

@@ -26,7 +26,8 @@ def test_tiny_tokenizer_single_answer_token():
 
 
 def test_resolve_backbone_kinds():
-    assert resolve_backbone("tiny-random") == {"kind": "tiny"}
+    assert resolve_backbone("tiny-random") == {"kind": "tiny", "name": "tiny-random"}
+    assert resolve_backbone("tiny-random-qwen2") == {"kind": "tiny", "name": "tiny-random-qwen2"}
     assert resolve_backbone("some/hf-id") == {"kind": "hf", "name": "some/hf-id"}
     with pytest.raises(FileNotFoundError, match="not installed"):
         resolve_backbone("gguf:no_such_module_r2ec/x.gguf")
@@ -146,3 +147,12 @@ def test_auto_autocast_is_bf16_only_where_bf16_matmuls_are_fast(monkeypatch):
     B.fast_bf16.cache_clear()
     assert B.uses_bf16("auto") is False  # a torch without the probes: full precision, never the slow path
     B.fast_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("spec,arch", [("tiny-random-gemma2", "Gemma2ForCausalLM"),
+                                       ("tiny-random-qwen2", "Qwen2ForCausalLM")])
+def test_tiny_backbones_of_the_papers_families_load_by_name(spec, arch):
+    """`make paper-smoke`'s stand-ins for Gemma-2 and Qwen2.5 load through llm.backbone like any backbone."""
+    from r2ec.config import LlmCfg
+    model, tok = load_backbone(LlmCfg(backbone=spec))
+    assert type(model).__name__ == arch and "<answer>" in tok.get_vocab()

@@ -105,7 +105,7 @@ def test_profile_yaml_reads_back_with_the_registry_types():
 
 def test_bad_profile_input_names_the_file_and_key(tmp_path):
     r = _cli("profile", "nosuch")
-    assert r.returncode == 2 and "nosuch" in r.stderr and "known: gpus4, paper, zero2-cpu2" in r.stderr
+    assert r.returncode == 2 and "nosuch" in r.stderr and "known: gpus4, paper, paper-smoke, zero2-cpu2" in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("recpo:\n  lrr: 1\n")
     r = _cli("check-params", "--params", "params.yaml", "--params", str(bad))
@@ -135,8 +135,26 @@ def test_apply_writes_params_yaml_with_the_paper_values_and_every_comment(tmp_pa
 
 @pytest.mark.parametrize("name", ["zero2-cpu2", "gpus4"])
 def test_hardware_profiles_load_over_params_yaml(name):
-    """The hand-written launch profiles are valid overlays that touch only the launch section."""
+    """The hand-written launch profiles are valid overlays that touch only the launch section and, since DeepSpeed
+    steps on every backward, recpo.micro_batch_size."""
     path = ROOT / "configs" / "profiles" / f"{name}.yaml"
-    assert set(yaml.safe_load(path.read_text())) == {"launch"}
+    raw = yaml.safe_load(path.read_text())
+    assert set(raw) == {"launch", "recpo"} and raw["recpo"] == {"micro_batch_size": 0}
     p = C.load([ROOT / "params.yaml", path])
-    assert p.launch.processes > 1 and C.to_dict(p.recpo) == C.to_dict(C.load(ROOT / "params.yaml").recpo)
+    base = C.load(ROOT / "params.yaml")
+    assert p.launch.processes > 1 and C.to_dict(p.recpo) == C.to_dict(base.recpo) | {"micro_batch_size": 0}
+
+
+def test_paper_smoke_profile_keeps_the_papers_switches():
+    """configs/profiles/paper-smoke.yaml over the paper and zero2-cpu2 profiles: two tiny backbone groups, 2
+    DeepSpeed processes, every minute budget 0 and the paper's method switches; it shrinks sizes only."""
+    from r2ec.pipeline.smoke import PROFILES
+    p = C.load([ROOT / "params.yaml", *(ROOT / f for f in PROFILES)])
+    assert p.backbones == ("tiny-random-gemma2", "tiny-random-qwen2") and p.llm.backbone == p.backbones[0]
+    assert p.launch.processes == 2 and p.launch.deepspeed_config and p.recpo.engine == "hf"
+    assert p.recpo.max_minutes == p.contrastive.max_minutes == p.bigrec.max_minutes == p.langptune.max_minutes == 0
+    assert (p.readout.rank, p.recpo.popularity_prior, p.recpo.uniform_negatives, p.recpo.warm_start) == (0, 0, 0, "")
+    assert (p.lora.last_layers, p.llm.dtype, p.llm.max_prompt_tokens) == (0, "bfloat16", 1024)
+    assert (p.recpo.group_size, p.recpo.temperature, p.recpo.top_k, p.recpo.k_r, p.recpo.beta) == (4, 1.5, 200, 1000,
+                                                                                                     0.05)
+    assert (p.recpo.clip_low, p.recpo.clip_high, p.recpo.kl_coef) == (0.2, 0.28, 0.0)

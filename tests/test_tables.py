@@ -16,7 +16,8 @@ from scipy.stats import ttest_rel, wilcoxon
 from r2ec import config as C
 from r2ec.errors import UserError
 from r2ec.eval.metrics import metrics_from_ranks, ndcg_at_k
-from r2ec.report.tables import DATASET_NAMES, dataset_label, method_label, plain_name, table1, table2
+from r2ec.report.table1 import table1
+from r2ec.report.tables import DATASET_NAMES, dataset_label, method_label, plain_name, table2
 
 from latex_table import Table, parse_md, parse_tex
 
@@ -253,3 +254,60 @@ def test_table1_marks_rows_run_under_deviations_from_the_paper(tmp_path):
     # the deviation mark is none of the significance markers
     from r2ec.report.tables import DEVIATION_MARK, MARKERS
     assert not set(DEVIATION_MARK) & {s for pair in MARKERS.values() for s in pair}
+
+
+def test_table1_has_a_group_and_an_improve_row_per_backbone(tmp_path):
+    """With two `backbones`, the methods that read a backbone get one group per backbone (rows from that backbone's
+    tree), keys <method>@<tag> in metrics.json, and each backbone's R2ec its own Improve row and tests against the
+    backbone-free baselines; TIGER (no backbone) stays in the plain LLM-based group."""
+    from r2ec.config.backbones import backbone_tag
+    runs = make_runs(tmp_path)  # llm.backbone's runs
+    other = tmp_path / "backbones" / "tiny-random" / "runs"
+    for k, ds in enumerate(DATASETS):
+        base = np.random.default_rng(k).integers(1, 12, size=N)
+        for m, q in (("r2ec_no_reasoning", 9), ("r2ec", 3 if ds == "Video_Games" else 14)):
+            write_run(other, ds, m, base * q // 2 + 1)
+    p = params()
+    p = C.from_dict(C.to_dict(p) | {"backbones": [p.llm.backbone, "tiny-random"]})
+    first = backbone_tag(p.llm.backbone)
+    assert first == "SmolLM2-135M-Instruct.Q4_1"
+    out = tmp_path / "t" / "table1.tex"
+    table1(p, runs, out, tmp_path / "t" / "metrics.json", tmp_path / "t" / "sig.json")
+    tex, md = parse_tex(out.read_text()), parse_md(out.with_suffix(".md").read_text())
+    assert [g for g, _ in tex.groups] == ["Reference", "Traditional", "LLM-based", rf"LLM-based ({first})".replace(
+        "_", r"\_"), "LLM-based (tiny-random)"]
+    assert [g for g, _ in md.groups][3:] == [f"LLM-based ({first})", "LLM-based (tiny-random)"]
+    assert tex.groups[2][1] == [method_label("tiger")]
+    assert tex.groups[4][1] == [method_label("r2ec_no_reasoning"), method_label("r2ec")]
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert set(metrics["Video_Games"]) == {"popularity", "random", "gru4rec", "caser", "sasrec", "tiger",
+                                           f"r2ec_zeroshot@{first}", f"r2ec_no_reasoning@{first}", f"r2ec@{first}",
+                                           "r2ec_no_reasoning@tiny-random", "r2ec@tiny-random"}
+    sig = json.loads((tmp_path / "t" / "sig.json").read_text())
+    assert sig["method"] == f"r2ec@{first}" and sig["datasets"] == sig["backbones"][first]["datasets"]
+    assert sig["backbones"]["tiny-random"]["method"] == "r2ec@tiny-random"
+    cols = ["H@5", "N@5", "H@10", "N@10", "H@20", "N@20"]
+    for tag, root in ((first, runs), ("tiny-random", other)):
+        label = {first: rf"LLM-based ({first})".replace("_", r"\_"), "tiny-random": "LLM-based (tiny-random)"}[tag]
+        row = tex.rows[f"{label}: {method_label('r2ec')}"] if tag == "tiny-random" else tex.rows[method_label("r2ec")]
+        for j, (d, col) in enumerate((d, c) for d in DATASETS for c in cols):
+            r = sig["backbones"][tag]["datasets"][d][col]
+            free = {m: run_values(runs, d, m)[col] for m in ("gru4rec", "caser", "sasrec", "tiger")}
+            assert r["baseline"] == max(free, key=free.get)  # the R2ec variants are no baselines
+            ours = run_values(root, d, "r2ec")[col]
+            assert row[j].value == round(ours, 4)
+            improve = f"{100 * (ours - free[r['baseline']]) / free[r['baseline']]:+.1f}"
+            assert tex.footer[f"Improve ({tag.replace('_', chr(92) + '_')})"][j] == improve + r"\%"
+            assert md.footer[f"Improve ({tag})"][j] == improve + "%"
+            significant = r["significant_ttest"] and r["direction"] != "equal"
+            assert row[j].marker == (("better" if r["direction"] == "higher" else "worse") if significant else "")
+    # the fixture makes the two backbones' R2ec differ in direction on Games, so the checks above see both
+    games = [sig["backbones"][t]["datasets"]["Video_Games"]["N@10"]["direction"] for t in (first, "tiny-random")]
+    assert games == ["lower", "higher"]
+
+
+def test_backbone_free_run_leaves_the_backbone_tree():
+    from r2ec.config.backbones import backbone_free_run
+    assert backbone_free_run(Path("results/backbones/q/runs/ml/d3"), "sasrec") == Path("results/runs/ml/sasrec")
+    assert backbone_free_run(Path("r/backbones/q/seeds/7/runs/ml/d3"), "sasrec") == Path("r/seeds/7/runs/ml/sasrec")
+    assert backbone_free_run(Path("results/runs/ml/d3"), "sasrec") == Path("results/runs/ml/sasrec")

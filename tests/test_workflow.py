@@ -108,9 +108,9 @@ def test_further_seeds_get_their_own_run_tree(tmp_path):
     assert f"--out {tree}/sasrec -S seed=2025 " in sasrec and "-S seed=7 -S sasrec.seed=7 2> " in sasrec
     assert "results/logs/train/seeds/7/movielens-100k/sasrec.log" in sasrec
     # the warm start and D3's SFT adapter come from the same seed's runs
-    r2ec = _job(out, "train_r2ec", "tree=seeds/7/, dataset=movielens-100k, method=r2ec")
+    r2ec = _job(out, "train_r2ec", "bb=, tree=seeds/7/, dataset=movielens-100k, method=r2ec")
     assert f"{tree}/r2ec_no_reasoning/metrics.json" in r2ec and "-S seed=7 -S recpo.seed=7 -S readout.seed=7 2> " in r2ec
-    d3 = _job(out, "train_d3", "tree=seeds/7/, dataset=movielens-100k")
+    d3 = _job(out, "train_d3", "bb=, tree=seeds/7/, dataset=movielens-100k")
     assert f"{tree}/bigrec/metrics.json" in d3 and " -S seed=7 2> results/logs/train/seeds/7/" in d3  # no d3.seed
     assert "eval.seed" not in out  # every seed's runs are evaluated on the same test samples
     table1 = _job(out, "table1")
@@ -135,8 +135,9 @@ def test_snakemake_configfile_selects_the_paper_profile(tmp_path):
     from r2ec.config import deviations as V
     (tmp_path / "w").mkdir()
     out, jobs = _dry_run(tmp_path / "w", "--configfile", str(ROOT / "configs/profiles/paper.yaml"))
-    assert jobs["prepare"] == 3 and jobs["train_r2ec"] == 9  # the paper's three Amazon categories
-    r2ec = _job(out, "train_r2ec", "tree=, dataset=Video_Games, method=r2ec")
+    # the paper's three Amazon categories x its two backbones
+    assert jobs["prepare"] == 3 and jobs["train_r2ec"] == 18 and jobs["backbone"] == 2
+    r2ec = _job(out, "train_r2ec", "bb=, tree=, dataset=Video_Games, method=r2ec")
     sections = {m[0]: _json.loads(m[1]) for m in re.findall(r"-S '(\w+)=(\{.*?\})'", r2ec)}
     for d in V.DEVIATIONS:
         if d.has_paper_value and d.section in sections:
@@ -144,6 +145,16 @@ def test_snakemake_configfile_selects_the_paper_profile(tmp_path):
     assert sections["recpo"]["max_minutes"] == sections["contrastive"]["max_minutes"] == 0
     table1 = _job(out, "table1")
     assert '"backbone":"google/gemma-2-2b-it"' in table1 and '"max_samples":0' in table1
+    # Qwen2.5's runs: its own tree and cache, the same sections with llm.backbone overridden last
+    qwen = _job(out, "train_r2ec", "bb=backbones/Qwen2.5-3B-Instruct/, tree=, dataset=Video_Games, method=r2ec")
+    tree = "results/backbones/Qwen2.5-3B-Instruct/"
+    assert f"--out {tree}runs/Video_Games/r2ec --cache {tree}cache " in qwen
+    assert f"{tree}cache/item_tables/Video_Games.json" in qwen  # its own item table
+    assert " -S llm.backbone=Qwen/Qwen2.5-3B-Instruct 2> " in qwen
+    assert f"{tree}runs/Video_Games/r2ec/metrics.json" in table1 and f"{tree}runs/Video_Games/sasrec" not in table1
+    # D3's SFT adapter is its backbone's BigRec run; its assistant SASRec is the one backbone-free run
+    d3 = _job(out, "train_d3", "bb=backbones/Qwen2.5-3B-Instruct/, tree=, dataset=Video_Games")
+    assert f"{tree}runs/Video_Games/bigrec/metrics.json" in d3
 
 
 def test_llm_jobs_start_under_the_launch_section(tmp_path):
@@ -151,13 +162,13 @@ def test_llm_jobs_start_under_the_launch_section(tmp_path):
     launcher with processes x threads cores and the GPU resource; the other jobs keep a plain python process."""
     (tmp_path / "one").mkdir()
     out, _ = _dry_run(tmp_path / "one")
-    r2ec = _job(out, "train_r2ec", "tree=, dataset=movielens-100k, method=r2ec")
+    r2ec = _job(out, "train_r2ec", "bb=, tree=, dataset=movielens-100k, method=r2ec")
     assert "gpu=0" in r2ec and "Shell command: python -m r2ec train --quiet --threads 1 --method r2ec " in r2ec
     (tmp_path / "two").mkdir()
     out, _ = _dry_run(tmp_path / "two", "--cores", "4", "--configfile", str(ROOT / "configs/profiles/zero2-cpu2.yaml"))
-    for rule, wc in (("train_r2ec", "tree=, dataset=movielens-100k, method=r2ec"),
-                     ("train_bigrec", "tree=, dataset=movielens-100k"), ("train_d3", "tree=, dataset=movielens-100k"),
-                     ("train_langptune", "tree=, dataset=movielens-100k")):
+    for rule, wc in (("train_r2ec", "bb=, tree=, dataset=movielens-100k, method=r2ec"),
+                     ("train_bigrec", "bb=, tree=, dataset=movielens-100k"), ("train_d3", "bb=, tree=, dataset=movielens-100k"),
+                     ("train_langptune", "bb=, tree=, dataset=movielens-100k")):
         job = _job(out, rule, wc)
         assert "    threads: 2\n" in job and "gpu=0" in job, rule
         assert ("Shell command: OMP_NUM_THREADS=1 ACCELERATE_USE_DEEPSPEED=true ACCELERATE_DEEPSPEED_CONFIG_FILE="

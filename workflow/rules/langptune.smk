@@ -4,20 +4,21 @@ rule train_langptune:
     priority: 10
     input:
         data="results/data/{dataset}",
-        backbone="results/cache/backbones",
+        backbone="results/{bb}cache/backbones",
     output:
-        metrics="results/{tree}runs/{dataset}/langptune/metrics.json",
-        ranks="results/{tree}runs/{dataset}/langptune/ranks.parquet",
+        metrics="results/{bb}{tree}runs/{dataset}/langptune/metrics.json",
+        ranks="results/{bb}{tree}runs/{dataset}/langptune/ranks.parquet",
     params:
         run=LLM_RUN,
         threads=LLM_PROCESS_THREADS,
-        S=lambda wc: seeded(sections(*methods.get("langptune").sections), wc.tree, "langptune"),
+        S=lambda wc: backboned(seeded(sections(*methods.get("langptune").sections), wc.tree, "langptune"), wc.bb),
     # cores and processes: see train_r2ec
     threads: LLM_THREADS
     resources:
         gpu=LLM_GPUS,
     log:
-        "results/logs/train/{tree}{dataset}/langptune.log",
+        "results/logs/train/{bb}{tree}{dataset}/langptune.log",
     shell:
         "{params.run} -m r2ec train --quiet --threads {params.threads} --method langptune --data {input.data} "
-        "--out results/{wildcards.tree}runs/{wildcards.dataset}/langptune --cache results/cache {params.S} 2> {log}"
+        "--out results/{wildcards.bb}{wildcards.tree}runs/{wildcards.dataset}/langptune "
+        "--cache results/{wildcards.bb}cache {params.S} 2> {log}"

@@ -16,23 +16,24 @@ rule train_bigrec:
     priority: 20
     input:
         data="results/data/{dataset}",
-        backbone="results/cache/backbones",
+        backbone="results/{bb}cache/backbones",
     output:
-        metrics="results/{tree}runs/{dataset}/bigrec/metrics.json",
-        ranks="results/{tree}runs/{dataset}/bigrec/ranks.parquet",
+        metrics="results/{bb}{tree}runs/{dataset}/bigrec/metrics.json",
+        ranks="results/{bb}{tree}runs/{dataset}/bigrec/ranks.parquet",
     params:
         run=LLM_RUN,
         threads=LLM_PROCESS_THREADS,
-        S=lambda wc: seeded(sections(*methods.get("bigrec").sections), wc.tree, "bigrec"),
+        S=lambda wc: backboned(seeded(sections(*methods.get("bigrec").sections), wc.tree, "bigrec"), wc.bb),
     # cores and processes: see train_r2ec
     threads: LLM_THREADS
     resources:
         gpu=LLM_GPUS,
     log:
-        "results/logs/train/{tree}{dataset}/bigrec.log",
+        "results/logs/train/{bb}{tree}{dataset}/bigrec.log",
     shell:
         "{params.run} -m r2ec train --quiet --threads {params.threads} --method bigrec --data {input.data} "
-        "--out results/{wildcards.tree}runs/{wildcards.dataset}/bigrec --cache results/cache {params.S} 2> {log}"
+        "--out results/{wildcards.bb}{wildcards.tree}runs/{wildcards.dataset}/bigrec "
+        "--cache results/{wildcards.bb}cache {params.S} 2> {log}"
 
 
 rule train_d3:
@@ -40,21 +41,22 @@ rule train_d3:
     priority: 20
     input:
         data="results/data/{dataset}",
-        backbone="results/cache/backbones",
-        sft="results/{tree}runs/{dataset}/bigrec/metrics.json",
+        backbone="results/{bb}cache/backbones",
+        sft="results/{bb}{tree}runs/{dataset}/bigrec/metrics.json",
         assistant=d3_assistant_input,
     output:
-        metrics="results/{tree}runs/{dataset}/d3/metrics.json",
-        ranks="results/{tree}runs/{dataset}/d3/ranks.parquet",
+        metrics="results/{bb}{tree}runs/{dataset}/d3/metrics.json",
+        ranks="results/{bb}{tree}runs/{dataset}/d3/ranks.parquet",
     params:
         run=LLM_RUN,
         threads=LLM_PROCESS_THREADS,
-        S=lambda wc: seeded(sections(*methods.get("d3").sections), wc.tree),
+        S=lambda wc: backboned(seeded(sections(*methods.get("d3").sections), wc.tree), wc.bb),
     threads: LLM_THREADS
     resources:
         gpu=LLM_GPUS,
     log:
-        "results/logs/train/{tree}{dataset}/d3.log",
+        "results/logs/train/{bb}{tree}{dataset}/d3.log",
     shell:
         "{params.run} -m r2ec train --quiet --threads {params.threads} --method d3 --data {input.data} "
-        "--out results/{wildcards.tree}runs/{wildcards.dataset}/d3 --cache results/cache {params.S} 2> {log}"
+        "--out results/{wildcards.bb}{wildcards.tree}runs/{wildcards.dataset}/d3 "
+        "--cache results/{wildcards.bb}cache {params.S} 2> {log}"

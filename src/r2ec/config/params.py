@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from r2ec import methods
+from r2ec.config.backbones import check_backbones
 from r2ec.config.fields import ConfigError, Section, _doc, check_fields, check_names
 from r2ec.config.methods import (BigrecCfg, CaserCfg, ContrastiveCfg, D3Cfg, Gru4recCfg, LangptuneCfg, PopularityCfg,
                                  RandomCfg, ReadoutCfg, RecpoCfg, SasrecCfg, TigerCfg)
@@ -28,6 +29,9 @@ class Params(Section):
                                           "them in the generic baselines matrix)", default=())
     plugins: tuple[str, ...] = _doc("modules imported before the params are read; each registers methods of its "
                                     "own with r2ec.methods.register (docs/extending.md)", default=())
+    backbones: tuple[str, ...] = _doc("LLM backbones, one Table 1 group each (empty = llm.backbone alone); must hold "
+                                      "llm.backbone, whose runs are results/runs; each other one runs the LLM "
+                                      "methods in results/backbones/<name>/", default=())
     r2ec_variants: tuple[str, ...] = _doc("R2ec variants the pipeline trains besides r2ec_no_reasoning, which is "
                                           "always trained with them (a Table 1 row and the warm start)",
                                           default=())
@@ -81,6 +85,7 @@ class Params(Section):
         check_names("baselines", self.baselines, methods.names(*BASELINE_KINDS))
         check_names("llm_baselines", self.llm_baselines, methods.names("llm"))
         check_names("r2ec_variants", self.r2ec_variants, methods.names("r2ec"))
+        check_backbones(self)
         if CONTRASTIVE_METHOD in self.r2ec_variants:
             raise ConfigError(f"r2ec_variants: {CONTRASTIVE_METHOD} is trained as its own stage whenever "
                               f"r2ec_variants is not empty (it is a Table 1 row and the warm start of the reasoning "

@@ -42,10 +42,12 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def resolve_backbone(spec: str) -> dict:
     """Turn ``LlmCfg.backbone`` into ``{"kind": "gguf"|"tiny"|"hf", ...}``.
 
-    gguf: ``{"kind", "dir", "file", "path"}``; tiny: ``{"kind"}``; hf: ``{"kind", "name"}`` (id or local dir).
+    gguf: ``{"kind", "dir", "file", "path"}``; tiny: ``{"kind", "name"}`` (a key of
+    :data:`r2ec.llm.tiny.TINY_BACKBONES`); hf: ``{"kind", "name"}`` (id or local dir).
     """
-    if spec == "tiny-random":
-        return {"kind": "tiny"}
+    from r2ec.llm.tiny import TINY_BACKBONES
+    if spec in TINY_BACKBONES:
+        return {"kind": "tiny", "name": spec}
     if spec.startswith("gguf:"):
         rest = spec[len("gguf:"):]
         if "/" not in rest:
@@ -183,8 +185,8 @@ def load_backbone(cfg, cache_dir: Path | str | None = None):
     src = resolve_backbone(cfg.backbone)
     t0 = time.perf_counter()
     if src["kind"] == "tiny":
-        from r2ec.llm.tiny import tiny_model_and_tokenizer
-        model, tok = tiny_model_and_tokenizer(seed=0)
+        from r2ec.llm.tiny import TINY_BACKBONES
+        model, tok = TINY_BACKBONES[src["name"]](seed=0)
         model = model.to(dtype)
     elif src["kind"] == "gguf":
         cache = Path(cache_dir) if cache_dir is not None else None

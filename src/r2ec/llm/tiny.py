@@ -1,4 +1,5 @@
-"""A tiny random Llama + in-memory byte-level BPE tokenizer (no download) for tests and the CI smoke config.
+"""A tiny random Llama + in-memory byte-level BPE tokenizer (no download) for tests and the CI smoke config
+(``llm.backbone: tiny-random``; ``tiny-random-gemma2`` / ``tiny-random-qwen2``: :data:`TINY_BACKBONES`).
 
 The tokenizer is byte-level BPE with the 256 byte symbols as its vocabulary and no merges (so every byte is a
 token), plus the special tokens ``<pad>``, ``<|im_start|>``, ``<|im_end|>`` and the reasoning markers
@@ -133,3 +134,9 @@ def tiny_qwen2_and_tokenizer(seed: int = 0, hidden: int = 64, layers: int = 2):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(cfg)
     return _finish(model, tok)
+
+
+# llm.backbone values that build a tiny random model in memory: the CI smoke config's Llama and the paper's two
+# backbone families (`make paper-smoke` runs one Table 1 group on each)
+TINY_BACKBONES = {"tiny-random": tiny_model_and_tokenizer, "tiny-random-gemma2": tiny_gemma2_and_tokenizer,
+                  "tiny-random-qwen2": tiny_qwen2_and_tokenizer}

@@ -23,7 +23,9 @@ import yaml
 from r2ec.pipeline.dag import DEFAULT_TARGET, PAPER_TARGET, Stage, jobs
 
 PAPER_FILE = Path("workflow/paper/dvc.yaml")
-RUN_FILE = re.compile(r"^(results/(?:seeds/\d+/)?runs/[^/]+/[^/]+)/(metrics\.json|ranks\.parquet)$")
+# a run's files, in llm.backbone's tree, another backbone's (backbones/<tag>/) or a further seed's (seeds/<s>/)
+RUN_FILE = re.compile(r"^(results/(?:backbones/[^/]+/)?(?:seeds/\d+/)?runs/[^/]+/[^/]+)/"
+                      r"(metrics\.json|ranks\.parquet)$")
 GIT_TRACKED = ("results/metrics.json",)  # un-ignored in .gitignore, with results/plots/
 COMMITTED = re.compile(r"^results/(table1\.md|report\.md|figures/[^/]+\.png)$")  # git-tracked, see .gitignore
 PERSISTENT = re.compile(r"^results/raw/")  # downloads resume from their partial files

@@ -58,11 +58,12 @@ def paired_tests(ranks_a: np.ndarray, ranks_b: np.ndarray, metric: str = "N@10",
     return out
 
 
-def best_baseline_tests(runs: Path, dataset: str, target: str, values: dict[str, dict], baselines: list[str],
+def best_baseline_tests(run_dirs: dict[str, Path], target: str, values: dict[str, dict], baselines: list[str],
                         cols: list[str], alpha: float, split: str = "test") -> dict[str, dict]:
     """Two-sided paired tests of ``target`` vs the best of ``baselines`` in every column of ``cols``.
 
-    ``values`` maps a method to its test metrics (``metrics.json``'s ``test`` section); only methods in it take
+    ``run_dirs`` maps a method (a Table 1 row key) to its run directory of the dataset, ``values`` maps a method
+    to its test metrics (``metrics.json``'s ``test`` section); only methods in it take
     part. The best baseline of a column is the one with the highest mean (the first listed on a tie). Each
     result is :func:`paired_tests`' dict plus ``baseline``, ``direction`` (``higher`` / ``lower`` / ``equal``:
     the target's mean against the baseline's) and ``significant_ttest`` / ``significant_wilcoxon``
@@ -78,7 +79,7 @@ def best_baseline_tests(runs: Path, dataset: str, target: str, values: dict[str,
             continue
         best = max(scored, key=lambda m: values[m][c])  # max keeps the first of equal maxima
         if best not in pairs:
-            _, a, b = paired_ranks(Path(runs) / dataset / target, Path(runs) / dataset / best, split)
+            _, a, b = paired_ranks(run_dirs[target], run_dirs[best], split)
             pairs[best] = (a, b)
         r = paired_tests(*pairs[best], c, "two-sided")
         diff = r["mean_a"] - r["mean_b"]
