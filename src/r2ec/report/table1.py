@@ -108,7 +108,7 @@ def table1(p: Params, runs: Path, out: Path, metrics_out: Path | None = None,
     refs = set(registry.names("reference", "r2ec"))
     free = [k for _, tag, rs in groups if not tag for k in (r.key for r in rs) if rows[k].method not in refs]
     # per backbone tag: (R2ec's row key, the baselines it is compared with)
-    ours = {tag: (r.key, free + [x.key for x in rs if x.method not in refs])
+    ours = {tag: (r.key, free + [x.key for x in rs if x.method not in refs and x.key not in free])
             for _, tag, rs in groups for r in rs if r.method == OURS}
     values = {d: {k: v for k, r in rows.items() if (v := load_metrics(r.runs, d, r.method)) is not None}
               for d in p.datasets}
