@@ -57,7 +57,7 @@ def _tiny_params(base_url: str) -> dict:
     p["lora"]["last_layers"] = 1  # the tiny model has 2 decoder layers
     p["recpo"].update(steps=2, eval_every=2, checkpoint_every=1, item_refresh_every=2, group_size=2, batch_size=2,
                       max_reasoning_tokens=4, item_batch_size=32, eval_batch_size=8, gen_batch_size=8, max_minutes=0,
-                      uniform_negatives=2)
+                      uniform_negatives=2, valid_max_samples=8)
     p["contrastive"].update(steps=2, eval_every=2, item_refresh_every=2, batch_size=2, uniform_negatives=2,
                             max_minutes=0, warmup_steps=0)
     # the LLM baselines on the same tiny LM: a few SFT / alternating steps (langptune's retriever is the real

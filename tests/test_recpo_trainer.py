@@ -343,6 +343,23 @@ def test_reasoning_scorer_reads_the_answer_state_off_the_generation_cache(ds, tm
     assert torch.allclose(one_pass, two_pass, atol=1e-3)
 
 
+@pytest.mark.parametrize("method", ["r2ec", "r2ec_no_reasoning"])
+def test_r2ec_selects_on_its_own_valid_subsample_and_tests_on_the_shared_one(ds, tmp_path, method):
+    """``recpo.valid_max_samples`` replaces ``eval.valid_max_samples`` for the R2ec variants' validation only: the
+    seeded subsample of that size (the shared evaluator's), while the test split keeps ``eval.max_samples``."""
+    import dataclasses
+    from r2ec.eval.evaluator import evaluation_samples
+    p = tiny_params(steps=0, valid_max_samples=4)
+    p = dataclasses.replace(p, eval=dataclasses.replace(p.eval, valid_max_samples=2, max_samples=3))
+    train_r2ec(method, ds, p, tmp_path, None, progress=False, dvclive=False)
+    ranks = pl.read_parquet(tmp_path / "ranks.parquet")
+    want = evaluation_samples(ds, "valid", dataclasses.replace(p.eval, valid_max_samples=4))["sample_id"].to_list()
+    assert sorted(ranks.filter(pl.col("split") == "valid")["sample_id"].to_list()) == sorted(want)
+    assert len(want) == 4 < ds.split("valid").height
+    assert ranks.filter(pl.col("split") == "test").height == 3
+    assert json.loads((tmp_path / "metrics.json").read_text())["valid"]["n_samples"] == 4
+
+
 def test_validation_breaks_n10_ties_by_full_ranking_ndcg(ds, tmp_path):
     """Equal valid N@10 (a handful of hits) keeps the earlier step only when its full-ranking NDCG is not lower."""
     tr = _trainer(ds, tmp_path)

@@ -63,7 +63,8 @@ DEVIATIONS: tuple[Deviation, ...] = (
       "a seeded 500-sample test subsample shared by every method keeps evaluation in the CPU budget; the paper "
       "evaluates the whole test split"),
     D("eval.valid_max_samples", 100, 0,
-      "a seeded 100-sample valid subsample for LLM model selection; the paper validates on the whole valid split"),
+      "a seeded 100-sample valid subsample for the LLM baselines' model selection (R2ec: recpo.valid_max_samples); "
+      "the paper validates on the whole valid split"),
     D("sasrec.epochs", 20, 200, _EPOCHS),
     D("sasrec.patience", 3, 10, _PATIENCE),
     D("gru4rec.epochs", 20, 200, _EPOCHS),
@@ -124,9 +125,9 @@ DEVIATIONS: tuple[Deviation, ...] = (
     D("llm.max_prompt_tokens", 128, 1024,
       "128 tokens keep only the ~6 most recent of the 20 history items; 1,024 holds all 20"),
     D("lora.last_layers", 6, 0, "LoRA on the last 6 layers cuts the backward 5x; the paper adapts all layers (0)"),
-    D("recpo.max_reasoning_tokens", 24, 640,
-      "24 reasoning tokens on CPU; the paper reasons 300-640 tokens (640: its upper end, so no paper trajectory is "
-      "cut)"),
+    D("recpo.max_reasoning_tokens", 4, 640,
+      "4 reasoning tokens on CPU, where the 135M model's reasoning costs the least against w/o reasoning; the paper "
+      "reasons 300-640 tokens (640: its upper end, so no paper trajectory is cut)"),
     D("recpo.uniform_negatives", 16, 0,
       "16 uniform catalogue negatives per step (mixed negative sampling); the paper's item loss is in-batch only"),
     D("recpo.lr", 2.0e-5, 1.0e-5, "a higher learning rate for the few CPU steps (paper: 1e-5)"),
@@ -134,6 +135,8 @@ DEVIATIONS: tuple[Deviation, ...] = (
     D("recpo.batch_size", 4, 24, "4 users per step on CPU (paper: 24)"),
     D("recpo.steps", 40, PAPER_STEPS,
       f"40 steps on CPU; the paper trains at most 3 epochs: {PAPER_STEPS} steps of 24 users on Video_Games"),
+    D("recpo.valid_max_samples", 500, 0,
+      "R2ec selects its step on a seeded 500-sample valid subsample; the paper validates on the whole valid split"),
     D("recpo.max_minutes", 6.0, 0.0, "wall-clock budget of the CPU job; the paper has none"),
     D("recpo.popularity_prior", 1.0, 0.0,
       "logit adjustment by log train popularity of every item score (not in the paper)"),
@@ -151,8 +154,8 @@ DEVIATIONS: tuple[Deviation, ...] = (
     D("contrastive.logq_correction", True, False, "popularity sampling-bias correction of the item loss (not in the "
       "paper)"),
     D("readout.rank", 8, 0, "a learned rank-8 readout of standardised states; the paper's head is a bare cos/tau"),
-    D("readout.distill_users", 1000, 0,
-      "the reasoning variants' users-only projection fitted on 1,000 users (exists only with the readout)"),
+    D("readout.distill_users", 6000, 0,
+      "the reasoning variants' users-only projection fitted on 6,000 users (exists only with the readout)"),
 )
 
 # keys whose default differs from the paper's engineering but not its method: exact (or rounding-level) speed-ups

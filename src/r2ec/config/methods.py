@@ -350,6 +350,9 @@ class RecpoCfg(Section):
     steps: int = _doc("maximum RecPO steps", ge=0, default=40)
     eval_every: int = _doc("validate (and maybe early stop) every N steps", ge=1, default=20)
     patience: int = _doc("early stopping: validations without valid N@10 improvement", ge=1, default=3)
+    valid_max_samples: int = _doc(
+        "seeded valid subsample of the R2ec variants' model selection, in place of eval.valid_max_samples "
+        "(0 = all, the paper)", ge=0, default=0)
     checkpoint_every: int = _doc("write a resumable checkpoint every N steps", ge=1, default=10)
     item_refresh_every: int = _doc("re-encode the item table every N steps", ge=1, default=20)
     train_max_samples: int = _doc("seeded subsample of train samples (0 = all)", ge=0, default=0)

@@ -53,8 +53,8 @@ class EvalCfg(Section):
     SECTION = "eval"
     ks: tuple[int, ...] = _doc("cut-offs K of H@K and N@K", ge=1, nonempty=True, default=(5, 10, 20))
     max_samples: int = _doc("seeded test subsample shared by every method (0 = all test samples)", ge=0, default=0)
-    valid_max_samples: int = _doc("seeded valid subsample for LLM model selection (0 = all; classic baselines use all)",
-                                  ge=0, default=0)
+    valid_max_samples: int = _doc("seeded valid subsample for the LLM baselines' model selection (0 = all; classic "
+                                  "baselines use all; R2ec: recpo.valid_max_samples)", ge=0, default=0)
     mask_history: bool = _doc("exclude items of the sample's history window from the ranking", default=True)
     mask_repeated_target: bool = _doc(
         "reference behaviour: a target repeating a history item is masked too and always misses", default=True)

@@ -66,6 +66,7 @@ every backward, so use ``recpo.micro_batch_size=0`` there (checked); the DeepSpe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -105,6 +106,8 @@ class R2ecTrainer(LLMHarness):
         self.cls: torch.nn.Linear | None = None
         self.readout = None  # r2ec.model.readout.Readout when readout.rank > 0 (trained variants, not cls_head)
         super().__init__(method, ds, params, self.rc, run_dir, cache_dir, progress, use_dvclive, hook)
+        # R2ec selects among RecPO steps whose valid N@10 differ by less than a 100-sample subsample resolves
+        self.eval_cfg = dataclasses.replace(params.eval, valid_max_samples=self.rc.valid_max_samples)
         from r2ec.llm.backbone import answer_token_id
         self.answer_id = answer_token_id(self.tok)
         self.items = ItemTable(self, self.rc.item_batch_size, enabled=not self.var.cls_head)

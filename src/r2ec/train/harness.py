@@ -96,6 +96,7 @@ class LLMHarness(RunState):
         from r2ec.llm.backbone import add_lora, backbone_cache_name, load_backbone
 
         self.method, self.ds, self.p, self.tc = method, ds, params, tc
+        self.eval_cfg = params.eval  # a subclass may give its validation another subsample
         self._log_prior: torch.Tensor | None = None
         self.run_dir, self.cache_dir = Path(run_dir), (Path(cache_dir) if cache_dir is not None else None)
         self.progress, self.use_dvclive, self.hook = progress, use_dvclive, hook
@@ -279,7 +280,7 @@ class LLMHarness(RunState):
         """Metrics and per-sample ranks of the current weights on ``split`` through the shared evaluator."""
         self.before_evaluate()
         with torch.random.fork_rng(devices=[]):
-            return evaluate(self.scorer, self.ds, split, self.p.eval, desc=f"{self.method} {split}",
+            return evaluate(self.scorer, self.ds, split, self.eval_cfg, desc=f"{self.method} {split}",
                             progress=self.progress, acc=self.acc)
 
     # ------------------------------------------------------------------------------------------ state
