@@ -34,30 +34,23 @@ from common import base_parser, command, load_params, machine  # noqa: E402
 REFERENCES = ("r2ec_no_reasoning", "popularity")
 
 
-def test_ranks(run: Path) -> np.ndarray:
-    import polars as pl
-    r = pl.read_parquet(run / "ranks.parquet").filter(pl.col("split") == "test").sort("sample_id")
-    return r["rank"].to_numpy()
-
-
 def metrics_of(test: dict) -> dict:
     return {k: v for k, v in test.items() if k[:2] in ("N@", "H@") or k == "n_samples"}
 
 
-def arm_row(run: Path, refs: dict[str, np.ndarray]) -> dict:
-    """One arm's test metrics, distillation record and tests against the reference runs."""
-    from r2ec.report.significance import paired_tests
+def arm_row(run: Path, runs: Path) -> dict:
+    """One arm's test metrics, distillation record and tests against the reference runs in ``runs``."""
+    from r2ec.report.significance import paired_ranks, paired_tests
     m = json.loads((run / "metrics.json").read_text())
-    ranks = test_ranks(run)
-    row = {"run": run.name, "test": metrics_of(m["test"]),
-           "median_rank": float(np.median(ranks))}
+    # paired_ranks aligns the samples and refuses runs evaluated on different ones
+    _, ranks, no_reasoning = paired_ranks(run, runs / "r2ec_no_reasoning")
+    _, _, popularity = paired_ranks(run, runs / "popularity")
+    row = {"run": run.name, "test": metrics_of(m["test"]), "median_rank": float(np.median(ranks))}
     distill = run / "readout_distill.json"
     if distill.exists():
         row["distill"] = json.loads(distill.read_text())
-    if len(ranks) != len(refs["r2ec_no_reasoning"]):
-        raise SystemExit(f"{run}: {len(ranks)} test samples, the reference runs have {len(refs['popularity'])}")
-    row["p_no_reasoning_better"] = paired_tests(refs["r2ec_no_reasoning"], ranks, "N@10", "greater")["wilcoxon_p"]
-    row["p_above_popularity"] = paired_tests(ranks, refs["popularity"], "N@10", "greater")["wilcoxon_p"]
+    row["p_no_reasoning_better"] = paired_tests(no_reasoning, ranks, "N@10", "greater")["wilcoxon_p"]
+    row["p_above_popularity"] = paired_tests(ranks, popularity, "N@10", "greater")["wilcoxon_p"]
     return row
 
 
@@ -104,13 +97,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{a.runs}: no finished {', '.join(missing)} run (run the job first)")
     if any(x <= 0 for x in a.lengths):
         raise SystemExit("--lengths: reasoning lengths must be positive (0 is the w/o reasoning reference)")
-    refs = {r: test_ranks(a.runs / r) for r in REFERENCES}
     base = load_params(a)
+    if not base.recpo.warm_start:
+        raise SystemExit("recpo.warm_start is '': the gap is measured from the w/o reasoning run's start")
     users = a.distill_users or [base.readout.distill_users]
     a.work.mkdir(parents=True, exist_ok=True)
     warm = a.work / base.recpo.warm_start
-    if not base.recpo.warm_start:
-        raise SystemExit("recpo.warm_start is '': the gap is measured from the w/o reasoning run's start")
     if not warm.exists():
         warm.symlink_to((a.runs / base.recpo.warm_start).resolve(), target_is_directory=True)
     ds = load_dataset(Path(a.data))
@@ -123,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
                 p = load_params(a, [f"recpo.max_reasoning_tokens={length}", "recpo.steps=0",
                                     f"readout.distill_users={n}"])
                 train_r2ec("r2ec", ds, p, run, Path(a.cache), progress=False)
-            row = {"max_reasoning_tokens": length, "distill_users": n, **arm_row(run, refs),
+            row = {"max_reasoning_tokens": length, "distill_users": n, **arm_row(run, a.runs),
                    "wall_s": round(time.perf_counter() - t0, 1)}
             arms.append(row)
             print(f"L={length} N={n}: test N@10 {row['test']['N@10']:.4f} (R^2 "

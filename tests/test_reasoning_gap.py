@@ -4,11 +4,15 @@ w/o-reasoning run, tested against it and Popularity, resumed without retraining.
 import dataclasses
 import json
 
+import shutil
+
+import polars as pl
 import pytest
 import yaml
 
 from r2ec.baselines.reference import train_method
 from r2ec.config import ReadoutCfg, to_dict
+from r2ec.errors import UserError
 from r2ec.recpo.trainer import train_r2ec
 from recpo_fixtures import load_benchmark, tiny_params, with_recpo, write_tiny_dataset
 
@@ -66,3 +70,12 @@ def test_reasoning_gap_refuses_bad_arguments(job, tmp_path):
     (tmp_path / "runs").mkdir()
     with pytest.raises(SystemExit, match="popularity"):
         bench.main(_args(root, data, tmp_path / "runs", "--lengths", "2"))
+    # reference runs evaluated on other test samples than the arms: refused, naming both runs
+    other = tmp_path / "other"
+    shutil.copytree(runs, other, symlinks=True)
+    f = other / "popularity" / "ranks.parquet"
+    r = pl.read_parquet(f)
+    last = r.filter(pl.col("split") == "test")["sample_id"].max()
+    r.filter(~((pl.col("split") == "test") & (pl.col("sample_id") == last))).write_parquet(f)
+    with pytest.raises(UserError, match="different test samples"):
+        bench.main(_args(root, data, other, "--lengths", "2", "--distill-users", "3"))
