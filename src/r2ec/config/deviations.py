@@ -164,6 +164,8 @@ NOT_DEVIATIONS: dict[str, str] = {
     "llm.autocast": "auto = bf16 matmuls only where bf16 is fast (a GPU: the paper's precision)",
     "llm.inference_copy": "no-grad passes on a merged copy of policy + LoRA, re-merged after every update",
     "llm.frozen_prefix": "item states below the first LoRA layer computed once (a no-op with lora.last_layers 0)",
+    "llm.frozen_states": "RecPO's trajectory states below the first LoRA layer computed once per step (same states "
+                         "up to rounding; a no-op with lora.last_layers 0)",
     "llm.shared_prefix": "the user prompts' shared prefix computed once per chunk (same states up to rounding)",
     "llm.grouped_decode": "decode steps without copying the KV cache per query head (exact)",
     "recpo.engine": "hf or vllm: the same sampling; vllm (the paper's) needs a GPU and the gpu extra",

@@ -76,6 +76,9 @@ class LlmCfg(Section):
                                 default=False)
     frozen_prefix: bool = _doc("item prompts' hidden states below the first LoRA layer are computed once and item "
                                "encodings run only the adapted layers on them", default=False)
+    frozen_states: bool = _doc("RecPO's trajectories: the layers below the first LoRA layer run once per step (each "
+                               "prompt once for its G completions) and the reward, reference and update passes run "
+                               "only the adapted layers", default=False)
     shared_prefix: bool = _doc("user prompts' shared prefix (chat template + instruction) is computed once per "
                                "chunk and only the suffixes run on its KV cache: forward-only user states and the HF "
                                "engine's generation prefill", default=False)

@@ -71,7 +71,7 @@ def _pad_id(model, pad_id: int | None) -> int:
 def completion_logprobs(model, trajectories: Sequence[Any], temperature: float = 1.0, *,
                         pad_id: int | None = None, batch_size: int | None = None,
                         return_hidden: bool = False, answer_id: int | None = None,
-                        entropy: list | None = None):
+                        entropy: list | None = None, frozen: Any = None):
     """Per-completion-token log-probs ``log_softmax(logits / temperature)`` (float32), one tensor per item.
 
     ``trajectories``: :class:`Trajectory` objects or ``(prompt_ids, completion_ids)`` pairs. One forward pass
@@ -87,6 +87,9 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
     ``entropy``: a list that receives, per item, the detached token entropies ``-sum_v p log p`` of the same
     ``softmax(logits / temperature)`` (a diagnostic computed from the log-softmax already at hand; the returned
     log-probs are unchanged).
+
+    ``frozen``: a :class:`r2ec.llm.frozen_states.FrozenStates` aligned with ``trajectories``; only the adapted
+    layers run, on its states (the same numbers up to float rounding, a fraction of the cost).
     """
     from r2ec.llm.backbone import float32_scope, lm_logits
     from r2ec.llm.pooling import pool_at_last
@@ -107,7 +110,11 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
         if any(len(c) == 0 for _, c in chunk):
             raise ValueError("empty completion")
         ids, mask, pos = pad_left([p + c for p, c in chunk], pad, dev)
-        h = last_hidden(model, ids, mask, pos)  # [b, T, H]
+        if frozen is not None:
+            from r2ec.llm.frozen_states import upper_hidden
+            h = upper_hidden(model, frozen.subset(list(range(s, s + len(chunk)))), mask, pos)
+        else:
+            h = last_hidden(model, ids, mask, pos)  # [b, T, H]
         T = ids.shape[1]
         rows, cols, lens = [], [], []
         for i, (_, c) in enumerate(chunk):

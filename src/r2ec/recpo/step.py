@@ -8,6 +8,7 @@ passes of ``token_loss + item_loss_coef * item_loss (+ kl_coef * kl)``, each acc
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -23,6 +24,8 @@ from r2ec.recpo.losses import best_trajectory_mask, clipped_item_loss, clipped_t
 from r2ec.recpo.rewards import rewards_from_scores
 from r2ec.train.harness import step_seed
 from r2ec.train.losses import in_batch_labels
+
+log = logging.getLogger(__name__)
 
 
 def pad_logps(logps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,18 +43,60 @@ def pad_logps(logps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, mask
 
 
+def trajectory_states(tr: Any, pairs: list, G: int):
+    """The step's :class:`r2ec.llm.frozen_states.FrozenStates` (``llm.frozen_states``), or None: off, every layer
+    adapted, DeepSpeed (the passes must go through its engine), or a first-step check against full forwards that
+    failed (warned once; the run then forwards whole)."""
+    from r2ec.llm.frozen_prefix import first_adapted_layer
+    from r2ec.llm.frozen_states import build_states
+    if not pairs:
+        return None
+    split = getattr(tr, "_frozen_split", None)
+    if split is None:  # decided once per trainer
+        split = first_adapted_layer(tr.policy) if tr.p.llm.frozen_states else 0
+        if tr.acc.distributed_type == DistributedType.DEEPSPEED or (split and not _agrees(tr, split, pairs[:2 * G], G)):
+            split = 0
+        tr._frozen_split = split
+    if not split:
+        return None
+    with torch.no_grad(), tr.autocast():
+        return build_states(tr.policy, split, pairs, G, tr.pad_id, tr.rc.eval_batch_size)
+
+
+def _agrees(tr: Any, split: int, pairs: list, G: int) -> bool:
+    """First use: the adapted layers on the frozen states must give a full forward's log-probs and states. Checked
+    without autocast (bf16 matmuls over other shapes round differently; the check is about the computation),
+    to float32 rounding unless the weights themselves are in a 16-bit dtype."""
+    from r2ec.llm.frozen_states import build_states
+    from r2ec.llm.rollout import completion_logprobs
+    kw = dict(pad_id=tr.pad_id, return_hidden=True, answer_id=tr.answer_id)
+    with torch.no_grad():
+        fr = build_states(tr.policy, split, pairs, G, tr.pad_id, tr.rc.eval_batch_size)
+        full, hf = completion_logprobs(tr.policy, pairs, **kw)
+        fast, hs = completion_logprobs(tr.policy, pairs, frozen=fr, **kw)
+    err = max(float((a - b).abs().max()) for a, b in zip(full, fast))
+    err_h = float((hf - hs).abs().max() / hf.abs().max().clamp_min(1e-6))
+    tol = 1e-2 if next(tr.policy.parameters()).dtype == torch.float32 else 0.25
+    if err > tol or err_h > 2e-2:
+        log.warning("llm.frozen_states: disagrees with a full forward (log-prob error %.3g, state %.3g); not used",
+                    err, err_h)
+        return False
+    return True
+
+
 def reward_forward(tr: Any, pairs: list, targets: list[int], hists: list[list[int]], G: int,
-                   entropy: list | None = None) -> tuple[list, torch.Tensor, torch.Tensor, tuple]:
+                   entropy: list | None = None, frozen: Any = None) -> tuple[list, torch.Tensor, torch.Tensor, tuple]:
     """One no-grad pass of the policy over G trajectories per user (``pairs`` = (prompt ids, completion ids),
     user-major): their per-token log-probs at ``recpo.temperature``, the user vectors at the final ``<answer>``,
     the targets repeated per trajectory and the fused rewards ``(r, r_d, r_c, ranks)`` of
-    :func:`r2ec.recpo.rewards.rewards_from_scores` (``entropy`` collects per-token entropies when given)."""
+    :func:`r2ec.recpo.rewards.rewards_from_scores` (``entropy`` collects per-token entropies when given;
+    ``frozen``: the pairs' :func:`trajectory_states`)."""
     from r2ec.llm.rollout import completion_logprobs
     rc = tr.rc
     with torch.no_grad(), tr.autocast():
         logp, user = completion_logprobs(tr.policy, pairs, rc.temperature, pad_id=tr.pad_id,
                                          batch_size=rc.eval_batch_size, return_hidden=True,
-                                         answer_id=tr.answer_id, entropy=entropy)
+                                         answer_id=tr.answer_id, entropy=entropy, frozen=frozen)
         user = user.float()
         tgt_rep = torch.as_tensor(targets).repeat_interleave(G)
         rewards = rewards_from_scores(tr.rec.scores(user), tgt_rep, [h for h in hists for _ in range(G)], tr.beta,
@@ -97,7 +142,9 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
     if multi:
         labels = labels[lo:hi]
     ent: list[torch.Tensor] = []
-    old, user_old, tgt_rep, (r, rd, rcont, ranks) = reward_forward(tr, pairs, targets, hists, G, entropy=ent)
+    frozen = trajectory_states(tr, pairs, G)
+    old, user_old, tgt_rep, (r, rd, rcont, ranks) = reward_forward(tr, pairs, targets, hists, G, entropy=ent,
+                                                                   frozen=frozen)
     with torch.no_grad(), tr.autocast():
         old_logp, cmask = pad_logps(old)
         R = r.view(-1, G)
@@ -118,7 +165,7 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
         if rc.kl_coef > 0:
             with tr.policy.disable_adapter():
                 ref = completion_logprobs(tr.policy, pairs, rc.temperature, pad_id=tr.pad_id,
-                                          batch_size=rc.eval_batch_size)
+                                          batch_size=rc.eval_batch_size, frozen=frozen)
             ref_logp, _ = pad_logps(ref)
     rec["reward_fwd_s"] = time.perf_counter() - t
     adv_flat = adv.view(-1).to(tr.acc.device)
@@ -134,7 +181,7 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
         if ref_logp is None:
             with tr.policy.disable_adapter():
                 ref_diag, _ = pad_logps(completion_logprobs(tr.policy, pairs, rc.temperature, pad_id=tr.pad_id,
-                                                            batch_size=rc.eval_batch_size))
+                                                            batch_size=rc.eval_batch_size, frozen=frozen))
         else:
             ref_diag = ref_logp
         kl_ref = k3_kl(old_logp, ref_diag, cmask)
@@ -147,7 +194,7 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
     for _ in range(rc.mu):
         tok_loss, it_loss, kl, tstats, istats = update_pass(tr, pairs, old_logp, cmask, ref_logp, tok_adv,
                                                             adv_flat[best_idx], best_idx, old_item_logp, cand,
-                                                            sel_labels, sel_targets)
+                                                            sel_labels, sel_targets, frozen)
         gnorm = tr.optimizer_step()
     rec["update_s"] = time.perf_counter() - t
     n_tok = float(sum(len(c) for _, c in pairs))
@@ -174,7 +221,7 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
 
 
 def update_pass(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv, best_idx, old_item_logp, cand, sel_labels,
-                sel_targets):
+                sel_targets, frozen=None):
     """One gradient of ``token_loss + item_loss_coef * item_loss + kl_coef * kl``, accumulated over micro-batches.
 
     ``tok_adv`` ``[B]``: each trajectory's advantage in the token loss; ``item_adv`` ``[M]``: the advantages of
@@ -218,8 +265,8 @@ def update_pass(tr, pairs, old_logp, cmask, ref_logp, tok_adv, item_adv, best_id
         idx = list(range(s, min(s + mb, len(pairs))))
         with tr.autocast():
             new, user_new = completion_logprobs(tr.policy, [pairs[i] for i in idx], rc.temperature,
-                                                pad_id=tr.pad_id, return_hidden=True,
-                                                answer_id=tr.answer_id)
+                                                pad_id=tr.pad_id, return_hidden=True, answer_id=tr.answer_id,
+                                                frozen=None if frozen is None else frozen.subset(idx))
             new_logp, _ = pad_logps(new)
             w = cmask[idx].sum() / n_glob  # chunk's share of the valid tokens: token mean over the batch
             w_own = w if n_glob is n_valid else cmask[idx].sum() / n_valid
