@@ -29,6 +29,9 @@ def params_of(job: dict):
         p = _params(bigrec={"popularity_gamma": (0.0, 3.0)})
     else:
         p = tiny_params(**job["recpo"])
+    # optional llm / lora overrides (the frozen-states run adapts only the last layer)
+    p = dataclasses.replace(p, llm=dataclasses.replace(p.llm, **job.get("llm", {})),
+                            lora=dataclasses.replace(p.lora, **job.get("lora", {})))
     return dataclasses.replace(p, eval=dataclasses.replace(p.eval, batch_size=job.get("eval_batch", 2)))
 
 

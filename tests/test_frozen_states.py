@@ -67,6 +67,7 @@ def test_a_recpo_step_on_frozen_states_matches_full_forwards(tmp_path):
     rows = on.batch_rows(on.ds.split("train"))
     rec_on, rec_off = on.train_step(rows), off.train_step(rows)
     assert on._frozen_split > 0 and off._frozen_split == 0
+    assert rec_on["frozen_split"] == on._frozen_split and rec_off["frozen_split"] == 0
     for k in ("reward", "token_loss", "item_loss", "kl", "kl_ref", "entropy", "ratio_mean", "grad_norm"):
         assert rec_on[k] == pytest.approx(rec_off[k], rel=1e-3, abs=1e-5), k
     for (n, a), (_, b) in zip(on.policy.named_parameters(), off.policy.named_parameters()):
@@ -88,4 +89,4 @@ def test_states_that_disagree_with_a_full_forward_are_not_used(tmp_path, monkeyp
     with caplog.at_level("WARNING"):
         rec = tr.train_step(rows)
     assert "llm.frozen_states: disagrees with a full forward" in caplog.text
-    assert tr._frozen_split == 0 and rec["reward"] == rec["reward"]
+    assert tr._frozen_split == 0 and rec["frozen_split"] == 0 and rec["reward"] == rec["reward"]

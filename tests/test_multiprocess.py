@@ -41,9 +41,10 @@ def _free_port() -> int:
 
 
 def launch(out: Path, recpo: dict, *, method: str = "r2ec", kill_at: int = 0, env: dict | None = None,
-           n: int = 2, check: bool = True) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node n tests/mp_worker.py`` on CPU; the whole group is killed after TIMEOUT s."""
-    job = {"method": method, "out": str(out), "recpo": recpo, "kill_at": kill_at}
+           n: int = 2, check: bool = True, **over: dict) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node n tests/mp_worker.py`` on CPU; the whole group is killed after TIMEOUT s
+    (``over``: ``llm`` / ``lora`` overrides of the worker's params)."""
+    job = {"method": method, "out": str(out), "recpo": recpo, "kill_at": kill_at, **over}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr",
            "127.0.0.1", "--master_port", str(_free_port()), str(ROOT / "tests" / "mp_worker.py"), json.dumps(job)]
     e = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1",
@@ -108,6 +109,24 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_proc, tm
     a = load_checkpoint(tmp_path / "last")["trainable"]
     b = load_checkpoint(two_proc / "last")["trainable"]
     assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-4, msg=k)
+
+
+def test_frozen_states_under_two_processes_match_one_process(tmp_path):
+    # each rank builds the states of its own shard of trajectories; the result is one process's
+    over = {"llm": {"frozen_states": True}, "lora": {"last_layers": 1}}
+    launch(tmp_path / "two", CFG, **over)
+    assert ended(tmp_path / "two") == ["finished", "finished"]
+    torch.set_num_threads(1)
+    train_r2ec("r2ec", tiny_dataset(), params_of({"method": "r2ec", "recpo": CFG, **over}), tmp_path / "one", None,
+               progress=False, dvclive=False)
+    assert pl.read_parquet(tmp_path / "two" / "ranks.parquet").equals(pl.read_parquet(tmp_path / "one" / "ranks.parquet"))
+    g1, g2 = train_log(tmp_path / "one")[0]["grad_norm"], train_log(tmp_path / "two")[0]["grad_norm"]
+    assert g2 == pytest.approx(g1, rel=1e-5)
+    assert {r["frozen_split"] for d in ("one", "two") for r in train_log(tmp_path / d)} == {1}  # the fast path ran
+    a = load_checkpoint(tmp_path / "one" / "last")["trainable"]
+    b = load_checkpoint(tmp_path / "two" / "last")["trainable"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-4, msg=k)
 

@@ -216,6 +216,7 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
         "cut_frac": sum(bool(getattr(x, "forced", False)) and n >= rc.max_reasoning_tokens
                         for x, n in zip(trajs, lens)) / len(lens),
         "tokens_per_s": float(stats.get("tokens_per_s", n_tok / max(rec["rollout_s"], 1e-9))),
+        "frozen_split": int(getattr(tr, "_frozen_split", 0) or 0),  # llm.frozen_states: 0 = full forwards
     })
     return rec
 
