@@ -64,6 +64,19 @@ def _pad_states(states: list[torch.Tensor], dtype, device) -> torch.Tensor:
     return out
 
 
+def adapted_hidden(model, split: int, states: list[torch.Tensor], mask: torch.Tensor,
+                   pos: torch.Tensor) -> torch.Tensor:
+    """Last hidden state ``[B, T, H]`` (final norm included) of the adapted layers ``[split, N)`` run on per-row
+    states after the frozen layers, left-padded to the longest (``mask`` / ``pos`` of the same left-padded ids);
+    gradient flows into the adapted layers when enabled."""
+    from r2ec.llm.encoder import decoder_of
+    dec = decoder_of(model)
+    w = dec.embed_tokens.weight
+    h0 = _pad_states(states, w.dtype, w.device)
+    with layer_range(model, split, None, final_norm=True):
+        return dec(inputs_embeds=h0, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+
+
 class FrozenPrefix:
     """Per-item hidden states after the frozen layers ``[0, split)`` and the adapted-layer forward on them."""
 
@@ -137,12 +150,9 @@ class FrozenPrefix:
         ``model``'s current adapted layers; gradient flows when enabled by the caller."""
         from r2ec.llm.encoder import decoder_of, pad_left
         from r2ec.llm.pooling import pool_at_last
-        dec = decoder_of(model)
-        w = dec.embed_tokens.weight
-        ids, mask, pos = pad_left([self.prompts[i] for i in idx], self.pad_id, w.device)
-        h0 = _pad_states([self.states[i] for i in idx], w.dtype, w.device)
-        with layer_range(model, self.split, None, final_norm=True):
-            h = dec(inputs_embeds=h0, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+        dev = decoder_of(model).embed_tokens.weight.device
+        ids, mask, pos = pad_left([self.prompts[i] for i in idx], self.pad_id, dev)
+        h = adapted_hidden(model, self.split, [self.states[i] for i in idx], mask, pos)
         return pool_at_last(h, ids, self.answer_id)
 
     def table(self, model, batch_size: int = 16, shard: tuple[int, int] | None = None) -> torch.Tensor:

@@ -4,7 +4,8 @@ A RecPO step forwards the same G trajectories per user several times: the reward
 user vectors), the reference policy's log-probs (the adapter disabled), and ``recpo.mu`` update passes. With LoRA
 on the last N decoder layers only (``lora.last_layers``), the layers below them give the same states in every one
 of those passes, so they are computed once per step: each user's prompt once for its G trajectories, then the
-completions on the prompt's KV cache. Every pass then runs only the adapted layers on those states. The result
+completions on the prompt's KV cache. Every pass then runs only the adapted layers on those states
+(:func:`r2ec.llm.frozen_prefix.adapted_hidden`, as item encodings do). The result
 equals a full forward up to float rounding; the trainer checks that on its first step and falls back to full
 forwards, with a warning, on a backbone where it does not hold (one that rescales ``inputs_embeds``, Gemma's
 ``sqrt(H)``). This is :mod:`r2ec.llm.frozen_prefix` for trajectories, whose prompts change every step.
@@ -75,15 +76,3 @@ def build_states(model, split: int, pairs: list, group: int, pad_id: int, batch_
                 out.append(torch.cat([hp[j // G, T - len(p):], hc[j, :len(c)]], 0))
     return FrozenStates(split, out)
 
-
-def upper_hidden(model, frozen: FrozenStates, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Last hidden state ``[B, T, H]`` (final norm included) of the adapted layers ``[split, N)`` run on
-    ``frozen.states`` left-padded to ``mask``'s width; gradient flows into the adapted layers when enabled."""
-    dec = decoder_of(model)
-    w = dec.embed_tokens.weight
-    T = mask.shape[1]
-    h0 = torch.zeros((len(frozen.states), T, frozen.states[0].shape[1]), dtype=w.dtype, device=w.device)
-    for i, s in enumerate(frozen.states):
-        h0[i, T - s.shape[0]:] = s.to(w.device, w.dtype)
-    with layer_range(model, frozen.split, None, final_norm=True):
-        return dec(inputs_embeds=h0, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state

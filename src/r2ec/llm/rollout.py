@@ -111,8 +111,8 @@ def completion_logprobs(model, trajectories: Sequence[Any], temperature: float =
             raise ValueError("empty completion")
         ids, mask, pos = pad_left([p + c for p, c in chunk], pad, dev)
         if frozen is not None:
-            from r2ec.llm.frozen_states import upper_hidden
-            h = upper_hidden(model, frozen.subset(list(range(s, s + len(chunk)))), mask, pos)
+            from r2ec.llm.frozen_prefix import adapted_hidden
+            h = adapted_hidden(model, frozen.split, frozen.states[s:s + len(chunk)], mask, pos)
         else:
             h = last_hidden(model, ids, mask, pos)  # [b, T, H]
         T = ids.shape[1]

@@ -51,7 +51,7 @@ def trajectory_states(tr: Any, pairs: list, G: int):
     from r2ec.llm.frozen_states import build_states
     if not pairs:
         return None
-    split = getattr(tr, "_frozen_split", None)
+    split = tr._frozen_split
     if split is None:  # decided once per trainer
         split = first_adapted_layer(tr.policy) if tr.p.llm.frozen_states else 0
         if tr.acc.distributed_type == DistributedType.DEEPSPEED or (split and not _agrees(tr, split, pairs[:2 * G], G)):
@@ -216,7 +216,7 @@ def recpo_step(tr: Any, rows: pl.DataFrame) -> dict[str, Any]:
         "cut_frac": sum(bool(getattr(x, "forced", False)) and n >= rc.max_reasoning_tokens
                         for x, n in zip(trajs, lens)) / len(lens),
         "tokens_per_s": float(stats.get("tokens_per_s", n_tok / max(rec["rollout_s"], 1e-9))),
-        "frozen_split": int(getattr(tr, "_frozen_split", 0) or 0),  # llm.frozen_states: 0 = full forwards
+        "frozen_split": int(tr._frozen_split or 0),  # llm.frozen_states: 0 = full forwards
     })
     return rec
 

@@ -108,6 +108,7 @@ class R2ecTrainer(LLMHarness):
         super().__init__(method, ds, params, self.rc, run_dir, cache_dir, progress, use_dvclive, hook)
         # R2ec selects among RecPO steps whose valid N@10 differ by less than a 100-sample subsample resolves
         self.eval_cfg = dataclasses.replace(params.eval, valid_max_samples=self.rc.valid_max_samples)
+        self._frozen_split: int | None = None  # llm.frozen_states: the first adapted layer, 0 = off; set on first use
         from r2ec.llm.backbone import answer_token_id
         self.answer_id = answer_token_id(self.tok)
         self.items = ItemTable(self, self.rc.item_batch_size, enabled=not self.var.cls_head)
