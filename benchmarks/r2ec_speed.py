@@ -143,8 +143,8 @@ def bench_shared_prefill(tr: _Trainer, repeats: int) -> dict:
 def bench_user_states(nr: _Trainer, n: int) -> dict:
     """``user_vectors`` (the forward-only states the readout is fitted on) of the first ``n`` fitting users."""
     from r2ec.llm.encoder import shared_prefix_len
-    rows, _ = nr._fitting_rows()
-    prompts = nr.prompts_of(rows.head(n))
+    from r2ec.model.readout_fit import fitting_rows
+    prompts = fitting_rows(nr)[1][:n]
     t0 = time.perf_counter()
     nr.user_vectors(prompts, None)
     sec = time.perf_counter() - t0

@@ -118,6 +118,26 @@ def test_readout_is_trained_by_the_steps_and_resumes_bit_identically(ds, tmp_pat
     assert st == json.loads((killed / "metrics.json").read_text())
 
 
+def test_a_fixed_readout_is_fitted_and_then_left_as_fitted_while_the_adapter_learns(ds, tmp_path):
+    p = _with_readout(tiny_params(steps=2, eval_every=2, lr=1e-2), trainable=False)
+    moved = []
+    hook = lambda step, rec: moved.append(max(float(q.detach().abs().max()) for n, q in tr.policy.named_parameters()
+                                              if "lora_B" in n))
+    tr = _Trainer("r2ec_no_reasoning", ds, p, tmp_path / "fixed", None, False, False, hook)
+    assert not any(q.requires_grad for q in tr.readout.parameters())
+    assert not any(q is tr.readout.proj for q in tr.opt_params())
+    tr.run()
+    fit_info = json.loads((tmp_path / "fixed" / "readout_fit.json").read_text())
+    assert fit_info["loss_last"] < fit_info["loss_first"]  # the fit still trains A
+    assert not tr.readout.proj.requires_grad  # and hands it back fixed
+    fit_only = _Trainer("r2ec_no_reasoning", ds, _with_readout(tiny_params(steps=0)), tmp_path / "fit_only", None,
+                        False, False, None)
+    fit_only.run()  # the same fit (seed, users, epochs), no steps
+    torch.testing.assert_close(tr.readout.proj.detach(), fit_only.readout.proj.detach(), rtol=0, atol=0)
+    assert len(moved) == 2 and moved[-1] > 0  # the adapter learned meanwhile
+    assert ReadoutCfg().trainable is True
+
+
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_distillation_fits_a_users_only_map_from_reasoning_states_to_the_fitted_projection(ds, tmp_path, use_cache):
     from r2ec.model.readout import distill_user_map
@@ -149,6 +169,18 @@ def test_distillation_fits_a_users_only_map_from_reasoning_states_to_the_fitted_
     # saved with the run's best state and read back by a resumed/evaluated run
     rt.save_best_extra(tmp_path)
     assert "user_proj" in torch.load(tmp_path / "readout.pt")
+    assert info["student_cached"] is False
+    if use_cache:  # a second run from the same warm start reads the reasoning states back: the same map
+        again = _Trainer("r2ec", ds, pw, tmp_path / "r2ec_again", cache, False, False, None)
+        again.on_fresh_start()
+        info2 = json.loads((tmp_path / "r2ec_again" / "readout_distill.json").read_text())
+        assert info2["student_cached"] is True and info2["r2"] == pytest.approx(info["r2"], abs=1e-6)
+        torch.testing.assert_close(again.readout.user_proj, rt.readout.user_proj, rtol=0, atol=0)
+        # another warm-start adapter is another cache entry
+        with torch.no_grad():
+            next(q for n, q in again.policy.named_parameters() if "lora_B" in n).add_(0.01)
+        from r2ec.model.readout_fit import adapter_digest
+        assert adapter_digest(again.policy) != adapter_digest(rt.policy)
 
 
 def test_distill_user_map_recovers_a_linear_relation():

@@ -417,6 +417,9 @@ class ReadoutCfg(Section):
         "states after greedy reasoning regressed onto the projected states the readout was fitted on "
         "(0 = off: reasoning states use the inherited tied projection)", ge=0, default=0)
     distill_ridge: float = _doc("ridge penalty of that regression (on standardised states)", ge=0.0, default=100.0)
+    trainable: bool = _doc("the training steps after the fit also move the readout (A and the users-only map) with "
+                           "the adapter (false: the fitted readout stays fixed and only the adapter learns)",
+                           default=True)
     seed: int = _doc("seed of the projection's initialisation and of the fitting users", ge=0, default=2025)
 
     def check(self) -> None:

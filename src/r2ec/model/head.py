@@ -91,7 +91,10 @@ def attach_heads(model: torch.nn.Module, var: Any, ro: Any, rc: Any, n_items: in
     if ro.rank > 0 and var.train and not var.cls_head:
         from r2ec.model.readout import Readout
         readout = Readout(H, ro.rank, ro.seed, user_map=var.reasoning and ro.distill_users > 0).to(device)
-        model.r2ec_readout = readout  # a submodule: its projection is trained and saved with the adapter
+        # a submodule: saved with the adapter, and trained with it unless readout.trainable is off (the fit and the
+        # distillation use thousands of users; a step's item loss sees a handful against a few dozen candidates)
+        readout.requires_grad_(ro.trainable)
+        model.r2ec_readout = readout
     if var.cls_head:
         cls = make_cls_head(H, n_items, rc.seed + 1, device)
         model.r2ec_cls_head = cls

@@ -96,14 +96,19 @@ def fit_readout(readout: Readout, users: torch.Tensor, targets: torch.Tensor, hi
     mask = history_mask(torch.empty(users.shape[0], table.shape[0], device=dev), histories, targets)
     opt = torch.optim.Adam([readout.proj], lr=lr, weight_decay=weight_decay)
     losses = []
-    for _ in range(epochs):
-        s = (readout.logits(users, table, stats) + offset.view(1, -1)).masked_fill(mask, float("-inf"))
-        loss = -catalogue_target_logprob(s, targets).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    readout.proj.grad = None
+    trainable = readout.proj.requires_grad
+    readout.proj.requires_grad_(True)  # the fit trains A even where the steps that follow leave it fixed
+    try:
+        for _ in range(epochs):
+            s = (readout.logits(users, table, stats) + offset.view(1, -1)).masked_fill(mask, float("-inf"))
+            loss = -catalogue_target_logprob(s, targets).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        readout.proj.grad = None
+        readout.proj.requires_grad_(trainable)
     return {"loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
             "seconds": time.perf_counter() - t0, "losses": losses}
 

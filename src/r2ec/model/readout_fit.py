@@ -7,6 +7,7 @@ prior and run directory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -28,11 +29,13 @@ def seeded_train_rows(tr: Any, n: int, salt: int) -> pl.DataFrame:
     return train[np.sort(rng.choice(train.height, size=min(n, train.height), replace=False)).tolist()]
 
 
-def fitting_rows(tr: Any, reasoning_tokens: int = 0) -> tuple[pl.DataFrame, Path | None]:
-    """The readout's fitting users (``readout.train_users`` seeded train samples) and the cache file of their
-    base-model states (keyed by backbone, prompts and reasoning length, 0 = none; None without a cache dir)."""
+def fitting_rows(tr: Any, reasoning_tokens: int = 0) -> tuple[pl.DataFrame, list[list[int]], Path | None]:
+    """The readout's fitting users (``readout.train_users`` seeded train samples), their prompts and the cache file
+    of their base-model states (keyed by backbone, prompts and reasoning length, 0 = none; None without a cache
+    dir)."""
     rows = seeded_train_rows(tr, tr.ro.train_users, 13)
-    return rows, tr.items.cache_path("user_states", tr.users.prompts_of(rows), reasoning_tokens)
+    prompts = tr.users.prompts_of(rows)
+    return rows, prompts, tr.items.cache_path("user_states", prompts, reasoning_tokens)
 
 
 def load_readout(readout: Any, d: Path) -> None:
@@ -62,7 +65,7 @@ def fit_readout(tr: Any) -> dict[str, Any]:
     tr.refresh_table()
     t0 = time.perf_counter()
     # a reasoning variant without warm start fits on its own (greedy-reasoning) states
-    rows, cache = fitting_rows(tr, tr.rc.max_reasoning_tokens if tr.var.reasoning else 0)
+    rows, _, cache = fitting_rows(tr, tr.rc.max_reasoning_tokens if tr.var.reasoning else 0)
     if cache is not None and cache.exists():
         states = torch.load(cache, map_location="cpu", weights_only=True)
     else:
@@ -84,29 +87,52 @@ def fit_readout(tr: Any) -> dict[str, Any]:
     return info
 
 
+def adapter_digest(model: torch.nn.Module) -> str:
+    """sha256 of the model's LoRA tensors (names and values): what, besides the backbone and the prompts, decides
+    the user states a warm-started adapter computes."""
+    h = hashlib.sha256()
+    for n, q in sorted(model.named_parameters(), key=lambda t: t[0]):
+        if "lora_" in n:
+            h.update(n.encode())
+            h.update(q.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def readout_distill(tr: Any) -> dict[str, Any] | None:
     """``readout.distill_users``: fit the users-only projection of a warm-started reasoning variant
     (:func:`r2ec.model.readout.distill_user_map`) on seeded users of the readout's fitting set: teacher = their
     state right after the prompt (the cached fitting states when the adapter is still the base model's),
-    student = their state at ``<answer>`` after greedy reasoning, as evaluation computes it."""
+    student = their state at ``<answer>`` after greedy reasoning, as evaluation computes it. The student states
+    are cached (keyed by the backbone, the prompts, the reasoning length and the warm-start adapter's digest), so a
+    rerun that changes only what follows the warm start (``dvc exp run -S recpo.beta=...``) skips their generation."""
     if tr.readout is None or tr.readout.user_proj is None:
         return None
     from r2ec.model.readout import distill_user_map
     t0 = time.perf_counter()
-    fit_rows, cache = fitting_rows(tr)
+    fit_rows, fit_prompts, cache = fitting_rows(tr)
     rng = np.random.default_rng([tr.ro.seed, 17])
     pick = np.sort(rng.choice(fit_rows.height, size=min(tr.ro.distill_users, fit_rows.height), replace=False))
-    rows = fit_rows[pick.tolist()]
+    rows, prompts = fit_rows[pick.tolist()], [fit_prompts[i] for i in pick.tolist()]
     identity = all(float(q.detach().abs().max()) == 0.0 for n, q in tr.policy.named_parameters()
                    if "lora_B" in n)
     cache = cache if identity else None  # a trained adapter's no-reasoning states are not the cached ones
     if cache is not None and cache.exists():
         teacher = torch.load(cache, map_location="cpu", weights_only=True)[torch.as_tensor(pick)]
     else:
-        teacher = tr.users.vectors(tr.users.prompts_of(rows), None, desc=f"{tr.method} distill teacher")
-    student = tr.users.states(rows, desc=f"{tr.method} distill reasoning")
+        teacher = tr.users.vectors(prompts, None, desc=f"{tr.method} distill teacher")
+    student_cache = tr.items.cache_path("distill_states", prompts, tr.rc.max_reasoning_tokens,
+                                        tr.rc.engine, adapter_digest(tr.policy))
+    student_cached = student_cache is not None and student_cache.exists()
+    if student_cached:
+        student = torch.load(student_cache, map_location="cpu", weights_only=True)
+    else:
+        student = tr.users.states(rows, desc=f"{tr.method} distill reasoning")
+        if student_cache is not None and tr.acc.is_main_process:
+            from r2ec.io import atomic_path
+            with atomic_path(student_cache) as tmp:
+                torch.save(student.cpu(), tmp)
     info = {**distill_user_map(tr.readout, teacher, student, tr.ro.distill_ridge),
-            "teacher_cached": bool(cache is not None and cache.exists()),
+            "teacher_cached": bool(cache is not None and cache.exists()), "student_cached": student_cached,
             "seconds": round(time.perf_counter() - t0, 1)}
     log.info("%s: users-only readout map distilled on %d users (R^2 %.3f) in %.0fs", tr.method, info["users"],
              info["r2"], info["seconds"])
