@@ -193,3 +193,46 @@ def test_distill_user_map_recovers_a_linear_relation():
     assert info["r2"] > 0.999
     teacher_proj = ((teacher - teacher.mean(0)) / (teacher.std(0) + 1e-6)) @ ro.proj.detach()
     torch.testing.assert_close(ro.users(student).detach(), teacher_proj, rtol=1e-3, atol=1e-3)
+
+
+def test_redistillation_refits_the_users_only_map_on_the_current_reasoning_before_each_validation(ds, tmp_path):
+    from r2ec.model.readout import fit_user_map, teacher_projection
+    from r2ec.model.readout_fit import distill_rows
+    p = _with_readout(tiny_params(steps=0))
+    train_r2ec("r2ec_no_reasoning", ds, p, tmp_path / "r2ec_no_reasoning", None, progress=False, dvclive=False)
+    pw = dataclasses.replace(with_recpo(p, warm_start="r2ec_no_reasoning", steps=2, eval_every=2, lr=5e-2),
+                             readout=dataclasses.replace(p.readout, distill_users=4, distill_ridge=0.5,
+                                                         redistill=True))
+    seen = {}
+
+    def hook(step, rec):
+        if step == 2:  # right after the step-2 validation: the map it used
+            seen["user_proj"] = rt.readout.user_proj.detach().clone()
+            seen["mean"] = rt.readout.user_mean.clone()
+            seen["states"] = rt.user_states(distill_rows(rt)[0])
+    rt = _Trainer("r2ec", ds, pw, tmp_path / "r2ec", None, False, False, hook)
+    rt.run()
+    lines = [json.loads(x) for x in (tmp_path / "r2ec" / "readout_redistill.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [2] and lines[0]["users"] == 4  # never at step 0
+    # the warm start's target: the teachers (no reasoning, base adapter) projected by the inherited readout
+    sd = torch.load(tmp_path / "r2ec_no_reasoning" / "best" / "readout.pt")
+    ref = Readout(64, 2, 0, user_map=True)
+    ref.load_state_dict(sd, strict=False)
+    teacher = _Trainer("r2ec_no_reasoning", ds, dataclasses.replace(p, readout=pw.readout), tmp_path / "teacher",
+                       None, False, False, None)
+    target = teacher_projection(ref, teacher.user_vectors(teacher.prompts_of(distill_rows(teacher)[0]), None))
+    torch.testing.assert_close(rt.distill_target, target, rtol=1e-4, atol=1e-4)
+    # the map of the step-2 validation is the ridge fit of step 2's reasoning states onto that target
+    fit_user_map(ref, rt.distill_target, seen["states"], 0.5)
+    torch.testing.assert_close(seen["user_proj"], ref.user_proj.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(seen["mean"], seen["states"].mean(0))
+    # the target travels with the checkpoint, so a resumed run re-fits onto the same projections
+    st = torch.load(tmp_path / "r2ec" / "last" / "state.pt", weights_only=False)
+    torch.testing.assert_close(st["distill_target"], rt.distill_target)
+    # killed after step 1 and resumed: the step-2 re-fit lands on the same map
+    with pytest.raises(Killed):
+        train_r2ec("r2ec", ds, pw, tmp_path / "killed", None, progress=False, dvclive=False, hook=kill_at(1))
+    train_r2ec("r2ec", ds, pw, tmp_path / "killed", None, progress=False, dvclive=False)
+    a, b = (torch.load(d / "best" / "readout.pt") for d in (tmp_path / "r2ec", tmp_path / "killed"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

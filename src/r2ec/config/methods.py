@@ -417,6 +417,9 @@ class ReadoutCfg(Section):
         "states after greedy reasoning regressed onto the projected states the readout was fitted on "
         "(0 = off: reasoning states use the inherited tied projection)", ge=0, default=0)
     distill_ridge: float = _doc("ridge penalty of that regression (on standardised states)", ge=0.0, default=100.0)
+    redistill: bool = _doc("before each validation after step 0, re-fit the users-only map on the distillation "
+                           "users' states after the current adapter's greedy reasoning (the map follows the "
+                           "reasoning RecPO trains; costs one distillation per validation)", default=False)
     trainable: bool = _doc("the training steps after the fit also move the readout (A and the users-only map) with "
                            "the adapter (false: the fitted readout stays fixed and only the adapter learns)",
                            default=True)

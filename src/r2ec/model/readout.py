@@ -113,19 +113,24 @@ def fit_readout(readout: Readout, users: torch.Tensor, targets: torch.Tensor, hi
             "seconds": time.perf_counter() - t0, "losses": losses}
 
 
-def distill_user_map(readout: Readout, teacher_states: torch.Tensor, student_states: torch.Tensor,
-                     ridge: float) -> dict[str, Any]:
-    """Fit ``readout.user_proj`` so that student states (read after reasoning) project where the teacher states of
-    the same users (read right after the prompt, what ``A`` was fitted on) do: ridge regression ::
+def teacher_projection(readout: Readout, teacher_states: torch.Tensor) -> torch.Tensor:
+    """``[M, rank]`` ``T = A^T z(teacher)``: the teacher states projected by ``A`` on the user stats ``A`` was fitted
+    with (whatever ``user_proj`` holds now)."""
+    with torch.no_grad():
+        return ((teacher_states.float().to(readout.user_mean.device) - readout.user_mean) / readout.user_std
+                ) @ readout.proj.float()
 
-        M = argmin ||Z_s M - T||^2 + ridge ||M||^2 = (Z_s^T Z_s + ridge I)^-1 Z_s^T T,    T = A^T z(teacher)
+
+def fit_user_map(readout: Readout, target: torch.Tensor, student_states: torch.Tensor,
+                 ridge: float) -> dict[str, Any]:
+    """Fit ``readout.user_proj`` by ridge regression of the standardised student states onto ``target``::
+
+        M = argmin ||Z_s M - T||^2 + ridge ||M||^2 = (Z_s^T Z_s + ridge I)^-1 Z_s^T T
 
     with ``Z_s`` the student states standardised by their own mean / std (which become the readout's user stats).
     Returns ``{"users", "r2"}`` (the fit's share of explained target variance)."""
     with torch.no_grad():
-        # the teacher's projection: A on the stats A was fitted with (whatever user_proj holds now)
-        target = ((teacher_states.float().to(readout.user_mean.device) - readout.user_mean) / readout.user_std
-                  ) @ readout.proj.float()
+        target = target.float().to(readout.user_mean.device)
         readout.set_user_stats(student_states)
         z = ((student_states.float().to(readout.user_mean.device) - readout.user_mean) / readout.user_std)
         eye = torch.eye(z.shape[1], device=z.device)
@@ -134,3 +139,11 @@ def distill_user_map(readout: Readout, teacher_states: torch.Tensor, student_sta
         resid = (z @ m - target).pow(2).sum()
         r2 = 1.0 - float(resid / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12))
     return {"users": int(z.shape[0]), "r2": r2}
+
+
+def distill_user_map(readout: Readout, teacher_states: torch.Tensor, student_states: torch.Tensor,
+                     ridge: float) -> dict[str, Any]:
+    """Fit ``readout.user_proj`` so that student states (read after reasoning) project where the teacher states of
+    the same users (read right after the prompt, what ``A`` was fitted on) do: :func:`fit_user_map` onto
+    ``T = A^T z(teacher)`` (:func:`teacher_projection`). Returns ``{"users", "r2"}``."""
+    return fit_user_map(readout, teacher_projection(readout, teacher_states), student_states, ridge)

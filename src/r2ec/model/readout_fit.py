@@ -98,6 +98,38 @@ def adapter_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def distill_rows(tr: Any) -> tuple[pl.DataFrame, list[list[int]], np.ndarray, Path | None]:
+    """The distillation's users: ``readout.distill_users`` seeded rows of the fitting users, their prompts, their
+    indices among the fitting users and the cache file of the fitting users' base-model states."""
+    fit_rows, fit_prompts, cache = fitting_rows(tr)
+    rng = np.random.default_rng([tr.ro.seed, 17])
+    pick = np.sort(rng.choice(fit_rows.height, size=min(tr.ro.distill_users, fit_rows.height), replace=False))
+    return fit_rows[pick.tolist()], [fit_prompts[i] for i in pick.tolist()], pick, cache
+
+
+def readout_redistill(tr: Any) -> dict[str, Any] | None:
+    """``readout.redistill``: before a validation after step 0, re-fit the users-only map on the distillation users'
+    states after the CURRENT adapter's greedy reasoning, onto the projections the warm start's distillation
+    regressed onto (:func:`readout_distill`). RecPO changes the reasoning; a map fitted on step 0's reasoning reads
+    the new states badly, so without this a step is judged by a map that no longer fits it. One line per call in
+    ``readout_redistill.jsonl``."""
+    target = getattr(tr, "distill_target", None)
+    if tr.readout is None or tr.readout.user_proj is None or target is None:
+        return None
+    from r2ec.model.readout import fit_user_map
+    t0 = time.perf_counter()
+    rows = distill_rows(tr)[0]
+    student = tr.users.states(rows, desc=f"{tr.method} re-distill at step {tr.step}")
+    info = {"step": tr.step, **fit_user_map(tr.readout, target, student, tr.ro.distill_ridge),
+            "seconds": round(time.perf_counter() - t0, 1)}
+    log.info("%s: users-only map re-fitted at step %d on %d users (R^2 %.3f) in %.0fs", tr.method, tr.step,
+             info["users"], info["r2"], info["seconds"])
+    if tr.acc.is_main_process:
+        from r2ec.io import append_jsonl
+        append_jsonl(tr.run_dir / "readout_redistill.jsonl", info)
+    return info
+
+
 def readout_distill(tr: Any) -> dict[str, Any] | None:
     """``readout.distill_users``: fit the users-only projection of a warm-started reasoning variant
     (:func:`r2ec.model.readout.distill_user_map`) on seeded users of the readout's fitting set: teacher = their
@@ -107,12 +139,9 @@ def readout_distill(tr: Any) -> dict[str, Any] | None:
     rerun that changes only what follows the warm start (``dvc exp run -S recpo.beta=...``) skips their generation."""
     if tr.readout is None or tr.readout.user_proj is None:
         return None
-    from r2ec.model.readout import distill_user_map
+    from r2ec.model.readout import fit_user_map, teacher_projection
     t0 = time.perf_counter()
-    fit_rows, fit_prompts, cache = fitting_rows(tr)
-    rng = np.random.default_rng([tr.ro.seed, 17])
-    pick = np.sort(rng.choice(fit_rows.height, size=min(tr.ro.distill_users, fit_rows.height), replace=False))
-    rows, prompts = fit_rows[pick.tolist()], [fit_prompts[i] for i in pick.tolist()]
+    rows, prompts, pick, cache = distill_rows(tr)
     identity = all(float(q.detach().abs().max()) == 0.0 for n, q in tr.policy.named_parameters()
                    if "lora_B" in n)
     cache = cache if identity else None  # a trained adapter's no-reasoning states are not the cached ones
@@ -131,7 +160,8 @@ def readout_distill(tr: Any) -> dict[str, Any] | None:
             from r2ec.io import atomic_path
             with atomic_path(student_cache) as tmp:
                 torch.save(student.cpu(), tmp)
-    info = {**distill_user_map(tr.readout, teacher, student, tr.ro.distill_ridge),
+    tr.distill_target = teacher_projection(tr.readout, teacher).cpu()  # what a re-distillation regresses onto
+    info = {**fit_user_map(tr.readout, tr.distill_target, student, tr.ro.distill_ridge),
             "teacher_cached": bool(cache is not None and cache.exists()), "student_cached": student_cached,
             "seconds": round(time.perf_counter() - t0, 1)}
     log.info("%s: users-only readout map distilled on %d users (R^2 %.3f) in %.0fs", tr.method, info["users"],

@@ -80,7 +80,7 @@ from r2ec.io import Dataset, write_json
 from r2ec.model.head import RecHead, attach_heads
 from r2ec.model.item_table import ItemTable, build_item_table  # noqa: F401 (the item-table stage, re-exported)
 from r2ec.model.run import load_run
-from r2ec.model.readout_fit import fit_readout, load_readout, readout_distill
+from r2ec.model.readout_fit import fit_readout, load_readout, readout_distill, readout_redistill
 from r2ec.model.users import UserEncoder, make_engine_for
 from r2ec.recpo.contrastive import contrastive_step, negative_ids
 from r2ec.recpo.step import recpo_step
@@ -105,6 +105,7 @@ class R2ecTrainer(LLMHarness):
         self.ro = params.readout
         self.cls: torch.nn.Linear | None = None
         self.readout = None  # r2ec.model.readout.Readout when readout.rank > 0 (trained variants, not cls_head)
+        self.distill_target: torch.Tensor | None = None  # [M, rank] what the users-only map regresses onto
         super().__init__(method, ds, params, self.rc, run_dir, cache_dir, progress, use_dvclive, hook)
         # R2ec selects among RecPO steps whose valid N@10 differ by less than a 100-sample subsample resolves
         self.eval_cfg = dataclasses.replace(params.eval, valid_max_samples=self.rc.valid_max_samples)
@@ -154,6 +155,11 @@ class R2ecTrainer(LLMHarness):
     def before_evaluate(self) -> None:
         self.refresh_table()
 
+    def validate(self) -> bool:
+        if self.step > 0 and self.ro.redistill:
+            readout_redistill(self)  # the map follows the reasoning the steps trained (its time counts)
+        return super().validate()
+
     def on_fresh_start(self) -> bool:
         if self.readout is not None and not (self.var.reasoning and self.rc.warm_start):
             self.fit_readout()
@@ -167,12 +173,15 @@ class R2ecTrainer(LLMHarness):
         st = {"item_table": self.table, "item_table_step": self.table_step}
         if self.readout is not None:  # the projection is a trainable tensor; its user stats are buffers
             st["readout"] = {k: v.cpu().clone() for k, v in self.readout.state_dict().items()}
+        if self.distill_target is not None:
+            st["distill_target"] = self.distill_target
         return st
 
     def restore_extra(self, st: dict[str, Any]) -> None:
         self.table, self.table_step = st["item_table"], st["item_table_step"]
         if self.readout is not None:
             self.readout.load_state_dict(st["readout"])
+        self.distill_target = st.get("distill_target")
 
     def save_best_extra(self, tmp: Path) -> None:
         save_run_extras(tmp, self.items, self.cls, self.readout, {"dataset": self.ds.name, "tau": self.rc.tau})
