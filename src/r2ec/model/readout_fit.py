@@ -65,11 +65,11 @@ def fit_readout(tr: Any) -> dict[str, Any]:
     tr.refresh_table()
     t0 = time.perf_counter()
     # a reasoning variant without warm start fits on its own (greedy-reasoning) states
-    rows, _, cache = fitting_rows(tr, tr.rc.max_reasoning_tokens if tr.var.reasoning else 0)
+    rows, prompts, cache = fitting_rows(tr, tr.rc.max_reasoning_tokens if tr.var.reasoning else 0)
     if cache is not None and cache.exists():
         states = torch.load(cache, map_location="cpu", weights_only=True)
     else:
-        states = tr.users.states(rows, desc=f"{tr.method} readout users")
+        states = tr.users.states(rows, desc=f"{tr.method} readout users", prompts=prompts)
         if cache is not None and tr.acc.is_main_process:
             from r2ec.io import atomic_path
             with atomic_path(cache) as tmp:  # creates the cache's folder
@@ -113,14 +113,13 @@ def readout_redistill(tr: Any) -> dict[str, Any] | None:
     regressed onto (:func:`readout_distill`). RecPO changes the reasoning; a map fitted on step 0's reasoning reads
     the new states badly, so without this a step is judged by a map that no longer fits it. One line per call in
     ``readout_redistill.jsonl``."""
-    target = getattr(tr, "distill_target", None)
-    if tr.readout is None or tr.readout.user_proj is None or target is None:
+    if tr.readout is None or tr.readout.user_proj is None or tr.distill_target is None:
         return None
     from r2ec.model.readout import fit_user_map
     t0 = time.perf_counter()
-    rows = distill_rows(tr)[0]
-    student = tr.users.states(rows, desc=f"{tr.method} re-distill at step {tr.step}")
-    info = {"step": tr.step, **fit_user_map(tr.readout, target, student, tr.ro.distill_ridge),
+    rows, prompts = distill_rows(tr)[:2]
+    student = tr.users.states(rows, desc=f"{tr.method} re-distill at step {tr.step}", prompts=prompts)
+    info = {"step": tr.step, **fit_user_map(tr.readout, tr.distill_target, student, tr.ro.distill_ridge),
             "seconds": round(time.perf_counter() - t0, 1)}
     log.info("%s: users-only map re-fitted at step %d on %d users (R^2 %.3f) in %.0fs", tr.method, tr.step,
              info["users"], info["r2"], info["seconds"])
@@ -155,7 +154,7 @@ def readout_distill(tr: Any) -> dict[str, Any] | None:
     if student_cached:
         student = torch.load(student_cache, map_location="cpu", weights_only=True)
     else:
-        student = tr.users.states(rows, desc=f"{tr.method} distill reasoning")
+        student = tr.users.states(rows, desc=f"{tr.method} distill reasoning", prompts=prompts)
         if student_cache is not None and tr.acc.is_main_process:
             from r2ec.io import atomic_path
             with atomic_path(student_cache) as tmp:

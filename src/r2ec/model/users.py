@@ -85,12 +85,14 @@ class UserEncoder:
         vec = torch.cat(out)
         return vec[torch.as_tensor(sorted(range(len(order)), key=order.__getitem__))]
 
-    def states(self, batch: pl.DataFrame, desc: str | None = None) -> torch.Tensor:
+    def states(self, batch: pl.DataFrame, desc: str | None = None,
+               prompts: list[list[int]] | None = None) -> torch.Tensor:
         """``[B, H]`` float32 user vectors of sample rows as evaluation computes them (reasoning variants: at
-        ``<answer>`` after greedy reasoning), no grad; a tqdm bar named ``desc`` when given."""
+        ``<answer>`` after greedy reasoning), no grad; a tqdm bar named ``desc`` when given. ``prompts``: the rows'
+        prompts when the caller has rendered them already (:meth:`prompts_of`)."""
         from tqdm.auto import tqdm
         h = self.host
-        prompts = self.prompts_of(batch)
+        prompts = self.prompts_of(batch) if prompts is None else prompts
         completions = None
         if self.reasoning:
             completions, states = [], []
