@@ -4,7 +4,7 @@ and neither it nor the item-table stage builds an optimizer."""
 import pytest
 import torch
 
-from recpo_fixtures import tiny_dataset, tiny_params
+from recpo_fixtures import tiny_dataset, tiny_params, with_recpo
 from r2ec.model.item_table import build_item_table
 from r2ec.model.run import load_run
 from r2ec.recpo.trainer import R2ecTrainer, train_r2ec
@@ -41,3 +41,12 @@ def test_item_table_stage_needs_no_trainer(tmp_path, monkeypatch):
     info = build_item_table(ds, p, tmp_path / "cache", progress=False)
     table = torch.load(info["table"], map_location="cpu", weights_only=False)
     assert info["items"] == ds.n_items and table is not None
+
+
+def test_cls_head_ablation_keeps_the_item_loss_under_rl_alone():
+    """The classification head learns only through the item loss: with ``recpo.item_loss_coef`` 0 (RL on the
+    reasoning alone) its ablation still weights it 1, while R2ec and the other ablations keep the 0."""
+    p = with_recpo(tiny_params(), item_loss_coef=0.0)
+    assert resolve(p, "r2ec_cls_head")[1].item_loss_coef == 1.0
+    assert resolve(p, "r2ec")[1].item_loss_coef == 0.0 and resolve(p, "r2ec_no_rd")[1].item_loss_coef == 0.0
+    assert resolve(with_recpo(p, item_loss_coef=0.5), "r2ec_cls_head")[1].item_loss_coef == 0.5

@@ -93,7 +93,7 @@ def test_cli_resolves_the_paper_profile():
         assert V.value_of(p, k) == 0, k
     assert V.in_effect(p) == []
     # later files win; the default stays params.yaml alone
-    assert C.load([ROOT / "params.yaml", PAPER]).recpo.lr == 1e-5 and C.load(ROOT / "params.yaml").recpo.lr == 2e-5
+    assert C.load([ROOT / "params.yaml", PAPER]).recpo.lr == 1e-5 and C.load(ROOT / "params.yaml").recpo.lr == 1e-4
     assert "params.yaml: ok" in _cli("check-params").stdout
 
 

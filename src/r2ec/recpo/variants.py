@@ -39,8 +39,13 @@ def get_variant(method: str) -> Variant:
 
 def resolve(params: Params, method: str) -> tuple[Variant, Any]:
     """``(variant, training section)`` of ``method``: ``recpo``, or for ``r2ec_no_reasoning`` its contrastive overlay
-    (its own budget, ``contrastive``, over all train samples; every other ``recpo`` key is shared)."""
+    (its own budget, ``contrastive``, over all train samples; every other ``recpo`` key is shared). ``r2ec_cls_head``
+    trains its head with the item loss even where ``recpo.item_loss_coef`` is 0 (weight 1, the paper's)."""
     var = get_variant(method)
+    if var.cls_head and params.recpo.item_loss_coef == 0:
+        # the classification head learns only through the item loss: RL on the reasoning alone would leave it at
+        # its random initialisation, so this ablation keeps the paper's sum
+        return var, dataclasses.replace(params.recpo, item_loss_coef=1.0)
     if var.reasoning:
         return var, params.recpo
     shared = {k: v for k, v in to_dict(params.contrastive).items() if k in to_dict(params.recpo)}
