@@ -11,9 +11,11 @@ difference between the arms is what RL on the reasoning adds. Example::
     python benchmarks/recpo_learning.py --data results/data/movielens-100k --cache results/cache \\
         --users 16 --steps 180 --eval-every 0 --threads 1 --jobs 2 --sampled 4 -S llm.threads=1 \\
         -S recpo.warm_start= -S readout.rank=0 -S contrastive.steps=1 -S recpo.max_minutes=0 -S recpo.temperature=1.0 \\
-        -S recpo.top_k=50 -S recpo.item_loss_coef=0 -S recpo.lr=3e-4 -S recpo.kl_coef=0.05 -S recpo.mu=2
+        -S recpo.top_k=50 -S recpo.item_loss_coef=0 -S recpo.lr=3e-4 -S recpo.kl_coef=0.05 -S recpo.mu=2 \\
+        -S recpo.batch_size=4
 
-(``-S recpo.seed=7`` for another pool and other rollouts; ``recpo.item_loss_coef=0``: RL on the reasoning alone, a
+(4 users per step, as in every measured run: at the default 16 each step costs four times as much;
+``-S recpo.seed=7`` for another pool and other rollouts; ``recpo.item_loss_coef=0``: RL on the reasoning alone, a
 KL anchor to the base model and two update passes per rollout batch: the setting in which greedy reasoning follows
 the sampled policy, ~29 minutes on 2 cores; ``--jobs 2``: the arms in two processes at once;
 ``--sampled 4``: also each user's mean reward over 4 sampled trajectories, the objective RL maximises, with

@@ -27,7 +27,7 @@ def test_committed_table_shows_the_committed_metrics():
         cells = table.rows[plain_name(m)]
         for (dataset, col), cell in zip(table.columns, cells):
             assert dataset == "MovieLens-100K" and cell.value == round(metrics[DATASET][m][col], 4), (m, col)
-    assert {metrics[DATASET][m]["n_samples"] for m in methods} == {500}
+    assert {metrics[DATASET][m]["n_samples"] for m in methods} == {C.load(ROOT / "params.yaml").eval.max_samples}
 
 
 def test_committed_table_was_made_under_the_current_defaults():

@@ -79,6 +79,9 @@ def learning_figure(runs: Path, datasets: list[str], methods: list[str], out: Pa
             a.grid(alpha=0.3)
             if a.get_legend_handles_labels()[0]:
                 a.legend(fontsize=8)
+        for a in ax[:2]:  # from 0: autoscaled, a change far inside valid's noise would fill the panel
+            top = a.get_ylim()[1]
+            a.set_ylim(0, top * 1.15 if top > 0 else 1.0)
     if rows:
         fig.tight_layout()
     return _save(fig, out)
