@@ -100,11 +100,14 @@ def adapter_digest(model: torch.nn.Module) -> str:
 
 def distill_rows(tr: Any) -> tuple[pl.DataFrame, list[list[int]], np.ndarray, Path | None]:
     """The distillation's users: ``readout.distill_users`` seeded rows of the fitting users, their prompts, their
-    indices among the fitting users and the cache file of the fitting users' base-model states."""
-    fit_rows, fit_prompts, cache = fitting_rows(tr)
-    rng = np.random.default_rng([tr.ro.seed, 17])
-    pick = np.sort(rng.choice(fit_rows.height, size=min(tr.ro.distill_users, fit_rows.height), replace=False))
-    return fit_rows[pick.tolist()], [fit_prompts[i] for i in pick.tolist()], pick, cache
+    indices among the fitting users and the cache file of the fitting users' base-model states. Kept on the trainer
+    (``tr.distill_set``): they depend only on the data and params, and every re-distillation reads them again."""
+    if tr.distill_set is None:
+        fit_rows, fit_prompts, cache = fitting_rows(tr)
+        rng = np.random.default_rng([tr.ro.seed, 17])
+        pick = np.sort(rng.choice(fit_rows.height, size=min(tr.ro.distill_users, fit_rows.height), replace=False))
+        tr.distill_set = (fit_rows[pick.tolist()], [fit_prompts[i] for i in pick.tolist()], pick, cache)
+    return tr.distill_set
 
 
 def readout_redistill(tr: Any) -> dict[str, Any] | None:

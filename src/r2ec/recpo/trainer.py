@@ -106,6 +106,7 @@ class R2ecTrainer(LLMHarness):
         self.cls: torch.nn.Linear | None = None
         self.readout = None  # r2ec.model.readout.Readout when readout.rank > 0 (trained variants, not cls_head)
         self.distill_target: torch.Tensor | None = None  # [M, rank] what the users-only map regresses onto
+        self.distill_set: tuple | None = None  # readout_fit.distill_rows' users, prompts, indices, cache file
         super().__init__(method, ds, params, self.rc, run_dir, cache_dir, progress, use_dvclive, hook)
         # R2ec selects among RecPO steps whose valid N@10 differ by less than a 100-sample subsample resolves
         self.eval_cfg = dataclasses.replace(params.eval, valid_max_samples=self.rc.valid_max_samples)
