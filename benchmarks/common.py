@@ -18,8 +18,14 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--params", action="append", default=[], help="params file(s) (default params.yaml)")
     ap.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--data", default="results/data/movielens-100k")
-    ap.add_argument("--cache", default="results/cache")
+    ap.add_argument("--cache", default="results/cache", help="cache folder ('' for none)")
     return ap
+
+
+def cache_of(a: argparse.Namespace):
+    """``--cache`` as a folder, None for ``''`` (``Path('')`` is the working directory: caches would land there)."""
+    from pathlib import Path
+    return Path(a.cache) if a.cache else None
 
 
 def load_params(a: argparse.Namespace, extra: list[str] = ()):
@@ -42,3 +48,19 @@ def machine() -> dict:
     else:
         out |= {"kind": "cpu", "cpu": platform.processor() or platform.machine()}
     return out
+
+
+def figure_axes(figsize: tuple[float, float]):
+    """``(fig, ax)`` of a headless matplotlib figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt.subplots(figsize=figsize)
+
+
+def save_png(fig, out) -> str:
+    """Save ``fig`` as the PNG beside the JSON ``out`` (same stem) and return its path."""
+    fig.tight_layout()
+    png = out.with_suffix(".png")
+    fig.savefig(png, dpi=130)
+    return str(png)

