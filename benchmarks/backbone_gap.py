@@ -50,14 +50,21 @@ def backbone_params(spec: str) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def recpo_steps(run: Path) -> dict:
-    """Valid N@10 at step 0 and at the step the run selected, the number of steps trained, from the run's logs."""
-    valid = [json.loads(line) for line in (run / "valid_log.jsonl").read_text().splitlines() if line.strip()]
-    cfg = json.loads((run / "config.json").read_text())
-    best = cfg["run"]["best_step"]
+    """Valid N@10 at step 0 and at the step the run selected, the number of steps trained, and how far the policy
+    moved (mean and largest ``kl_ref``, the sampled tokens' KL to the reference policy), from the run's logs."""
+    valid = _jsonl(run / "valid_log.jsonl")
+    kl = [r["kl_ref"] for r in _jsonl(run / "train_log.jsonl") if "kl_ref" in r]
+    best = json.loads((run / "config.json").read_text())["run"]["best_step"]
     at = {r["step"]: r for r in valid}
     return {"selected_step": best, "last_step": max(at), "valid_samples": valid[0].get("n_samples"),
-            "valid_N@10_step0": at[0]["N@10"] if 0 in at else None, "valid_N@10_selected": at[best]["N@10"]}
+            "valid_N@10_step0": at[0]["N@10"] if 0 in at else None, "valid_N@10_selected": at[best]["N@10"],
+            "valid_N@10_last": at[max(at)]["N@10"], "kl_ref_mean": sum(kl) / len(kl) if kl else None,
+            "kl_ref_max": max(kl) if kl else None}
 
 
 def tree_row(tag: str, runs: Path, reference: Path) -> dict:

@@ -51,6 +51,9 @@ def test_backbone_gap_reads_each_trees_rows_gap_and_steps(trees):
         assert r["recpo"]["last_step"] == 2
         assert r["recpo"]["valid_N@10_selected"] == next(v["N@10"] for v in valid
                                                          if v["step"] == cfg["run"]["best_step"])
+        assert r["recpo"]["valid_N@10_last"] == valid[-1]["N@10"] and valid[-1]["step"] == 2
+        kl = [json.loads(x)["kl_ref"] for x in (runs / "r2ec" / "train_log.jsonl").read_text().splitlines()]
+        assert r["recpo"]["kl_ref_max"] == max(kl) and r["recpo"]["kl_ref_mean"] == pytest.approx(sum(kl) / len(kl))
     assert js["backbones"][0]["params"] != js["backbones"][1]["params"]
     assert [(x["method"], x["a"], x["b"]) for x in js["across_backbones"]] == [
         ("r2ec_no_reasoning", "qwen2", "llama"), ("r2ec", "qwen2", "llama")]
