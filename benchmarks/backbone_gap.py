@@ -111,7 +111,9 @@ def figure(res: dict, out: Path) -> str:
     ax.axhline(res["popularity"]["N@10"], ls=":", c="grey", lw=1, label="Popularity")
     ax.set_xticks(x, [f"{r['tag']}\n{r['params'] / 1e6:.0f}M" for r in rows])
     ax.set_ylabel(f"test N@10 ({res['popularity']['n_samples']} samples)")
-    ax.legend(fontsize=7)
+    top = max(r["test"][m]["N@10"] for r in rows for m in METHODS)
+    ax.set_ylim(0, top * 1.3)  # room for the legend above the bars
+    ax.legend(fontsize=7, loc="upper left", ncol=3)
     return save_png(fig, out)
 
 
